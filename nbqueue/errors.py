@@ -1,0 +1,60 @@
+"""The exceptions nbqueue raises; all derive from :class:`NbqueueError`."""
+
+from __future__ import annotations
+
+
+class NbqueueError(Exception):
+    """Base class of every error nbqueue raises on purpose."""
+
+
+class InvalidOptionError(NbqueueError, ValueError):
+    """An option (priority, delay, attempts, backoff, retention...) is invalid."""
+
+
+class PayloadTooLargeError(NbqueueError, ValueError):
+    """Job data is larger than the configured hard limit; nothing was written."""
+
+
+class RedisUnavailableError(NbqueueError, ConnectionError):
+    """Redis cannot be reached; the message names the URL (password masked)."""
+
+
+class NoServerError(NbqueueError, RuntimeError):
+    """No embedded redis-server could be started (no binary, or it failed)."""
+
+
+class UnknownQueueError(NbqueueError, KeyError):
+    """A queue name that this manager does not know (or an invalid queue name)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown queue"
+
+
+class JobNotFoundError(NbqueueError, LookupError):
+    """The job does not exist (never added, removed, or trimmed by retention)."""
+
+
+class JobFailedError(NbqueueError):
+    """Raised by ``job.result()`` when the job ended failed; carries the reason."""
+
+    def __init__(self, job_id: str, reason: str | None, error_type: str | None = None) -> None:
+        super().__init__(f"job {job_id} failed: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+        self.error_type = error_type
+
+
+class LockLostError(NbqueueError):
+    """A worker tried to finish a job whose lock it no longer holds."""
+
+
+class UnrecoverableError(NbqueueError):
+    """Raise inside a processor to fail the job at once, without further attempts."""
+
+
+class JobTimeoutError(NbqueueError, TimeoutError):
+    """A job attempt ran longer than its ``timeout`` option."""
+
+
+class SignatureError(NbqueueError):
+    """A code job's HMAC signature is missing or wrong; the job is never run."""

@@ -1,0 +1,78 @@
+"""Value types shared by the whole package: states, priorities, metrics, status."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class JobState(str, enum.Enum):
+    """Where a job is. A ``str`` enum: ``JobState.FAILED == "failed"``."""
+
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DELAYED = "delayed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"  # reported for waiting jobs of a paused queue
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobPriority(enum.IntEnum):
+    """Five strict priority levels; 1 runs first. FIFO within a level."""
+
+    CRITICAL = 1
+    HIGH = 2
+    NORMAL = 3
+    LOW = 4
+    BACKGROUND = 5
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """Counts of one queue. ``total`` = waiting + active + delayed (pending work)."""
+
+    queue_name: str
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    delayed: int
+    paused: bool
+    total: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job, as ``get_job_status`` returns it.
+
+    ``processed_on`` and ``finished_on`` are epoch milliseconds (as in BullMQ).
+    """
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    state: JobState
+    progress: Any
+    attempts_made: int
+    processed_on: int | None
+    finished_on: int | None
+    returnvalue: Any
+    failed_reason: str | None
+    timestamp: int = 0
+    priority: int = int(JobPriority.NORMAL)
+    delay: int = 0
+    error_type: str | None = None
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
