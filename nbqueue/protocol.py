@@ -1,0 +1,166 @@
+"""Sans-I/O operations and their two executors (redis-py sync and asyncio).
+
+Every queue operation is written once, as a generator that *yields* what it needs
+from Redis (a :class:`Call`, a :class:`Batch` of calls sent in one round trip, or a
+:class:`Sleep`) and receives the reply. :func:`run_sync` and :func:`run_async`
+drive such a generator; nothing else in nbqueue talks to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
+
+from . import scripts
+from .errors import RedisUnavailableError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Redis call: a Lua script by name (``script``) or a raw command (``command``)."""
+
+    script: str | None = None
+    keys: Sequence[str] = ()
+    args: Sequence[Any] = ()
+    command: tuple[Any, ...] | None = None
+
+    @staticmethod
+    def cmd(*command: Any) -> Call:
+        return Call(command=command)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Several calls sent in one round trip (a non-transactional pipeline)."""
+
+    calls: Sequence[Call] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+Step = Union[Call, Batch, Sleep]
+Op = Generator[Step, Any, T]
+
+_CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _unavailable(client: Any, exc: BaseException) -> RedisUnavailableError:
+    from .connection import describe_client  # late: connection imports protocol
+
+    return RedisUnavailableError(f"Redis is unavailable at {describe_client(client)}: {exc}")
+
+
+def _script_call_args(call: Call) -> tuple[Any, ...]:
+    script = scripts.get(call.script)  # type: ignore[arg-type]
+    return (script.sha, len(call.keys), *call.keys, *call.args)
+
+
+def _exec_sync(client: redis.Redis, call: Call) -> Any:
+    if call.command is not None:
+        return client.execute_command(*call.command)
+    try:
+        return client.evalsha(*_script_call_args(call))
+    except NoScriptError:
+        script = scripts.get(call.script)  # type: ignore[arg-type]
+        return client.eval(script.source, len(call.keys), *call.keys, *call.args)
+
+
+def _queue_in_pipe(pipe: Any, call: Call) -> None:
+    if call.command is not None:
+        pipe.execute_command(*call.command)
+    else:
+        pipe.evalsha(*_script_call_args(call))
+
+
+def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for call in batch.calls:
+        _queue_in_pipe(pipe, call)
+    results = pipe.execute(raise_on_error=False)
+    # A restarted Redis forgets its scripts: re-run only the calls that said NOSCRIPT.
+    for i, (call, res) in enumerate(zip(batch.calls, results)):
+        if isinstance(res, NoScriptError):
+            results[i] = _exec_sync(client, call)
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return list(results)
+
+
+def run_sync(client: redis.Redis, op: Op[T]) -> T:
+    """Drive ``op`` to completion with a blocking redis-py client."""
+    try:
+        step = next(op)
+        while True:
+            if isinstance(step, Call):
+                reply: Any = _exec_sync(client, step)
+            elif isinstance(step, Batch):
+                reply = _batch_sync(client, step)
+            else:
+                time.sleep(step.seconds)
+                reply = None
+            step = op.send(reply)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    except _CONN_ERRORS as exc:
+        raise _unavailable(client, exc) from exc
+
+
+async def _exec_async(client: aredis.Redis, call: Call) -> Any:
+    if call.command is not None:
+        return await client.execute_command(*call.command)
+    try:
+        return await client.evalsha(*_script_call_args(call))
+    except NoScriptError:
+        script = scripts.get(call.script)  # type: ignore[arg-type]
+        return await client.eval(script.source, len(call.keys), *call.keys, *call.args)
+
+
+async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for call in batch.calls:
+        _queue_in_pipe(pipe, call)
+    results = await pipe.execute(raise_on_error=False)
+    for i, (call, res) in enumerate(zip(batch.calls, results)):
+        if isinstance(res, NoScriptError):
+            results[i] = await _exec_async(client, call)
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return list(results)
+
+
+async def run_async(client: aredis.Redis, op: Op[T]) -> T:
+    """Drive ``op`` to completion with an asyncio redis-py client."""
+    try:
+        step = next(op)
+        while True:
+            if isinstance(step, Call):
+                reply: Any = await _exec_async(client, step)
+            elif isinstance(step, Batch):
+                reply = await _batch_async(client, step)
+            else:
+                await asyncio.sleep(step.seconds)
+                reply = None
+            step = op.send(reply)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    except _CONN_ERRORS as exc:
+        raise _unavailable(client, exc) from exc
+
+
+def single(call: Call) -> Op[Any]:
+    """An op of one call whose reply is returned as is."""
+    return (yield call)
