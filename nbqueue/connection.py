@@ -1,0 +1,352 @@
+"""Where nbqueue's Redis is, and the redis-py clients that talk to it.
+
+:func:`connect` resolves the URL (explicit, ``NBQUEUE_REDIS_URL``, ``REDIS_URL``, else the
+embedded server of :mod:`nbqueue.server`), checks it once with PING, and returns a
+:class:`Connection`: a cached thread-safe sync client plus a factory of asyncio clients, all
+configured the same way (decoded replies, bounded timeouts, retries with backoff on
+connection errors). Passwords never appear in reprs or error messages (:func:`mask_url`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+
+from .errors import RedisUnavailableError
+
+__all__ = ["Connection", "connect", "describe_client", "mask_url"]
+
+ENV_URL = "NBQUEUE_REDIS_URL"
+ENV_FALLBACK_URL = "REDIS_URL"
+
+#: Seconds to open a TCP/unix connection; an unreachable server fails :func:`connect` in ~this.
+SOCKET_CONNECT_TIMEOUT = 5.0
+#: Read timeout; nbqueue's blocking commands block at most ~5 s, far below this.
+SOCKET_TIMEOUT = 30.0
+HEALTH_CHECK_INTERVAL = 15
+RETRIES = 3
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_QUERY_SECRET_RE = re.compile(r"(?i)((?:^|&)(?:password|pass|auth)=)[^&#]*")
+# Fallback for strings urlsplit rejects: mask anything between "scheme://user:" and "@".
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/]*):[^@]*@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (userinfo and ``?password=``).
+
+    ``redis://user:s3cret@h:6379/0`` -> ``redis://user:***@h:6379/0``;
+    ``unix://:s3cret@/run/redis.sock?db=1`` -> ``unix://:***@/run/redis.sock?db=1``.
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return _USERINFO_RE.sub(r"\1:***@", text)
+    if not parts.scheme or "://" not in text:
+        return _USERINFO_RE.sub(r"\1:***@", text)
+    head = f"{parts.scheme}://"
+    rest = text[text.index("://") + 3 :]
+    netloc = parts.netloc
+    if netloc and rest.startswith(netloc):
+        rest = rest[len(netloc) :]
+        userinfo, at, hostport = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    else:  # unexpected shape: be conservative
+        return _USERINFO_RE.sub(r"\1:***@", text)
+    if "?" in rest:
+        path, _, query = rest.partition("?")
+        rest = path + "?" + _QUERY_SECRET_RE.sub(r"\1***", query)
+    return head + netloc + rest
+
+
+def _client_kwargs(*, asyncio: bool) -> dict[str, Any]:
+    """The options every nbqueue client gets (see module docstring)."""
+    retry: Any
+    if asyncio:
+        retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=2, base=0.05), RETRIES)
+    else:
+        retry = Retry(ExponentialBackoff(cap=2, base=0.05), RETRIES)
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "retry": retry,
+    }
+
+
+def _split_cluster_scheme(url: str) -> tuple[str, bool]:
+    """Rewrite ``redis+cluster://`` / ``rediss+cluster://`` to what redis-py understands."""
+    scheme, sep, rest = url.partition("://")
+    plain = _CLUSTER_SCHEMES.get(scheme.lower())
+    if sep and plain:
+        return f"{plain}://{rest}", True
+    return url, False
+
+
+class Connection:
+    """A Redis location plus its clients: one cached sync client, new async ones on demand.
+
+    ``url`` keeps the URL as given (with its password, so subprocess workers can reconnect);
+    ``repr()`` and error messages show only :attr:`masked_url`.
+    """
+
+    url: str
+    cluster: bool
+
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
+        redis_url, scheme_cluster = _split_cluster_scheme(url)
+        self.url = url
+        self.cluster = cluster or scheme_cluster
+        self._redis_url = redis_url
+        self._lock = threading.Lock()
+        self._sync: Any = None
+        self._owns_sync = True
+
+    @classmethod
+    def from_client(cls, client: redis.Redis | redis.cluster.RedisCluster) -> Connection:
+        """Wrap an existing sync client; its location becomes :attr:`url`.
+
+        The client is used as is when it decodes responses (nbqueue needs ``str`` replies),
+        otherwise a sibling client with the same connection options is made. nbqueue never
+        closes a client it did not make.
+        """
+        conn = cls(_url_from_client(client, reveal_password=True))
+        if isinstance(client, redis.cluster.RedisCluster):
+            conn.cluster = True
+            conn._sync, conn._owns_sync = client, False
+        elif _decodes(client):
+            conn._sync = client
+            conn._owns_sync = False
+        else:  # a sibling that decodes; ours to close
+            pool = client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            kwargs["decode_responses"] = True
+            new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            conn._sync = redis.Redis(connection_pool=new_pool)
+        _tag(conn._sync, conn.masked_url)
+        return conn
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password replaced by ``***``."""
+        return mask_url(self.url)
+
+    def sync(self) -> Any:
+        """The shared, thread-safe sync client (``redis.Redis`` or ``RedisCluster``)."""
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = self._make_sync()
+                client = self._sync
+        return client
+
+    def new_async(self) -> Any:
+        """A NEW asyncio client (``redis.asyncio.Redis`` or its ``RedisCluster``).
+
+        Async clients are bound to the event loop they first run on, so each caller gets its
+        own and must ``await client.aclose()`` it.
+        """
+        kwargs = _client_kwargs(asyncio=True)
+        client: Any
+        if self.cluster:
+            client = redis.asyncio.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
+        else:
+            client = redis.asyncio.Redis.from_url(self._redis_url, **kwargs)
+        return _tag(client, self.masked_url)
+
+    def ping(self) -> bool:
+        """True when the server answers PING (never raises)."""
+        try:
+            return bool(self.sync().ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        """Close the cached sync client (if nbqueue made it); a later :meth:`sync` reopens."""
+        with self._lock:
+            client, self._sync = self._sync, None
+            owned, self._owns_sync = self._owns_sync, True
+        if client is not None and owned:
+            client.close()
+
+    def check(self) -> None:
+        """PING once, without retries; raise :class:`RedisUnavailableError` if unreachable."""
+        probe: Any = None
+        try:
+            if isinstance(self._sync, redis.cluster.RedisCluster):
+                self._sync.ping()  # a cluster client the user gave us
+            elif self._sync is not None and not self._owns_sync:
+                probe = _probe_like(self._sync)  # same options as the user's, no retries
+                probe.ping()
+            else:
+                # A throwaway client without retries, so a dead server fails fast; for a
+                # cluster, constructing it already contacts the startup nodes.
+                probe = self._make_sync(probe=True)
+                probe.ping()
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            raise RedisUnavailableError(
+                f"Redis is unavailable at {self.masked_url}: {_scrub(str(exc), self.url)}"
+            ) from None
+        finally:
+            if probe is not None:
+                probe.close()
+
+    def _make_sync(self, *, probe: bool = False) -> Any:
+        kwargs = _client_kwargs(asyncio=False)
+        if probe:
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+            kwargs.pop("health_check_interval")
+        client: Any
+        if self.cluster:
+            client = redis.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
+        else:
+            client = redis.Redis.from_url(self._redis_url, **kwargs)
+        return _tag(client, self.masked_url)
+
+    def __repr__(self) -> str:
+        kind = ", cluster=True" if self.cluster else ""
+        return f"Connection({self.masked_url!r}{kind})"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def connect(
+    url: str | redis.Redis | Connection | None = None, *, cluster: bool | None = None
+) -> Connection:
+    """Resolve nbqueue's Redis and check it answers; returns a :class:`Connection`.
+
+    Order: ``url`` (a URL, an existing ``redis.Redis``, or a ``Connection``), else
+    ``$NBQUEUE_REDIS_URL``, else ``$REDIS_URL``, else the embedded per-user server
+    (:func:`nbqueue.server.ensure_server`). ``redis+cluster://`` / ``rediss+cluster://``
+    or ``cluster=True`` select Redis Cluster. An unreachable server raises
+    :class:`~nbqueue.errors.RedisUnavailableError` (also a ``ConnectionError``) naming the
+    masked URL, within about ``SOCKET_CONNECT_TIMEOUT`` seconds.
+    """
+    if isinstance(url, Connection):
+        return url
+    conn: Connection
+    if isinstance(url, (redis.Redis, redis.cluster.RedisCluster)):
+        conn = Connection.from_client(url)
+    else:
+        resolved = url or os.environ.get(ENV_URL) or os.environ.get(ENV_FALLBACK_URL)
+        if not resolved:
+            from . import server
+
+            resolved = server.ensure_server()
+        conn = Connection(resolved, cluster=bool(cluster))
+    conn.check()
+    return conn
+
+
+def describe_client(client: Any) -> str:
+    """A masked description (URL-like) of where ``client`` points, for error messages."""
+    tagged = getattr(client, "_nbqueue_url", None)
+    if isinstance(tagged, str):
+        return tagged
+    try:
+        return mask_url(_url_from_client(client, reveal_password=False))
+    except Exception:
+        return f"<{type(client).__name__}>"
+
+
+# -- internals -------------------------------------------------------------------------------
+
+
+def _tag(client: Any, masked: str) -> Any:
+    with contextlib.suppress(AttributeError):  # e.g. __slots__: describe_client uses the pool
+        client._nbqueue_url = masked
+    return client
+
+
+def _probe_like(client: redis.Redis) -> redis.Redis:
+    """A throwaway client with ``client``'s connection options but no retries."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    timeout = kwargs.get("socket_connect_timeout")
+    kwargs["socket_connect_timeout"] = min(
+        timeout or SOCKET_CONNECT_TIMEOUT, SOCKET_CONNECT_TIMEOUT
+    )
+    probe_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=probe_pool)
+
+
+def _decodes(client: Any) -> bool:
+    try:
+        return bool(client.get_encoder().decode_responses)
+    except Exception:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        return bool(kwargs.get("decode_responses"))
+
+
+def _url_from_client(client: Any, *, reveal_password: bool) -> str:
+    """Rebuild a URL from a redis-py client's connection options (sync, async or cluster)."""
+    if isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)):
+        node = client.get_default_node()
+        if node is None:
+            nodes = client.get_nodes()
+            node = nodes[0] if nodes else None
+        host, port = (node.host, node.port) if node is not None else ("?", "?")
+        kwargs = dict(client.nodes_manager.connection_kwargs)
+        scheme = "rediss+cluster" if kwargs.get("ssl") else "redis+cluster"
+        auth = _userinfo(kwargs, reveal_password)
+        return f"{scheme}://{auth}{host}:{port}"
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise TypeError(f"not a redis client: {type(client).__name__}")
+    kwargs = dict(getattr(pool, "connection_kwargs", {}) or {})
+    auth = _userinfo(kwargs, reveal_password)
+    db = int(kwargs.get("db") or 0)
+    path = kwargs.get("path") or kwargs.get("unix_socket_path")
+    if path:
+        query = f"?db={db}" if db else ""
+        return f"unix://{auth}{path}{query}"
+    cls_name = getattr(getattr(pool, "connection_class", None), "__name__", "")
+    scheme = "rediss" if "SSL" in cls_name or kwargs.get("ssl") else "redis"
+    host = kwargs.get("host", "localhost")
+    if ":" in str(host):
+        host = f"[{host}]"
+    port = kwargs.get("port", 6379)
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def _userinfo(kwargs: dict[str, Any], reveal_password: bool) -> str:
+    username = kwargs.get("username")
+    password = kwargs.get("password")
+    user = quote(str(username), safe="") if username else ""
+    if password:
+        secret = quote(str(password), safe="") if reveal_password else "***"
+        return f"{user}:{secret}@"
+    return f"{user}@" if user else ""
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove the password of ``url`` from ``message``, should redis-py ever echo it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password and password in message:
+        message = message.replace(password, "***")
+    return message
