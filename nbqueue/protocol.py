@@ -9,10 +9,11 @@ drive such a generator; nothing else in nbqueue talks to Redis.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, Concatenate, ParamSpec, TypeVar, Union
 
 import redis
 import redis.asyncio as aredis
@@ -53,7 +54,7 @@ class Sleep:
 Step = Union[Call, Batch, Sleep]
 Op = Generator[Step, Any, T]
 
-_CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+_CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _unavailable(client: Any, exc: BaseException) -> RedisUnavailableError:
@@ -104,18 +105,20 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
     try:
         step = next(op)
         while True:
-            if isinstance(step, Call):
-                reply: Any = _exec_sync(client, step)
-            elif isinstance(step, Batch):
-                reply = _batch_sync(client, step)
-            else:
-                time.sleep(step.seconds)
-                reply = None
+            try:
+                if isinstance(step, Call):
+                    reply: Any = _exec_sync(client, step)
+                elif isinstance(step, Batch):
+                    reply = _batch_sync(client, step)
+                else:
+                    time.sleep(step.seconds)
+                    reply = None
+            except _CONN_ERRORS as exc:
+                op.close()
+                raise _unavailable(client, exc) from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-    except _CONN_ERRORS as exc:
-        raise _unavailable(client, exc) from exc
 
 
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
@@ -147,20 +150,49 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
     try:
         step = next(op)
         while True:
-            if isinstance(step, Call):
-                reply: Any = await _exec_async(client, step)
-            elif isinstance(step, Batch):
-                reply = await _batch_async(client, step)
-            else:
-                await asyncio.sleep(step.seconds)
-                reply = None
+            try:
+                if isinstance(step, Call):
+                    reply: Any = await _exec_async(client, step)
+                elif isinstance(step, Batch):
+                    reply = await _batch_async(client, step)
+                else:
+                    await asyncio.sleep(step.seconds)
+                    reply = None
+            except _CONN_ERRORS as exc:
+                op.close()
+                raise _unavailable(client, exc) from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-    except _CONN_ERRORS as exc:
-        raise _unavailable(client, exc) from exc
 
 
 def single(call: Call) -> Op[Any]:
     """An op of one call whose reply is returned as is."""
     return (yield call)
+
+
+# -- binding operations to the two executors --------------------------------------------
+# A class defines each operation once, as a method returning an ``Op``; ``sync_method`` and
+# ``async_method`` turn it into the blocking or awaitable public method. The owning class
+# provides ``_run`` (sync: returns the value; asyncio: a coroutine).
+
+P = ParamSpec("P")
+S = TypeVar("S")
+
+
+def sync_method(op: Callable[Concatenate[S, P], Op[T]]) -> Callable[Concatenate[S, P], T]:
+    @functools.wraps(op)
+    def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined,no-any-return]
+
+    return method
+
+
+def async_method(
+    op: Callable[Concatenate[S, P], Op[T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    @functools.wraps(op)
+    async def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined,no-any-return]
+
+    return method

@@ -1,0 +1,184 @@
+"""Job handles: what ``Queue.add`` returns and what a processor receives."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import JobNotFoundError
+from .protocol import Op, sync_method
+from .records import JobRecord
+from .types import JobState, JobStatus
+
+if TYPE_CHECKING:
+    from .queue import QueueBase
+
+
+class ProgressSink(Protocol):
+    """The worker engine: collects progress reports of the jobs it runs (thread-safe)."""
+
+    def report_progress(self, job: JobBase, value: Any) -> None: ...
+
+
+class _Done:
+    """What ``update_progress`` returns inside a worker: awaiting it is optional."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+    def __repr__(self) -> str:
+        return "<progress reported>"
+
+
+class JobBase:
+    """A job of one queue. Attributes mirror BullMQ's (``attempts_made``, ``progress``...)."""
+
+    def __init__(self, queue: QueueBase, record: JobRecord,
+                 sink: ProgressSink | None = None) -> None:
+        self.queue = queue
+        self._record = record
+        self._sink = sink
+
+    # -- attributes ------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._record.data
+
+    @property
+    def payload(self) -> Any:
+        return self._record.data.get("payload")
+
+    @property
+    def queue_name(self) -> str:
+        return self.queue.name
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return self._record.opts.public()
+
+    @property
+    def priority(self) -> int:
+        return self._record.priority
+
+    @property
+    def timestamp(self) -> int:
+        return self._record.timestamp
+
+    @property
+    def attempts_made(self) -> int:
+        return self._record.attempts_made
+
+    @property
+    def progress(self) -> Any:
+        return self._record.progress
+
+    @property
+    def state(self) -> JobState:
+        """The state when this handle was last read (``get_state()`` asks Redis)."""
+        return self._record.state
+
+    @property
+    def returnvalue(self) -> Any:
+        return self._record.returnvalue
+
+    @property
+    def failed_reason(self) -> str | None:
+        return self._record.failed_reason
+
+    @property
+    def processed_on(self) -> int | None:
+        return self._record.processed_on
+
+    @property
+    def finished_on(self) -> int | None:
+        return self._record.finished_on
+
+    # -- operations (one definition, bound to sync or asyncio below) -------------------
+    def _refresh(self) -> Op[JobBase]:
+        record = yield from self.queue._ops.get_job(self.id)
+        if record is None:
+            raise JobNotFoundError(f"job {self.id} not found in queue {self.queue.name!r}")
+        self._record = record
+        return self
+
+    def _status(self) -> Op[JobStatus]:
+        yield from self._refresh()
+        return self._record.to_status()
+
+    def _get_state(self) -> Op[JobState]:
+        yield from self._refresh()
+        return self._record.state
+
+    def _result(self, timeout: float | None = None) -> Op[Any]:
+        return (yield from self.queue._ops.wait_result(self.id, timeout))
+
+    def _remove(self) -> Op[bool]:
+        return (yield from self.queue._ops.remove(self.id))
+
+    def _retry(self) -> Op[bool]:
+        """Move this failed job back to wait (attempts reset)."""
+        return bool((yield from self.queue._ops.retry_failed(0, self.id)))
+
+    def _update_progress(self, value: Any) -> Op[bool]:
+        ok = yield from self.queue._ops.update_progress(self.id, value)
+        self._record.progress = value
+        return ok
+
+    def _in_worker_progress(self, value: Any) -> _Done:
+        from .serialization import dumps
+
+        dumps(value, "progress")  # a bad value fails here, in the processor, not later
+        self._record.progress = value
+        self._sink.report_progress(self, value)  # type: ignore[union-attr]
+        return _Done()
+
+    # -- display -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.queue.name}:{self.id} {self.name!r} "
+                f"state={self._record.state.value}>")
+
+    def _repr_html_(self) -> str:
+        r = self._record
+        e = html.escape
+        progress = r.progress if isinstance(r.progress, (int, float)) else 0
+        rows = [("queue", self.queue.name), ("id", r.id), ("type", r.name),
+                ("state", r.state.value), ("priority", str(r.priority)),
+                ("attempts", f"{r.attempts_made}/{r.opts.attempts}")]
+        if r.failed_reason:
+            rows.append(("failed reason", r.failed_reason))
+        cells = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(str(v))}</td></tr>"
+                        for k, v in rows)
+        bar = (f"<progress value='{max(0, min(100, float(progress)))}' max='100'></progress>"
+               if r.state in (JobState.ACTIVE, JobState.COMPLETED) else "")
+        return f"<div class='nbqueue-job'><table>{cells}</table>{bar}</div>"
+
+
+class Job(JobBase):
+    """A job handle with blocking methods (``nbqueue.aio.Job`` has awaitable ones)."""
+
+    refresh = sync_method(JobBase._refresh)
+    status = sync_method(JobBase._status)
+    get_state = sync_method(JobBase._get_state)
+    result = sync_method(JobBase._result)
+    remove = sync_method(JobBase._remove)
+    retry = sync_method(JobBase._retry)
+    _update_progress_now = sync_method(JobBase._update_progress)
+
+    def _run(self, op: Op[Any]) -> Any:
+        return self.queue._run(op)
+
+    def update_progress(self, value: Any) -> Any:
+        """Report progress (a number 0-100 or any JSON value); inside a worker it is batched."""
+        if self._sink is not None:
+            return self._in_worker_progress(value)
+        return self._update_progress_now(value)

@@ -1,0 +1,102 @@
+"""Redis key names of a queue. All share the ``{name}`` hash tag: one queue, one slot."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .errors import InvalidOptionError
+
+DEFAULT_PREFIX = "nbq"
+MAX_NAME_LEN = 200
+
+
+def validate_queue_name(name: object) -> str:
+    """Queue names are non-empty strings without braces (they would break the hash tag)."""
+    if isinstance(name, enum.Enum):  # QueueName members
+        name = name.value
+    if not isinstance(name, str):
+        raise TypeError(f"queue name must be a str, not {type(name).__name__}")
+    name = str(name)
+    if not name or len(name) > MAX_NAME_LEN:
+        raise InvalidOptionError(f"queue name must have 1..{MAX_NAME_LEN} characters: {name!r}")
+    if any(c in name for c in "{}") or any(c.isspace() for c in name):
+        raise InvalidOptionError(f"queue name may not contain braces or whitespace: {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every key of queue ``name``; ``script_keys`` is the KEYS list all scripts take."""
+
+    name: str
+    prefix: str = DEFAULT_PREFIX
+    base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", validate_queue_name(self.name))
+        object.__setattr__(self, "base", f"{self.prefix}:{{{self.name}}}:")
+
+    @property
+    def wait(self) -> str:
+        return self.base + "wait"
+
+    @property
+    def active(self) -> str:
+        return self.base + "active"
+
+    @property
+    def delayed(self) -> str:
+        return self.base + "delayed"
+
+    @property
+    def completed(self) -> str:
+        return self.base + "completed"
+
+    @property
+    def failed(self) -> str:
+        return self.base + "failed"
+
+    @property
+    def meta(self) -> str:
+        return self.base + "meta"
+
+    @property
+    def events(self) -> str:
+        return self.base + "events"
+
+    @property
+    def marker(self) -> str:
+        return self.base + "marker"
+
+    @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    @property
+    def job_prefix(self) -> str:
+        return self.base + "job:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def minute(self, minute: int) -> str:
+        """The per-minute history hash (see finish.lua)."""
+        return f"{self.stats}:m:{minute}"
+
+    @property
+    def script_keys(self) -> tuple[str, ...]:
+        b = self.base
+        return (b + "wait", b + "active", b + "delayed", b + "completed", b + "failed",
+                b + "meta", b + "ctr", b + "events", b + "marker", b + "limiter",
+                b + "stalled-check", b + "stats")
+
+    def state_set(self, state: str) -> str:
+        """The sorted set that holds jobs of ``state``."""
+        sets = {"waiting": self.wait, "paused": self.wait, "active": self.active,
+                "delayed": self.delayed, "completed": self.completed, "failed": self.failed}
+        try:
+            return sets[state]
+        except KeyError:
+            raise InvalidOptionError(
+                f"unknown job state {state!r}; use one of {', '.join(sets)}") from None

@@ -1,0 +1,253 @@
+"""``QueueManager``: the seed's facade over queues and workers, keyed by queue name.
+
+The same class serves the blocking API and ``nbqueue.aio``: its methods return what the
+underlying ``Queue`` returns (a value, or an awaitable for ``aio.Queue``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .connection import Connection, connect
+from .errors import UnknownQueueError
+from .keys import DEFAULT_PREFIX, validate_queue_name
+from .predefined import QUEUE_CONFIGS, QueueName
+from .queue import Queue, QueueBase
+from .worker import Processor, Worker
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_MANAGERS: weakref.WeakSet[QueueManager] = weakref.WeakSet()
+
+
+class QueueManager:
+    """Owns the queues and workers of one connection. ``queue_manager`` is the default one."""
+
+    queue_class: type[QueueBase] = Queue
+    worker_class: type[Worker] = Worker
+
+    def __init__(self, connection: Connection | str | None = None, *,
+                 prefix: str = DEFAULT_PREFIX) -> None:
+        self._connection_arg = connection
+        self.prefix = prefix
+        self._queues: dict[str, QueueBase] = {}
+        self._processors: dict[str, tuple[Processor, dict[str, Any]]] = {}
+        self._workers: dict[str, Worker] = {}
+        self._lock = threading.RLock()
+        _MANAGERS.add(self)
+
+    @property
+    def connection(self) -> Connection:
+        """Resolved on first use (``connect()``: URL, env, or the embedded server)."""
+        with self._lock:
+            if not isinstance(self._connection_arg, Connection):
+                self._connection_arg = connect(self._connection_arg)
+            return self._connection_arg
+
+    def _known_defaults(self, name: str) -> dict[str, Any] | None:
+        """Settings of a predefined queue (the seed's table), if ``name`` is one."""
+        cfg = QUEUE_CONFIGS.get(name)
+        return dict(cfg) if cfg is not None else None
+
+    # -- queues --------------------------------------------------------------------------
+    def get_queue(self, name: str, worker_concurrency: int | None = None,
+                  rate_limiter: Mapping[str, int] | None = None,
+                  default_job_options: Mapping[str, Any] | None = None,
+                  **queue_options: Any) -> Any:
+        """The queue ``name``, created on first call; later calls may change its settings."""
+        name = validate_queue_name(name)
+        with self._lock:
+            existing = self._queues.get(name)
+            given = {k: v for k, v in dict(
+                worker_concurrency=worker_concurrency, rate_limiter=rate_limiter,
+                default_job_options=default_job_options, **queue_options).items()
+                if v is not None}
+            if existing is not None and not given:
+                return existing
+            settings = self._known_defaults(name) or {}
+            if existing is not None:
+                settings.update(worker_concurrency=existing.worker_concurrency,
+                                default_job_options=existing.default_job_options)
+                if existing.rate_limiter is not None:
+                    settings["rate_limiter"] = {"max": existing.rate_limiter.max,
+                                                "duration": existing.rate_limiter.duration}
+            settings.update(given)
+            queue = self.queue_class(name, self._connection_arg_for_queue(), prefix=self.prefix,
+                                     **settings)
+            self._queues[name] = queue
+            return queue
+
+    def _connection_arg_for_queue(self) -> Any:
+        return self._connection_arg if isinstance(self._connection_arg, Connection) \
+            else _LazyConnection(self)
+
+    def queue(self, name: str) -> Any:
+        """A queue this manager knows (or a predefined one); unknown names are an error."""
+        if isinstance(name, QueueName):
+            name = name.value
+        with self._lock:
+            q = self._queues.get(name)
+        if q is not None:
+            return q
+        if isinstance(name, str) and self._known_defaults(name) is not None:
+            return self.get_queue(name)
+        if not isinstance(name, str):
+            raise TypeError(f"queue name must be a str, not {type(name).__name__}")
+        known = ", ".join(sorted(self._queues)) or "none yet"
+        raise UnknownQueueError(
+            f"unknown queue {name!r} (known: {known}); create it with "
+            f"queue_manager.get_queue({name!r}) first")
+
+    @property
+    def queues(self) -> dict[str, Any]:
+        return dict(self._queues)
+
+    # -- workers -------------------------------------------------------------------------
+    def register_processor(self, name: str, processor: Processor, **worker_options: Any) -> None:
+        """Set the function that processes jobs of ``name`` (used by ``start_worker``)."""
+        if not callable(processor):
+            raise TypeError(f"processor must be callable, not {type(processor).__name__}")
+        self.queue(name) if name in self._queues else self.get_queue(name)
+        self._processors[name] = (processor, worker_options)
+
+    def _build_worker(self, name: str, worker_concurrency: int | None, mode: str,
+                      processor: Processor | None, options: dict[str, Any]) -> Worker:
+        queue = self.queue(name)
+        if processor is None:
+            if name not in self._processors:
+                raise UnknownQueueError(
+                    f"no processor registered for queue {name!r}; call "
+                    f"queue_manager.register_processor({name!r}, fn) first")
+            processor, registered = self._processors[name]
+            options = {**registered, **options}
+        concurrency = worker_concurrency or queue.worker_concurrency
+        return self.worker_class(name, processor, self.connection, concurrency=concurrency,
+                                 mode=mode, prefix=self.prefix, **options)
+
+    def _reuse_worker(self, name: str, worker: Worker) -> Worker | None:
+        """A running worker with the same settings is returned instead of a second one."""
+        old = self._workers.get(name)
+        if old is None or not old.is_running:
+            return None
+        same = (old.processor is worker.processor and old.mode == worker.mode
+                and old.concurrency == worker.concurrency)
+        if same:
+            warnings.warn(f"a worker for {name!r} is already running; returning it",
+                          stacklevel=3)
+            return old
+        warnings.warn(f"replacing the running worker for {name!r} (settings or processor "
+                      "changed); the old one stops gracefully", stacklevel=3)
+        return None
+
+    def start_worker(self, name: str, worker_concurrency: int | None = None,
+                     mode: str = "thread", processor: Processor | None = None,
+                     **worker_options: Any) -> Any:
+        """Start a worker for ``name`` in the background and return it (idempotent)."""
+        worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
+        with self._lock:
+            reused = self._reuse_worker(name, worker)
+            if reused is not None:
+                return reused
+            old = self._workers.pop(name, None)
+            if old is not None:
+                old.stop()
+            self._workers[name] = worker
+        return worker.start()
+
+    def stop_worker(self, name: str, timeout: float | None = None) -> Any:
+        with self._lock:
+            worker = self._workers.pop(name, None)
+        if worker is not None:
+            return worker.stop(timeout)
+        return None
+
+    @property
+    def workers(self) -> dict[str, Worker]:
+        return dict(self._workers)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop every worker this manager started (also run at interpreter exit)."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            try:
+                w.stop(timeout)
+            except Exception:  # shutting down: keep stopping the others
+                pass
+
+    # -- the seed's operations, by queue name --------------------------------------------
+    def add_job(self, name: str, data: Mapping[str, Any], *, priority: Any = None,
+                schedule: Mapping[str, Any] | None = None, job_id: str | None = None,
+                attempts: int | None = None, backoff: Any = None, timeout: Any = None,
+                delay: Any = None, remove_on_complete: Any = None,
+                remove_on_fail: Any = None) -> Any:
+        return self.queue(name).add(
+            data, priority=priority, schedule=schedule, job_id=job_id, attempts=attempts,
+            backoff=backoff, timeout=timeout, delay=delay,
+            remove_on_complete=remove_on_complete, remove_on_fail=remove_on_fail)
+
+    def add_jobs(self, name: str, jobs: Iterable[Any], **options: Any) -> Any:
+        return self.queue(name).add_bulk(jobs, **options)
+
+    def get_queue_metrics(self, name: str) -> Any:
+        return self.queue(name).get_metrics()
+
+    def get_job_status(self, name: str, job_id: str) -> Any:
+        return self.queue(name).get_job_status(job_id)
+
+    def get_job(self, name: str, job_id: str) -> Any:
+        return self.queue(name).get_job(job_id)
+
+    def pause_queue(self, name: str) -> Any:
+        return self.queue(name).pause()
+
+    def resume_queue(self, name: str) -> Any:
+        return self.queue(name).resume()
+
+    def drain_queue(self, name: str, delayed: bool = False) -> Any:
+        return self.queue(name).drain(delayed)
+
+    def clean_queue(self, name: str, grace_ms: Any = 0, limit: int = 0,
+                    state: str = "completed") -> Any:
+        return self.queue(name).clean(grace_ms, limit, state)
+
+    def retry_failed_jobs(self, name: str) -> Any:
+        return self.queue(name).retry_failed()
+
+    def remove_job(self, name: str, job_id: str) -> Any:
+        return self.queue(name).remove(job_id)
+
+    def metrics_frame(self, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per queue (its ``QueueMetrics``), as a DataFrame."""
+        from .frames import metrics_frame
+
+        names = list(names) if names is not None else sorted(self._queues)
+        return metrics_frame([self.queue(n).get_metrics() for n in names])
+
+    def __repr__(self) -> str:
+        return (f"<QueueManager queues={sorted(self._queues)} "
+                f"workers={sorted(self._workers)}>")
+
+
+class _LazyConnection:
+    """Stands in for the manager's connection until a queue first does I/O."""
+
+    def __init__(self, manager: QueueManager) -> None:
+        self._manager = manager
+
+    def resolve(self) -> Connection:
+        return self._manager.connection
+
+
+def _close_all() -> None:
+    for m in list(_MANAGERS):
+        m.close(timeout=5.0)
+
+
+atexit.register(_close_all)

@@ -1,0 +1,329 @@
+"""Every queue operation, written once as a sans-I/O generator (see ``protocol``).
+
+``QueueOps`` builds script calls and parses replies; the sync ``Queue``, the asyncio
+``nbqueue.aio.Queue`` and the worker engine run these same generators.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import serialization
+from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, NbqueueError
+from .keys import DEFAULT_PREFIX, QueueKeys
+from .options import JobOptions, default_options, merge_options
+from .protocol import Batch, Call, Op
+from .records import Event, Fetched, JobRecord, parse_events, parse_fetch, parse_job
+from .types import JobState, QueueMetrics
+
+EVENTS_MAXLEN = 10_000
+FINISHED = (JobState.COMPLETED, JobState.FAILED)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended, as the finish script takes it."""
+
+    job: JobRecord
+    kind: str  # c completed | f failed | x failed, attempts exhausted | r retry
+    value: str  # result JSON (c) or failure reason
+    error_type: str = ""
+    retry_delay: int = 0
+    attempts_made: int | None = None  # None: this attempt counts (job.attempts_made + 1)
+
+    @property
+    def terminal_failure(self) -> bool:
+        return self.kind in ("f", "x")
+
+
+@dataclass
+class RateLimit:
+    max: int
+    duration: int
+
+    @classmethod
+    def parse(cls, value: object) -> RateLimit | None:
+        if value is None:
+            return None
+        if isinstance(value, RateLimit):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"max", "duration"}:
+            raise InvalidOptionError("rate_limiter must be a dict {'max': n, 'duration': ms}")
+        from .durations import to_ms
+
+        n = value.get("max")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidOptionError(f"rate_limiter max must be an int >= 1: {n!r}")
+        return cls(n, to_ms(value.get("duration", 1000), "rate_limiter duration",
+                            allow_zero=False))
+
+
+class QueueOps:
+    """The operations of one queue, as generators of Redis calls."""
+
+    def __init__(self, name: str, *, prefix: str = DEFAULT_PREFIX,
+                 default_job_options: Mapping[str, Any] | JobOptions | None = None,
+                 max_payload_bytes: int = serialization.DEFAULT_HARD_LIMIT,
+                 events_maxlen: int = EVENTS_MAXLEN) -> None:
+        self.keys = QueueKeys(name, prefix)
+        self.name = self.keys.name
+        self.defaults = (default_job_options if isinstance(default_job_options, JobOptions)
+                         else default_options(default_job_options))
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
+                or max_payload_bytes < 1:
+            raise InvalidOptionError(f"max_payload_bytes must be a positive int: "
+                                     f"{max_payload_bytes!r}")
+        self.max_payload_bytes = max_payload_bytes
+        self.events_maxlen = events_maxlen
+
+    # -- building blocks -------------------------------------------------------------
+    def call(self, script: str, *args: Any) -> Call:
+        """A call of ``script`` with the queue's twelve keys and the common ARGV prologue."""
+        return Call(script, self.keys.script_keys,
+                    (self.keys.job_prefix, "", self.events_maxlen, *args))
+
+    def prepare(self, data: Any, opts: Mapping[str, Any]) -> tuple[list[Any], JobRecord]:
+        """Validate and encode one job (no I/O): its add.lua arguments and its record."""
+        options = merge_options(self.defaults, opts)
+        text = serialization.encode_data(data, self.max_payload_bytes)
+        name = data.get("type") if isinstance(data.get("type"), str) else data.get("name")
+        name = name if isinstance(name, str) else "default"
+        args = [options.job_id or "", name, text, options.to_json(), options.priority,
+                options.delay]
+        record = JobRecord(id=options.job_id or "", name=name, data=dict(data), opts=options,
+                           state=JobState.DELAYED if options.delay else JobState.WAITING,
+                           timestamp=now_ms(), delay=options.delay)
+        return args, record
+
+    # -- producers ---------------------------------------------------------------------
+    def add(self, data: Any, opts: Mapping[str, Any]) -> Op[JobRecord]:
+        jobs = yield from self.add_bulk([(data, opts)])
+        return jobs[0]
+
+    def add_bulk(self, items: Iterable[Any]) -> Op[list[JobRecord]]:
+        """Add many jobs in one script call (one round trip). Items: data or (data, opts)."""
+        args: list[Any] = []
+        records: list[JobRecord] = []
+        for item in items:
+            data, opts = item if isinstance(item, tuple) else (item, {})
+            job_args, record = self.prepare(data, opts)
+            args.extend(job_args)
+            records.append(record)
+        if not records:
+            return []
+        reply = yield self.call("add", *args)
+        existing: list[int] = []
+        for i, record in enumerate(records):
+            record.id = reply[2 * i]
+            if int(reply[2 * i + 1]):
+                existing.append(i)
+        if existing:  # a re-added job_id: hand back the job as it is, not as we sent it
+            found = yield from self.get_jobs_by_id([records[i].id for i in existing])
+            for i, rec in zip(existing, found):
+                if rec is not None:
+                    records[i] = rec
+        return records
+
+    # -- reading -----------------------------------------------------------------------
+    def get_jobs_by_id(self, ids: Sequence[str]) -> Op[list[JobRecord | None]]:
+        calls = [Call.cmd("HGETALL", self.keys.job(i)) for i in ids]
+        calls.append(Call.cmd("HGET", self.keys.meta, "paused"))
+        replies = yield Batch(calls)
+        paused = replies[-1] == "1"
+        return [parse_job(i, h, paused) for i, h in zip(ids, replies[:-1])]
+
+    def get_job(self, job_id: str) -> Op[JobRecord | None]:
+        if not isinstance(job_id, str):
+            job_id = str(job_id)
+        found = yield from self.get_jobs_by_id([job_id])
+        return found[0]
+
+    def get_jobs(self, states: Iterable[str] | str | None = None, start: int = 0,
+                 limit: int = 100) -> Op[list[JobRecord]]:
+        """Jobs in the given states: newest first for finished ones, in run order otherwise."""
+        if states is None:
+            states = ["active", "waiting", "delayed", "failed", "completed"]
+        elif isinstance(states, str):
+            states = [states]
+        states = [str(JobState(s).value) if isinstance(s, JobState) else str(s) for s in states]
+        end = start + limit - 1 if limit and limit > 0 else -1
+        calls = []
+        for s in states:
+            key = self.keys.state_set(s)
+            newest_first = s in ("completed", "failed")
+            calls.append(Call.cmd("ZREVRANGE" if newest_first else "ZRANGE", key, start, end))
+        id_lists = yield Batch(calls)
+        ids = [i for lst in id_lists for i in lst]
+        if not ids:
+            return []
+        found = yield from self.get_jobs_by_id(ids)
+        return [r for r in found if r is not None]
+
+    def metrics(self) -> Op[QueueMetrics]:
+        k = self.keys
+        r = yield Batch([Call.cmd("ZCARD", k.wait), Call.cmd("ZCARD", k.active),
+                         Call.cmd("ZCARD", k.completed), Call.cmd("ZCARD", k.failed),
+                         Call.cmd("ZCARD", k.delayed), Call.cmd("HGET", k.meta, "paused")])
+        waiting, active, completed, failed, delayed = (int(x) for x in r[:5])
+        return QueueMetrics(self.name, waiting, active, completed, failed, delayed,
+                            r[5] == "1", waiting + active + delayed)
+
+    def stats(self) -> Op[dict[str, float]]:
+        """Running totals (completed, failed, error:<type>, duration buckets...)."""
+        raw = yield Call.cmd("HGETALL", self.keys.stats)
+        return {k: float(v) for k, v in raw.items()}
+
+    def history(self, minutes: int = 60) -> Op[list[tuple[int, int, int]]]:
+        """(minute start ms, completed, failed) for the last ``minutes`` minutes, oldest first."""
+        t = yield Call.cmd("TIME")
+        current = (int(t[0]) * 1000 + int(t[1]) // 1000) // 60_000
+        span = list(range(current - minutes + 1, current + 1))
+        r = yield Batch([Call.cmd("HMGET", self.keys.minute(m), "completed", "failed")
+                         for m in span])
+        return [(m * 60_000, int(c or 0), int(f or 0)) for m, (c, f) in zip(span, r)]
+
+    def is_paused(self) -> Op[bool]:
+        return (yield Call.cmd("HGET", self.keys.meta, "paused")) == "1"
+
+    # -- control -----------------------------------------------------------------------
+    def set_rate_limit(self, limit: RateLimit | None) -> Op[None]:
+        if limit is None:
+            yield Call.cmd("HDEL", self.keys.meta, "rl_max", "rl_dur")
+        else:
+            yield Call.cmd("HSET", self.keys.meta, "rl_max", limit.max, "rl_dur", limit.duration)
+
+    def rate_limit(self) -> Op[RateLimit | None]:
+        r = yield Call.cmd("HMGET", self.keys.meta, "rl_max", "rl_dur")
+        return RateLimit(int(r[0]), int(r[1])) if r[0] and r[1] else None
+
+    def set_paused(self, paused: bool) -> Op[None]:
+        yield self.call("set_paused", "1" if paused else "0")
+
+    def drain(self, delayed: bool = False) -> Op[int]:
+        return int((yield self.call("drain", "1" if delayed else "0")))
+
+    def clean(self, grace_ms: int, limit: int, state: str) -> Op[int]:
+        state = str(state.value if isinstance(state, JobState) else state)
+        if state == "wait":
+            state = "waiting"
+        if state not in ("completed", "failed", "waiting", "delayed"):
+            raise InvalidOptionError(
+                f"clean takes state completed, failed, waiting or delayed, not {state!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidOptionError(f"clean limit must be an int >= 0 (0 = all): {limit!r}")
+        removed = yield self.call("clean", state, grace_ms, limit)
+        return len(removed)
+
+    def retry_failed(self, limit: int = 0, job_id: str = "") -> Op[int]:
+        return int((yield self.call("retry_failed", limit, job_id)))
+
+    def remove(self, job_id: str) -> Op[bool]:
+        r = int((yield self.call("remove", str(job_id))))
+        if r < 0:
+            raise NbqueueError(f"job {job_id} is active (locked by a worker) and cannot be "
+                               "removed now; remove it once it has finished")
+        return r == 1
+
+    def obliterate(self, force: bool = False) -> Op[int]:
+        r = int((yield self.call("obliterate", "1" if force else "0")))
+        if r < 0:
+            raise NbqueueError(f"queue {self.name!r} has active jobs; stop its workers or "
+                               "pass force=True")
+        return r
+
+    def update_progress(self, job_id: str, progress: Any) -> Op[bool]:
+        text = serialization.dumps(progress, "progress")
+        return bool((yield self.call("progress", job_id, text)))
+
+    # -- events and results -----------------------------------------------------------
+    def last_event_id(self) -> Op[str]:
+        r = yield Call.cmd("XREVRANGE", self.keys.events, "+", "-", "COUNT", 1)
+        return r[0][0] if r else "0-0"
+
+    def read_events(self, last_id: str, block_ms: int | None = None,
+                    count: int = 500) -> Op[tuple[str, list[Event]]]:
+        """Events after ``last_id`` (waiting up to ``block_ms``); returns the new last id."""
+        cmd: list[Any] = ["XREAD", "COUNT", count]
+        if block_ms is not None:
+            cmd += ["BLOCK", max(1, block_ms)]
+        r = yield Call.cmd(*cmd, "STREAMS", self.keys.events, last_id)
+        if not r:
+            return last_id, []
+        entries = r[0][1] if isinstance(r, list) else next(iter(r.values()))[0]
+        if not entries:
+            return last_id, []
+        return entries[-1][0], parse_events(entries)
+
+    def wait_result(self, job_id: str, timeout: float | None) -> Op[Any]:
+        """The job's return value once it has finished (raises JobFailedError if failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Read the stream position before the job: a finish after it shows up as an event.
+        last = yield from self.last_event_id()
+        while True:
+            h = yield Call.cmd("HMGET", self.keys.job(job_id), "state", "rv", "fr", "et", "data")
+            if h[4] is None:
+                raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
+            if h[0] == "completed":
+                return serialization.loads(h[1])
+            if h[0] == "failed":
+                raise JobFailedError(job_id, h[2], h[3])
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+                block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
+                last, events = yield from self.read_events(last, block)
+                if not events:
+                    # Re-check now and then: the events stream is capped and may have
+                    # rolled past our entry under heavy load.
+                    break
+                if any(e.job_id == job_id and e.event in ("completed", "failed", "removed")
+                       for e in events):
+                    break
+
+    # -- worker side -------------------------------------------------------------------
+    def fetch(self, want: int, token: str, lock_ms: int) -> Op[Fetched]:
+        return parse_fetch((yield self.call("fetch", want, token, lock_ms)))
+
+    def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
+               token: str, lock_ms: int) -> Op[tuple[list[bool], Fetched]]:
+        args: list[Any] = [want, token, lock_ms, len(stats)]
+        for field, inc in stats.items():
+            args += [field, inc]
+        for o in outcomes:
+            keep = (o.job.opts.remove_on_complete if o.kind == "c"
+                    else o.job.opts.remove_on_fail)
+            atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
+            args += [o.job.id, o.job.lock or "", o.kind, o.value, o.error_type,
+                     o.retry_delay, atm, keep.count, keep.age_ms]
+        reply = yield self.call("finish", *args)
+        n = len(outcomes)
+        return [bool(x) for x in reply[:n]], parse_fetch(reply[n:])
+
+    def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
+        args: list[Any] = [lock_ms]
+        for job_id, lock in locks.items():
+            args += [job_id, lock]
+        return list((yield self.call("extend_locks", *args)))
+
+    def check_stalled(self, max_stalled: int, interval_ms: int) -> Op[tuple[list[str],
+                                                                               list[str]]]:
+        back, failed = yield self.call("stalled", max_stalled, interval_ms)
+        return list(back), list(failed)
+
+
+def dead_letter_entry(origin: str, record: JobRecord, reason: str,
+                      error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data and options of the dead-letter job recording a terminal failure."""
+    data = {"type": "dead_letter", "payload": {
+        "queue": origin, "job_id": record.id, "name": record.name, "data": record.data,
+        "reason": reason, "error_type": error_type,
+        "attempts_made": record.attempts_made + 1, "failed_at": now_ms()}}
+    return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}:{now_ms()}"}

@@ -1,0 +1,197 @@
+"""Job options: parsing, validation and the defaults a queue applies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .backoff import Backoff
+from .durations import to_ms
+from .errors import InvalidOptionError
+from .types import JobPriority
+
+# Retention defaults: bounded, unlike BullMQ's keep-everything default.
+DEFAULT_KEEP_COMPLETED = 1000
+DEFAULT_KEEP_FAILED = 5000
+
+JOB_OPTION_NAMES = frozenset({
+    "priority", "delay", "schedule", "attempts", "backoff", "timeout", "job_id",
+    "remove_on_complete", "remove_on_fail",
+})
+
+_PRIORITY_NAMES = {p.name.lower(): int(p) for p in JobPriority}
+
+
+def parse_priority(value: object) -> int:
+    """1..5, a ``JobPriority``, or its name ("high", "CRITICAL")."""
+    if isinstance(value, bool):
+        raise InvalidOptionError("priority must be 1..5 or a JobPriority name, not a bool")
+    if isinstance(value, int):
+        if 1 <= value <= 5:
+            return int(value)
+        raise InvalidOptionError(f"priority must be between 1 (critical) and 5 (background): {value}")
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _PRIORITY_NAMES:
+            return _PRIORITY_NAMES[key]
+        if key.isdigit():
+            return parse_priority(int(key))
+        raise InvalidOptionError(
+            f"unknown priority {value!r}; use one of {', '.join(_PRIORITY_NAMES)} or 1..5")
+    raise InvalidOptionError(f"priority must be an int 1..5 or a name, not {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many finished jobs to keep (-1 = all) and for how long (ms, 0 = no age limit)."""
+
+    count: int = -1
+    age_ms: int = 0
+
+    @classmethod
+    def parse(cls, value: object, default_count: int) -> Retention:
+        if value is None:
+            return cls(count=default_count)
+        if value is True:
+            return cls(count=0)
+        if value is False:
+            return cls(count=-1)
+        if isinstance(value, int):
+            if value < 0:
+                raise InvalidOptionError(f"retention count must be >= 0: {value}")
+            return cls(count=value)
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"age", "count"}
+            if unknown:
+                raise InvalidOptionError(f"unknown retention option(s): {sorted(unknown)}")
+            count = value.get("count", -1)
+            if isinstance(count, bool) or not isinstance(count, int) or count < -1:
+                raise InvalidOptionError(f"retention count must be an int >= 0: {count!r}")
+            age = value.get("age")
+            # BullMQ's "age" is in seconds; a timedelta or "2h" works as well.
+            age_ms = 0
+            if age is not None:
+                age_ms = (to_ms(age, "retention age") if isinstance(age, str) or hasattr(
+                    age, "total_seconds") else to_ms(float(age) * 1000, "retention age"))
+            return cls(count=count, age_ms=age_ms)
+        raise InvalidOptionError(
+            "remove_on_complete/remove_on_fail take True, a count, or {'age': s, 'count': n}")
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "age_ms": self.age_ms}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Validated options of one job; ``to_json`` is what is stored with it."""
+
+    priority: int = int(JobPriority.NORMAL)
+    delay: int = 0
+    attempts: int = 1
+    backoff: Backoff | None = None
+    timeout: int | None = None
+    job_id: str | None = None
+    remove_on_complete: Retention = Retention(count=DEFAULT_KEEP_COMPLETED)
+    remove_on_fail: Retention = Retention(count=DEFAULT_KEEP_FAILED)
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"attempts": self.attempts}
+        if self.backoff:
+            d["backoff"] = self.backoff.to_json()
+        if self.timeout:
+            d["timeout"] = self.timeout
+        d["roc"] = self.remove_on_complete.to_json()
+        d["rof"] = self.remove_on_fail.to_json()
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_stored(cls, text: str | None, priority: int = 3) -> JobOptions:
+        """Rebuild options from what a job hash holds (tolerates missing or odd fields)."""
+        try:
+            d = json.loads(text or "{}")
+            if not isinstance(d, dict):
+                d = {}
+        except ValueError:
+            d = {}
+        roc, rof = d.get("roc") or {}, d.get("rof") or {}
+        return cls(
+            priority=priority,
+            attempts=max(1, int(d.get("attempts", 1))),
+            backoff=Backoff.parse(d["backoff"]) if d.get("backoff") else None,
+            timeout=int(d["timeout"]) if d.get("timeout") else None,
+            remove_on_complete=Retention(int(roc.get("count", DEFAULT_KEEP_COMPLETED)),
+                                         int(roc.get("age_ms", 0))),
+            remove_on_fail=Retention(int(rof.get("count", DEFAULT_KEEP_FAILED)),
+                                     int(rof.get("age_ms", 0))),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """A plain-dict view for users (status, DataFrames)."""
+        return {"priority": self.priority, "delay": self.delay, "attempts": self.attempts,
+                "backoff": self.backoff.to_json() if self.backoff else None,
+                "timeout": self.timeout, "job_id": self.job_id}
+
+
+def validate_job_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidOptionError(f"job_id must be a str, not {type(value).__name__}")
+    if not value or len(value) > 500:
+        raise InvalidOptionError("job_id must have 1..500 characters")
+    if value.isdigit():
+        # Plain integers are nbqueue's own ids: a custom one could collide with them later.
+        raise InvalidOptionError(f"job_id {value!r} is all digits; custom ids need a non-digit")
+    return value
+
+
+def merge_options(defaults: JobOptions, opts: Mapping[str, Any]) -> JobOptions:
+    """Apply per-job keyword options over the queue's defaults; ``None`` means "default"."""
+    unknown = set(opts) - JOB_OPTION_NAMES
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown job option(s): {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(JOB_OPTION_NAMES))}")
+    changes: dict[str, Any] = {}
+    for name, value in opts.items():
+        if value is None:
+            continue
+        if name == "priority":
+            changes["priority"] = parse_priority(value)
+        elif name == "delay":
+            changes["delay"] = to_ms(value, "delay")
+        elif name == "schedule":
+            if not isinstance(value, Mapping):
+                raise InvalidOptionError("schedule must be a dict like {'delay': 300000}")
+            extra = set(value) - {"delay"}
+            if extra:
+                raise InvalidOptionError(
+                    f"unknown schedule option(s): {sorted(extra)}; for cron use "
+                    "schedule_recurring_job()")
+            if value.get("delay") is not None:
+                changes["delay"] = to_ms(value["delay"], "schedule delay")
+        elif name == "attempts":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError(f"attempts must be an int >= 1: {value!r}")
+            changes["attempts"] = value
+        elif name == "backoff":
+            changes["backoff"] = Backoff.parse(value)
+        elif name == "timeout":
+            changes["timeout"] = to_ms(value, "timeout", allow_zero=False)
+        elif name == "job_id":
+            changes["job_id"] = validate_job_id(value)
+        elif name == "remove_on_complete":
+            changes["remove_on_complete"] = Retention.parse(value, DEFAULT_KEEP_COMPLETED)
+        elif name == "remove_on_fail":
+            changes["remove_on_fail"] = Retention.parse(value, DEFAULT_KEEP_FAILED)
+    return replace(defaults, **changes)
+
+
+def default_options(opts: Mapping[str, Any] | None) -> JobOptions:
+    """A queue's ``default_job_options`` (job_id is per job, so not allowed here)."""
+    opts = dict(opts or {})
+    if "job_id" in opts:
+        raise InvalidOptionError("job_id cannot be a default job option")
+    return merge_options(JobOptions(), opts)

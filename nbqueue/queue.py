@@ -1,0 +1,189 @@
+"""Queues: add jobs, read them, and control the queue. ``Queue`` is the blocking API."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from . import serialization
+from .connection import Connection, connect
+from .durations import to_ms
+from .job import Job, JobBase
+from .keys import DEFAULT_PREFIX
+from .ops import QueueOps, RateLimit
+from .protocol import Op, run_sync, sync_method
+from .records import Event, JobRecord
+from .types import JobStatus, QueueMetrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class QueueBase:
+    """Everything a queue does, defined once; ``Queue`` and ``aio.Queue`` bind it to I/O."""
+
+    job_class: type[JobBase] = JobBase
+
+    def __init__(self, name: str, connection: Connection | str | redis.Redis | None = None, *,
+                 prefix: str = DEFAULT_PREFIX,
+                 default_job_options: Mapping[str, Any] | None = None,
+                 rate_limiter: Mapping[str, int] | None = None,
+                 worker_concurrency: int | None = None,
+                 max_payload_bytes: int = serialization.DEFAULT_HARD_LIMIT,
+                 events_maxlen: int = 10_000) -> None:
+        self._ops = QueueOps(name, prefix=prefix, default_job_options=default_job_options,
+                             max_payload_bytes=max_payload_bytes, events_maxlen=events_maxlen)
+        self.name = self._ops.name
+        self.prefix = prefix
+        self.rate_limiter = RateLimit.parse(rate_limiter)
+        if worker_concurrency is not None and (
+                isinstance(worker_concurrency, bool) or not isinstance(worker_concurrency, int)
+                or worker_concurrency < 1):
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError(f"worker_concurrency must be an int >= 1: "
+                                     f"{worker_concurrency!r}")
+        self.worker_concurrency = worker_concurrency or 1
+        self.default_job_options = dict(default_job_options or {})
+        self._connection = connection
+        # The rate limit lives in Redis (shared by all workers); written before the next op.
+        self._config_pending = self.rate_limiter is not None
+
+    @property
+    def connection(self) -> Connection:
+        if not isinstance(self._connection, Connection):
+            if hasattr(self._connection, "resolve"):  # the manager's lazy connection
+                self._connection = self._connection.resolve()
+            elif isinstance(self._connection, redis.Redis):
+                self._connection = Connection.from_client(self._connection)
+            else:
+                self._connection = connect(self._connection)
+        return self._connection
+
+    def _with_config(self, op: Op[Any]) -> Op[Any]:
+        if self._config_pending:
+            yield from self._ops.set_rate_limit(self.rate_limiter)
+            self._config_pending = False
+        return (yield from op)
+
+    def _job(self, record: JobRecord) -> JobBase:
+        return self.job_class(self, record)
+
+    # -- operations ---------------------------------------------------------------------
+    def _add(self, data: Mapping[str, Any], **opts: Any) -> Op[JobBase]:
+        """Add one job; ``job_id`` of an existing job returns that job (idempotent)."""
+        return self._job((yield from self._ops.add(data, opts)))
+
+    def _add_bulk(self, jobs: Iterable[Any], **opts: Any) -> Op[list[JobBase]]:
+        """Add many jobs in one round trip. Items: data dicts, or (data, options) pairs."""
+        items = [(j[0], {**opts, **j[1]}) if isinstance(j, tuple) else (j, opts) for j in jobs]
+        return [self._job(r) for r in (yield from self._ops.add_bulk(items))]
+
+    def _get_job(self, job_id: str) -> Op[JobBase | None]:
+        record = yield from self._ops.get_job(job_id)
+        return None if record is None else self._job(record)
+
+    def _get_job_status(self, job_id: str) -> Op[JobStatus | None]:
+        record = yield from self._ops.get_job(job_id)
+        return None if record is None else record.to_status()
+
+    def _get_jobs(self, states: Iterable[str] | str | None = None, start: int = 0,
+                  limit: int = 100) -> Op[list[JobBase]]:
+        return [self._job(r) for r in (yield from self._ops.get_jobs(states, start, limit))]
+
+    def _get_metrics(self) -> Op[QueueMetrics]:
+        return (yield from self._ops.metrics())
+
+    def _get_stats(self) -> Op[dict[str, float]]:
+        return (yield from self._ops.stats())
+
+    def _get_history(self, minutes: int = 60) -> Op[list[tuple[int, int, int]]]:
+        return (yield from self._ops.history(minutes))
+
+    def _pause(self) -> Op[None]:
+        yield from self._ops.set_paused(True)
+
+    def _resume(self) -> Op[None]:
+        yield from self._ops.set_paused(False)
+
+    def _is_paused(self) -> Op[bool]:
+        return (yield from self._ops.is_paused())
+
+    def _drain(self, delayed: bool = False) -> Op[int]:
+        """Remove all waiting jobs (and delayed ones with ``delayed=True``)."""
+        return (yield from self._ops.drain(delayed))
+
+    def _clean(self, grace: Any = 0, limit: int = 0, state: str = "completed") -> Op[int]:
+        """Remove up to ``limit`` (0 = all) jobs of ``state`` older than ``grace`` (ms)."""
+        return (yield from self._ops.clean(to_ms(grace, "grace"), limit, state))
+
+    def _retry_failed(self, limit: int = 0) -> Op[int]:
+        return (yield from self._ops.retry_failed(limit))
+
+    def _remove(self, job_id: str) -> Op[bool]:
+        return (yield from self._ops.remove(job_id))
+
+    def _obliterate(self, force: bool = False) -> Op[int]:
+        return (yield from self._ops.obliterate(force))
+
+    def _read_events(self, last_id: str = "$", block: Any = None,
+                     count: int = 500) -> Op[tuple[str, list[Event]]]:
+        """Events after ``last_id`` ("0" = from the start of the capped stream)."""
+        if last_id == "$":
+            last_id = yield from self._ops.last_event_id()
+        block_ms = None if block is None else to_ms(block, "block")
+        return (yield from self._ops.read_events(last_id, block_ms, count))
+
+    # -- display -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    def _repr_html_(self) -> str:
+        return f"<div class='nbqueue-queue'>nbqueue queue <b>{html.escape(self.name)}</b></div>"
+
+
+class Queue(QueueBase):
+    """A queue with blocking methods. ``nbqueue.aio.Queue`` has the same ones, awaitable."""
+
+    job_class = Job
+
+    def _run(self, op: Op[Any]) -> Any:
+        return run_sync(self.connection.sync(), self._with_config(op))
+
+    add = sync_method(QueueBase._add)
+    add_bulk = sync_method(QueueBase._add_bulk)
+    get_job = sync_method(QueueBase._get_job)
+    get_job_status = sync_method(QueueBase._get_job_status)
+    get_jobs = sync_method(QueueBase._get_jobs)
+    get_metrics = sync_method(QueueBase._get_metrics)
+    get_stats = sync_method(QueueBase._get_stats)
+    get_history = sync_method(QueueBase._get_history)
+    pause = sync_method(QueueBase._pause)
+    resume = sync_method(QueueBase._resume)
+    is_paused = sync_method(QueueBase._is_paused)
+    drain = sync_method(QueueBase._drain)
+    clean = sync_method(QueueBase._clean)
+    retry_failed = sync_method(QueueBase._retry_failed)
+    remove = sync_method(QueueBase._remove)
+    obliterate = sync_method(QueueBase._obliterate)
+    read_events = sync_method(QueueBase._read_events)
+
+    def events(self, last_id: str = "$", block: Any = 1000) -> Iterable[Event]:
+        """Iterate over events as they come (blocks; break out of the loop to stop)."""
+        while True:
+            last_id, batch = self.read_events(last_id, block)
+            yield from batch
+
+    def jobs_frame(self, states: Iterable[str] | str | None = None,
+                   limit: int = 100) -> pd.DataFrame:
+        from .frames import jobs_frame
+
+        return jobs_frame(self.get_jobs(states, 0, limit))
+
+    def metrics_history_frame(self, minutes: int = 60) -> pd.DataFrame:
+        from .frames import history_frame
+
+        return history_frame(self.name, self.get_history(minutes))

@@ -1,0 +1,168 @@
+"""Parsing what Redis holds into value objects (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .options import JobOptions
+from .types import JobState, JobStatus
+
+
+def _int(value: Any, default: int | None = 0) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _json(value: Any, default: Any = None) -> Any:
+    if value in (None, ""):
+        return default
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value  # not JSON (hand-edited): show it as the raw string
+
+
+@dataclass
+class JobRecord:
+    """Everything a job hash holds, parsed. ``data`` is the user's dict."""
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    opts: JobOptions
+    state: JobState = JobState.WAITING
+    timestamp: int = 0
+    attempts_made: int = 0
+    progress: Any = 0
+    processed_on: int | None = None
+    finished_on: int | None = None
+    returnvalue: Any = None
+    failed_reason: str | None = None
+    error_type: str | None = None
+    stalled_count: int = 0
+    delay: int = 0
+    lock: str | None = field(default=None, repr=False)
+
+    @property
+    def priority(self) -> int:
+        return self.opts.priority
+
+    def to_status(self) -> JobStatus:
+        return JobStatus(
+            id=self.id, name=self.name, data=self.data, state=self.state,
+            progress=self.progress, attempts_made=self.attempts_made,
+            processed_on=self.processed_on, finished_on=self.finished_on,
+            returnvalue=self.returnvalue, failed_reason=self.failed_reason,
+            timestamp=self.timestamp, priority=self.priority, delay=self.delay,
+            error_type=self.error_type, opts=self.opts.public(),
+        )
+
+
+def parse_state(value: str | None, paused: bool) -> JobState:
+    try:
+        state = JobState(value or "unknown")
+    except ValueError:
+        state = JobState.UNKNOWN
+    if paused and state is JobState.WAITING:
+        return JobState.PAUSED
+    return state
+
+
+def parse_job(job_id: str, h: dict[str, str], paused: bool = False) -> JobRecord | None:
+    """A job hash as a record; None for a missing job. Odd fields are tolerated."""
+    if not h:
+        return None
+    prio = _int(h.get("prio"), 3) or 3
+    data = _json(h.get("data"), {})
+    return JobRecord(
+        id=job_id,
+        name=h.get("name", ""),
+        data=data if isinstance(data, dict) else {"value": data},
+        opts=JobOptions.from_stored(h.get("opts"), priority=prio),
+        state=parse_state(h.get("state"), paused),
+        timestamp=_int(h.get("ts")) or 0,
+        attempts_made=_int(h.get("atm")) or 0,
+        progress=_json(h.get("prog"), 0),
+        processed_on=_int(h.get("pon"), None),
+        finished_on=_int(h.get("fon"), None),
+        returnvalue=_json(h.get("rv"), None),
+        failed_reason=h.get("fr") or None,
+        error_type=h.get("et") or None,
+        stalled_count=_int(h.get("stc")) or 0,
+        delay=_int(h.get("delay")) or 0,
+        lock=h.get("lk") or None,
+    )
+
+
+FETCH_STRIDE = 10
+
+
+class CorruptJob(Exception):
+    """A fetched job whose stored fields cannot be parsed; the worker fails it."""
+
+    def __init__(self, job_id: str, lock: str, reason: str) -> None:
+        super().__init__(reason)
+        self.job_id, self.lock, self.reason = job_id, lock, reason
+
+
+@dataclass
+class Fetched:
+    """What the fetch step returned: jobs now locked for us, and when to look again."""
+
+    jobs: list[JobRecord]
+    corrupt: list[CorruptJob]
+    next_delay_ms: int  # -1: no delayed jobs
+    limit_ttl_ms: int  # > 0: the rate limit is reached for this long
+
+
+def parse_fetch(reply: list[Any]) -> Fetched:
+    jobs: list[JobRecord] = []
+    corrupt: list[CorruptJob] = []
+    for i in range(2, len(reply), FETCH_STRIDE):
+        (job_id, lock, name, data, opts, atm, ts, prio, prog, stc) = reply[i:i + FETCH_STRIDE]
+        try:
+            payload = json.loads(data)
+            if not isinstance(payload, dict):
+                raise ValueError("job data is not a JSON object")
+            jobs.append(JobRecord(
+                id=job_id, name=name, data=payload,
+                opts=JobOptions.from_stored(opts, priority=int(prio)),
+                state=JobState.ACTIVE, timestamp=int(float(ts)), attempts_made=int(atm),
+                progress=_json(prog, 0), stalled_count=int(stc), lock=lock))
+        except (TypeError, ValueError) as exc:
+            corrupt.append(CorruptJob(job_id, lock, f"corrupt job hash: {exc}"))
+    return Fetched(jobs, corrupt, int(reply[0]), int(reply[1]))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a queue's event stream, expanded to one job (or none)."""
+
+    id: str
+    event: str
+    job_id: str | None
+    fields: dict[str, str]
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(self.id.split("-")[0])
+
+
+def parse_events(entries: list[Any]) -> list[Event]:
+    """Stream entries -> events; a batched entry (``ids``) becomes one event per job."""
+    out: list[Event] = []
+    for entry_id, raw in entries:
+        fields = dict(raw)
+        name = fields.pop("event", "")
+        if "jobId" in fields:
+            out.append(Event(entry_id, name, fields.pop("jobId"), fields))
+        elif "ids" in fields:
+            for jid in json.loads(fields.pop("ids")):
+                out.append(Event(entry_id, name, jid, fields))
+        else:
+            out.append(Event(entry_id, name, None, fields))
+    return out

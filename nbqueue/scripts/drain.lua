@@ -1,0 +1,19 @@
+-- drain: remove every waiting job (and the delayed ones when asked); active jobs run on.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to drain delayed jobs too.
+-- Returns the number of jobs removed.
+-- @include common
+local removed = 0
+local sets = {K_WAIT}
+if ARGV[4] == '1' then sets[2] = K_DELAYED end
+for _, set in ipairs(sets) do
+  while true do
+    local ids = redis.call('ZRANGE', set, 0, 999)
+    if #ids == 0 then break end
+    delete_jobs(ids)
+    zrem_many(set, ids)
+    removed = removed + #ids
+  end
+end
+emit('drained', nil, {'removed', tostring(removed)})
+return removed

@@ -1,0 +1,16 @@
+-- extend_locks: renew the locks of all jobs a worker holds, in one call.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 lock ms, then pairs (id, lock).
+-- Returns the ids whose lock is no longer this worker's (stalled and taken, or removed).
+-- @include common
+local lost = {}
+local until_ms = fmt(NOW + tonumber(ARGV[4]))
+for i = 5, #ARGV, 2 do
+  local id, lock = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', JOB .. id, 'lk') == lock then
+    redis.call('ZADD', K_ACTIVE, 'XX', until_ms, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

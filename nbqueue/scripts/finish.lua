@@ -1,0 +1,81 @@
+-- finish: record the outcome of a batch of attempts (BullMQ's moveToFinished), then fetch
+-- the worker's next jobs in the same call so a steady drain costs one round trip per batch.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms,
+--   7 n = number of stat pairs, then n x (stats field, increment),
+--   then 9 per job: id, lock, kind, value, error type, retry delay ms, attempts made,
+--   keep count (-1 = all), keep age ms (0 = no age limit).
+--   kind: c = completed, f = failed (no retry wanted), x = failed (attempts exhausted),
+--         r = retry (to delayed when delay > 0, else back to wait).
+-- Returns {status per job (1 done, 0 lock lost or job gone)..., <fetch reply>}.
+-- @include common
+-- @include fetch
+local nstats = tonumber(ARGV[7])
+local first_job = 8 + 2 * nstats
+local statuses = {}
+local done_ids, failed_ids, exhausted, retry_now, retry_later = {}, {}, {}, {}, {}
+local zdone, zfailed, zdelayed = {}, {}, {}
+local c_keep, c_age, f_keep, f_age = -1, 0, -1, 0
+for i = first_job, #ARGV, 9 do
+  local id, lock, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local etype, delay, atm = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
+  local keep, age = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+  local key = JOB .. id
+  if redis.call('HGET', key, 'lk') ~= lock then
+    statuses[#statuses + 1] = 0
+  else
+    statuses[#statuses + 1] = 1
+    redis.call('ZREM', K_ACTIVE, id)
+    if kind == 'c' then
+      redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
+      done_ids[#done_ids + 1] = id
+      if keep == 0 then redis.call('DEL', key)
+      else zdone[#zdone + 1] = NOW; zdone[#zdone + 1] = id; c_keep = keep; c_age = age end
+    elseif kind == 'r' then
+      redis.call('HSET', key, 'fr', value, 'et', etype, 'atm', atm, 'lk', '')
+      if delay > 0 then
+        redis.call('HSET', key, 'state', 'delayed')
+        local seq = redis.call('INCR', K_CTR)
+        zdelayed[#zdelayed + 1] = delayed_score(NOW + delay, seq); zdelayed[#zdelayed + 1] = id
+        retry_later[#retry_later + 1] = id
+      else
+        retry_now[#retry_now + 1] = id
+      end
+    else
+      redis.call('HSET', key, 'state', 'failed', 'fr', value, 'et', etype, 'fon', NOW,
+        'atm', atm, 'lk', '')
+      failed_ids[#failed_ids + 1] = id
+      if kind == 'x' then exhausted[#exhausted + 1] = id end
+      if keep == 0 then redis.call('DEL', key)
+      else zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id; f_keep = keep; f_age = age end
+    end
+  end
+end
+if #zdone > 0 then redis.call('ZADD', K_COMPLETED, unpack(zdone)) end
+if #zfailed > 0 then redis.call('ZADD', K_FAILED, unpack(zfailed)) end
+if #zdelayed > 0 then redis.call('ZADD', K_DELAYED, unpack(zdelayed)) end
+requeue(retry_now)
+if #zdone > 0 then trim_finished(K_COMPLETED, c_keep, c_age) end
+if #zfailed > 0 then trim_finished(K_FAILED, f_keep, f_age) end
+emit('completed', done_ids)
+emit('failed', failed_ids)
+emit('retries-exhausted', exhausted)
+emit('waiting', retry_now)
+emit('delayed', retry_later)
+if #retry_now > 0 then push_marker() end
+
+-- Running totals and the per-minute history (one small hash per minute, kept a day).
+if #done_ids > 0 then redis.call('HINCRBY', K_STATS, 'completed', #done_ids) end
+if #failed_ids > 0 then redis.call('HINCRBY', K_STATS, 'failed', #failed_ids) end
+for i = 8, 7 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
+if #done_ids + #failed_ids > 0 then
+  local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
+  local total = 0
+  if #done_ids > 0 then total = total + redis.call('HINCRBY', mkey, 'completed', #done_ids) end
+  if #failed_ids > 0 then total = total + redis.call('HINCRBY', mkey, 'failed', #failed_ids) end
+  if total == #done_ids + #failed_ids then redis.call('PEXPIRE', mkey, 86400000) end
+end
+
+local fetched = fetch_jobs(tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
+for i = 1, #fetched do statuses[#statuses + 1] = fetched[i] end
+return statuses

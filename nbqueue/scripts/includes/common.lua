@@ -1,0 +1,99 @@
+-- Shared prologue of every queue script.
+-- KEYS (the same twelve for every script, in this order):
+--   1 wait (ZSET, score = priority * 2^40 + seq)   2 active (ZSET, score = lock expiry ms)
+--   3 delayed (ZSET, score = due_ms * 4096 + seq % 4096)  4 completed (ZSET, finished ms)
+--   5 failed (ZSET, finished ms)  6 meta (HASH)  7 ctr (id/sequence counter)
+--   8 events (STREAM)  9 marker (LIST that idle workers block on)  10 limiter
+--   11 stalled-check guard  12 stats (HASH of running totals)
+-- ARGV[1] job key prefix ("nbq:{q}:job:"), ARGV[2] now in ms ('' = the server's clock, so
+-- delays and locks agree across machines whatever their clocks), ARGV[3] events max length.
+local K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_STALLED, K_STATS = KEYS[11], KEYS[12]
+local JOB = ARGV[1]
+local NOW = tonumber(ARGV[2])
+if not NOW then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local MAXEV = ARGV[3]
+
+-- Scores are formatted by hand: Redis turns Lua numbers into strings with %.14g,
+-- which would round the 16-digit delayed scores.
+local function fmt(n) return string.format('%.0f', n) end
+local PRIO_SHIFT = 1099511627776 -- 2^40: strict levels, FIFO (by seq) within a level
+local function wait_score(prio, seq) return fmt(tonumber(prio) * PRIO_SHIFT + tonumber(seq)) end
+local function delayed_score(due, seq) return fmt(tonumber(due) * 4096 + (tonumber(seq) % 4096)) end
+
+-- One stream entry per transition per call (not per job): ids travel as a JSON array.
+-- ids == nil emits an event about the queue itself (paused, drained...).
+local function emit(event, ids, extra)
+  if ids and #ids == 0 then return end
+  local args = {'XADD', K_EVENTS, 'MAXLEN', '~', MAXEV, '*', 'event', event}
+  if not ids then
+    -- no job ids
+  elseif #ids == 1 then
+    args[#args + 1] = 'jobId'; args[#args + 1] = ids[1]
+  else
+    args[#args + 1] = 'ids'; args[#args + 1] = cjson.encode(ids)
+  end
+  if extra then for i = 1, #extra do args[#args + 1] = extra[i] end end
+  redis.call(unpack(args))
+end
+
+-- Wake one blocked worker; the list never holds more than one marker.
+local function push_marker()
+  if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
+end
+
+local function delete_jobs(ids)
+  for i = 1, #ids, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = JOB .. ids[j] end
+    redis.call('DEL', unpack(chunk))
+  end
+end
+
+local function zrem_many(key, ids)
+  for i = 1, #ids, 500 do
+    redis.call('ZREM', key, unpack(ids, i, math.min(i + 499, #ids)))
+  end
+end
+
+-- Requeue ids into wait with fresh sequence numbers (behind their level), marking them waiting.
+local function requeue(ids)
+  if #ids == 0 then return end
+  local last = redis.call('INCRBY', K_CTR, #ids)
+  local first = last - #ids
+  local zargs = {}
+  for i = 1, #ids do
+    local key = JOB .. ids[i]
+    local prio = redis.call('HGET', key, 'prio') or '3'
+    redis.call('HSET', key, 'state', 'waiting')
+    zargs[#zargs + 1] = wait_score(prio, first + i)
+    zargs[#zargs + 1] = ids[i]
+  end
+  for i = 1, #zargs, 1000 do
+    redis.call('ZADD', K_WAIT, unpack(zargs, i, math.min(i + 999, #zargs)))
+  end
+end
+
+-- Trim a finished set to `keep` entries (oldest first) and/or drop entries older than max_age
+-- ms; removed jobs' hashes go too. keep < 0 and max_age <= 0 mean "no limit".
+local function trim_finished(key, keep, max_age)
+  if keep >= 0 then
+    local n = redis.call('ZCARD', key)
+    if n > keep then
+      local old = redis.call('ZRANGE', key, 0, n - keep - 1)
+      delete_jobs(old)
+      redis.call('ZREMRANGEBYRANK', key, 0, n - keep - 1)
+    end
+  end
+  if max_age > 0 then
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(NOW - max_age), 'LIMIT', 0, 1000)
+    if #old > 0 then
+      delete_jobs(old)
+      zrem_many(key, old)
+    end
+  end
+end

@@ -1,0 +1,76 @@
+-- The fetch step (BullMQ's moveToActive), shared by fetch.lua and finish.lua.
+-- Promotes due delayed jobs, honours pause and the global rate limit, pops up to `want`
+-- jobs in priority order, locks them for this worker, and returns them.
+-- Returns {next_delay_ms, limit_ttl_ms, id, lock, name, data, opts, attempts_made, ts,
+--          prio, progress, stalled_count, (10 fields per job)...}
+
+local function promote_delayed()
+  local edge = fmt(NOW * 4096 + 4095)
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', edge, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    zrem_many(K_DELAYED, due)
+    requeue(due)
+    emit('waiting', due)
+  end
+end
+
+local function fetch_jobs(want, token, lock_ms)
+  promote_delayed()
+  local reply = {-1, 0}
+  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'rl_dur')
+  if meta[1] == '1' then want = 0 end
+  local rl_max = tonumber(meta[2])
+  if want > 0 and rl_max then
+    local used = tonumber(redis.call('GET', K_LIMITER) or '0')
+    if used >= rl_max then
+      local ttl = redis.call('PTTL', K_LIMITER)
+      if ttl < 0 then redis.call('PEXPIRE', K_LIMITER, meta[3]); ttl = tonumber(meta[3]) end
+      reply[2] = ttl
+      want = 0
+    else
+      want = math.min(want, rl_max - used)
+    end
+  end
+  local popped = {}
+  if want > 0 then popped = redis.call('ZPOPMIN', K_WAIT, want) end
+  local ids = {}
+  local zargs = {}
+  local lock_until = fmt(NOW + lock_ms)
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local key = JOB .. id
+    local f = redis.call('HMGET', key, 'name', 'data', 'opts', 'atm', 'ts', 'prio', 'prog', 'stc', 'ats')
+    if f[2] then
+      local runs = (tonumber(f[9]) or 0) + 1
+      local lock = token .. ':' .. runs
+      redis.call('HSET', key, 'state', 'active', 'pon', NOW, 'lk', lock, 'ats', runs)
+      ids[#ids + 1] = id
+      zargs[#zargs + 1] = lock_until
+      zargs[#zargs + 1] = id
+      local r = reply
+      r[#r + 1] = id; r[#r + 1] = lock; r[#r + 1] = f[1] or ''; r[#r + 1] = f[2]
+      r[#r + 1] = f[3] or '{}'; r[#r + 1] = f[4] or '0'; r[#r + 1] = f[5] or '0'
+      r[#r + 1] = f[6] or '3'; r[#r + 1] = f[7] or ''; r[#r + 1] = f[8] or '0'
+    end
+  end
+  if #ids > 0 then
+    redis.call('ZADD', K_ACTIVE, unpack(zargs))
+    if rl_max then
+      if redis.call('INCRBY', K_LIMITER, #ids) == #ids then
+        redis.call('PEXPIRE', K_LIMITER, meta[3])
+      end
+    end
+    emit('active', ids)
+    if #popped / 2 == want then
+      -- The worker took all it asked for: if more wait, wake another blocked worker.
+      if redis.call('ZCARD', K_WAIT) > 0 then push_marker() end
+    else
+      emit('drained', nil)
+    end
+  end
+  if #ids == 0 and reply[2] == 0 then
+    local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+    if #nxt > 0 then reply[1] = math.max(0, math.floor(tonumber(nxt[2]) / 4096) - NOW) end
+  end
+  return reply
+end

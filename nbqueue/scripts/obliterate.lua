@@ -1,0 +1,26 @@
+-- obliterate: delete the whole queue, jobs and bookkeeping. Refused while jobs are active
+-- unless forced (their workers would find their jobs gone and drop them).
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to force.
+-- Returns the number of jobs deleted, or -1 when refused.
+-- @include common
+if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return -1 end
+local n = 0
+for _, set in ipairs({K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED}) do
+  while true do
+    local ids = redis.call('ZRANGE', set, 0, 999)
+    if #ids == 0 then break end
+    delete_jobs(ids)
+    zrem_many(set, ids)
+    n = n + #ids
+  end
+end
+-- per-minute history keys live one day: delete that window by name (no KEYS scan)
+local minute = math.floor(NOW / 60000)
+for m = minute - 1441, minute + 1, 200 do
+  local batch = {}
+  for k = m, math.min(m + 199, minute + 1) do batch[#batch + 1] = K_STATS .. ':m:' .. k end
+  redis.call('DEL', unpack(batch))
+end
+redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS)
+return n

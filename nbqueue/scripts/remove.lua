@@ -1,0 +1,16 @@
+-- remove: delete one job from whatever set holds it. A job locked by a worker is kept.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id.
+-- Returns 1 removed, 0 no such job, -1 active (locked by a worker).
+-- @include common
+local id = ARGV[4]
+local key = JOB .. id
+if redis.call('EXISTS', key) == 0 then return 0 end
+if redis.call('ZSCORE', K_ACTIVE, id) then return -1 end
+redis.call('ZREM', K_WAIT, id)
+redis.call('ZREM', K_DELAYED, id)
+redis.call('ZREM', K_COMPLETED, id)
+redis.call('ZREM', K_FAILED, id)
+redis.call('DEL', key)
+emit('removed', {id})
+return 1

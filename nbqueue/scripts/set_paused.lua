@@ -1,0 +1,13 @@
+-- set_paused: pause (workers take no new jobs; waiting jobs stay waiting) or resume a queue.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to pause, '0' to resume.
+-- @include common
+if ARGV[4] == '1' then
+  redis.call('HSET', K_META, 'paused', '1')
+  emit('paused', nil)
+else
+  redis.call('HDEL', K_META, 'paused')
+  emit('resumed', nil)
+  push_marker()
+end
+return 1

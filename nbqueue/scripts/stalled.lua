@@ -1,0 +1,42 @@
+-- stalled: find active jobs whose lock expired (their worker died or lost Redis) and move
+-- them back to wait, or to failed once they stalled more than max_stalled times.
+-- At most one sweep per interval runs, whichever worker gets the guard key first.
+-- KEYS: the twelve queue keys (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 max stalled count, 5 interval ms.
+-- Returns {{requeued ids}, {failed ids}}.
+-- @include common
+if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}} end
+local max_stalled = tonumber(ARGV[4])
+local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT', 0, 1000)
+local back, failed, zfailed = {}, {}, {}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', K_ACTIVE, id)
+  local key = JOB .. id
+  if redis.call('EXISTS', key) == 1 then
+    local count = redis.call('HINCRBY', key, 'stc', 1)
+    redis.call('HSET', key, 'lk', '')
+    if count > max_stalled then
+      redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
+        'fr', 'job stalled more than allowable limit')
+      redis.call('HINCRBY', key, 'atm', 1)
+      failed[#failed + 1] = id
+      zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
+    else
+      -- back to the front of its level: its original sequence number
+      local f = redis.call('HMGET', key, 'prio', 'seq')
+      redis.call('HSET', key, 'state', 'waiting')
+      redis.call('ZADD', K_WAIT, wait_score(f[1] or 3, f[2] or 0), id)
+      back[#back + 1] = id
+    end
+  end
+end
+if #zfailed > 0 then
+  redis.call('ZADD', K_FAILED, unpack(zfailed))
+  redis.call('HINCRBY', K_STATS, 'failed', #failed)
+  redis.call('HINCRBY', K_STATS, 'error:stalled', #failed)
+end
+emit('stalled', back)
+emit('waiting', back)
+emit('failed', failed, {'reason', 'stalled'})
+if #back > 0 then push_marker() end
+return {back, failed}

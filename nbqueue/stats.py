@@ -1,0 +1,30 @@
+"""Per-batch counters the worker adds to a queue's Redis ``stats`` hash.
+
+Redis is their source of truth, so totals are right however many threads, processes and
+machines run workers; ``nbqueue.metrics`` turns them into Prometheus series.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+# Job duration histogram buckets, seconds (prometheus_client's defaults).
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
+                              2.5, 5.0, 7.5, 10.0)
+
+
+def bucket_field(duration_s: float) -> str:
+    """The (non-cumulative) bucket a duration falls in: ``dur:<le>`` or ``dur:inf``."""
+    for le in BUCKETS:
+        if duration_s <= le:
+            return f"dur:{le}"
+    return "dur:inf"
+
+
+def record(stats: Counter[str], duration_s: float, error_type: str | None) -> None:
+    """Count one finished attempt: its duration, and its error type if it failed."""
+    stats[bucket_field(duration_s)] += 1
+    stats["dur_count"] += 1
+    stats["dur_sum"] += duration_s
+    if error_type:
+        stats[f"error:{error_type}"] += 1

@@ -1,0 +1,604 @@
+"""The worker engine and the ``Worker`` that runs it in a thread, an event loop or processes.
+
+One engine (an asyncio loop) does all the Redis work of a worker: it fetches jobs in
+batches, finishes them in batches (the finish call also fetches the next jobs), renews
+locks, and sweeps stalled jobs. Sync processors run on a thread pool, async ones on the
+loop. ``mode="thread"`` runs the engine on a background thread, ``mode="asyncio"`` on
+the caller's running loop, ``mode="process"`` in N child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+
+from . import stats as stats_mod
+from .backoff import BackoffStrategy
+from .connection import Connection, connect
+from .durations import to_ms
+from .errors import (
+    InvalidOptionError,
+    JobTimeoutError,
+    NbqueueError,
+    RedisUnavailableError,
+    UnrecoverableError,
+)
+from .job import JobBase
+from .keys import DEFAULT_PREFIX, validate_queue_name
+from .ops import Outcome, QueueOps, dead_letter_entry
+from .protocol import Op, run_async
+from .records import JobRecord
+from .serialization import dumps
+
+log = logging.getLogger("nbqueue.worker")
+
+DEAD_LETTER = "dead_letter"
+MODES = ("thread", "asyncio", "process")
+MAX_BLOCK_S = 5.0  # an idle worker re-checks at least this often (delayed jobs, stop)
+
+Processor = Callable[[Any], Any]
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
+
+
+def classify(job: JobRecord, result: Any = None, error: BaseException | None = None,
+             backoff_strategy: BackoffStrategy | None = None,
+             job_handle: Any = None) -> Outcome:
+    """Turn how an attempt ended into an outcome (the retry rules live here)."""
+    if error is None:
+        if isinstance(result, Mapping) and result.get("success") is False:
+            # The seed's "mark as failed": a structured failure, never retried.
+            reason = str(result.get("error") or "processor returned success=False")
+            return Outcome(job, "f", reason, "returned_failure")
+        try:
+            return Outcome(job, "c", dumps(result, "the processor's return value"))
+        except TypeError as exc:
+            return Outcome(job, "f", str(exc), "TypeError")
+    if isinstance(error, UnrecoverableError):
+        return Outcome(job, "f", str(error) or "unrecoverable error", "unrecoverable")
+    etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
+    reason = str(error) or type(error).__name__
+    attempts_made = job.attempts_made + 1
+    if attempts_made < job.opts.attempts:
+        delay = 0
+        if job.opts.backoff is not None:
+            try:
+                delay = job.opts.backoff.compute(attempts_made, error, job_handle,
+                                                 backoff_strategy)
+            except Exception as exc:  # a broken custom strategy must not lose the job
+                log.warning("backoff strategy failed (%s); retrying without delay", exc)
+        return Outcome(job, "r", reason, etype, delay)
+    return Outcome(job, "x", reason, etype)
+
+
+class Engine:
+    """The loop of one worker (see the module docstring). Not thread-safe except where said."""
+
+    def __init__(self, queue_name: str, processor: Processor, connection: Connection, *,
+                 prefix: str = DEFAULT_PREFIX, concurrency: int = 1,
+                 lock_duration: int = 30_000, stalled_interval: int = 30_000,
+                 max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
+                 dead_letter: bool = True, grace: float = 30.0,
+                 worker_name: str | None = None) -> None:
+        self.queue_name = queue_name
+        self.processor = processor
+        self.connection = connection
+        self.prefix = prefix
+        self.concurrency = concurrency
+        self.lock_ms = lock_duration
+        self.stalled_ms = stalled_interval
+        self.max_stalled = max_stalled_count
+        self.backoff_strategy = backoff_strategy
+        self.dead_letter = dead_letter and queue_name != DEAD_LETTER
+        self.grace = grace
+        self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.ops = QueueOps(queue_name, prefix=prefix)
+        self.is_async = _is_async(processor)
+        self.processed = 0
+        self.failed = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
+        self._done: list[Outcome] = []
+        self._progress: dict[str, Any] = {}
+        self._stats: Counter[str] = Counter()
+        self._lost: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._queue: Any = None  # the Queue whose Job handles processors receive
+
+    # -- thread-safe entry points -------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to finish its active jobs and return (callable from any thread)."""
+        self._stopping = True
+        if self.loop is not None and self._wake is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass  # the loop is already closed
+
+    def report_progress(self, job: JobBase, value: Any) -> None:
+        """Called by ``job.update_progress`` from a processor (any thread)."""
+        def put() -> None:
+            self._progress[job.id] = value
+            assert self._wake is not None
+            self._wake.set()
+
+        if self.loop is None:
+            return
+        if threading.current_thread() is getattr(self, "_loop_thread", None):
+            put()
+        else:
+            self.loop.call_soon_threadsafe(put)
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.current_thread()
+        self._wake = asyncio.Event()
+        self._client = self.connection.new_async()
+        if not self.is_async:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="nbqueue-job")
+        self._queue = self._make_queue()
+        helpers = [asyncio.create_task(self._renew_locks()),
+                   asyncio.create_task(self._sweep_stalled())]
+        try:
+            await self._main()
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._release_leftovers()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            await self._client.aclose()
+
+    def _make_queue(self) -> Any:
+        if self.is_async:
+            from .aio import Queue as AsyncQueue
+
+            return AsyncQueue(self.queue_name, self.connection, prefix=self.prefix)
+        from .queue import Queue
+
+        return Queue(self.queue_name, self.connection, prefix=self.prefix)
+
+    async def _call(self, op: Op[Any]) -> Any:
+        return await run_async(self._client, op)
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        idle = False  # the last fetch found nothing: wait for a marker before asking again
+        limit_wait = 0.0
+        next_delay = -1
+        block: asyncio.Task[Any] | None = None
+        failures = 0
+        stop_deadline: float | None = None
+        while True:
+            # Cleared before looking at the state it guards, so no wake-up is lost.
+            self._wake.clear()
+            if self._stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + self.grace
+            if self._stopping and not self._running and not self._done and not self._progress:
+                break
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                break  # grace is over: what still runs is released in run()'s finally
+            if block is not None and block.done():
+                block.exception() if not block.cancelled() else None
+                block, idle = None, False
+            want = 0 if self._stopping else self.concurrency - len(self._running)
+            if self._done or self._progress or (want > 0 and not idle):
+                try:
+                    fetched = await self._flush(want)
+                    failures = 0
+                except (RedisUnavailableError, redis.RedisError, OSError) as exc:
+                    failures += 1
+                    pause = min(5.0, 0.1 * 2 ** min(failures, 6))
+                    log.warning("worker %s: Redis error (%s); retrying in %.1fs",
+                                self.token, exc, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                if fetched is not None:
+                    if fetched.jobs or fetched.corrupt:
+                        idle = False
+                        continue
+                    idle = True
+                    next_delay = fetched.next_delay_ms
+                    limit_wait = fetched.limit_ttl_ms / 1000
+            # Wait for a finished job, a stop request, new work (marker), or a due time.
+            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+            timeout: float | None = None
+            if not self._stopping and want > 0 and idle:
+                if limit_wait > 0:
+                    timeout = limit_wait
+                else:
+                    if block is None:
+                        secs = MAX_BLOCK_S if next_delay < 0 else min(MAX_BLOCK_S,
+                                                                       next_delay / 1000)
+                        if secs <= 0.001:
+                            idle = False
+                            for w in waits:
+                                w.cancel()
+                            continue
+                        block = asyncio.create_task(
+                            self._client.blpop([self.ops.keys.marker], timeout=secs))
+                    waits.add(block)
+            elif self._stopping and stop_deadline is not None:
+                timeout = max(0.0, stop_deadline - time.monotonic())
+            done, pending = await asyncio.wait(waits, timeout=timeout,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                if w is not block:
+                    w.cancel()
+            if timeout is not None and not done:
+                idle = False  # the rate-limit window or a delay has passed: fetch again
+                limit_wait = 0
+        if block is not None:
+            block.cancel()
+            await asyncio.gather(block, return_exceptions=True)
+
+    async def _flush(self, want: int) -> Any:
+        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip."""
+        done, self._done = self._done, []
+        progress, self._progress = self._progress, {}
+        stats, self._stats = self._stats, Counter()
+        try:
+            for job_id, value in progress.items():
+                await self._call(self.ops.update_progress(job_id, value))
+            if done:
+                oks, fetched = await self._call(self.ops.finish(
+                    done, stats, want, self.token, self.lock_ms))
+                for ok, outcome in zip(oks, done):
+                    if not ok:
+                        log.warning("job %s of %s finished after its lock was lost (stalled "
+                                    "and re-queued, or removed); its outcome was dropped",
+                                    outcome.job.id, self.queue_name)
+                    elif outcome.terminal_failure:
+                        await self._dead_letter(outcome.job, outcome.value, outcome.error_type)
+            elif want > 0:
+                fetched = await self._call(self.ops.fetch(want, self.token, self.lock_ms))
+            else:
+                return None
+        except BaseException:
+            # Nothing was lost: put back what we could not send (the scripts are idempotent
+            # for a given lock, so re-sending a batch that did land is rejected, not doubled).
+            self._done = done + self._done
+            for k, v in progress.items():
+                self._progress.setdefault(k, v)
+            self._stats.update(stats)
+            raise
+        for corrupt in fetched.corrupt:
+            record = JobRecord(id=corrupt.job_id, name="", data={},
+                               opts=self.ops.defaults, lock=corrupt.lock)
+            self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
+        for record in fetched.jobs:
+            self._start(record)
+        return fetched
+
+    def _start(self, record: JobRecord) -> None:
+        job = self._queue.job_class(self._queue, record, sink=self)
+        task = asyncio.ensure_future(self._process(record, job))
+        self._running[record.id] = (record, task)
+
+    async def _process(self, record: JobRecord, job: JobBase) -> None:
+        started = time.monotonic()
+        timeout = record.opts.timeout / 1000 if record.opts.timeout else None
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if self.is_async:
+                work: Awaitable[Any] = self.processor(job)
+            else:
+                assert self.loop is not None
+                work = self.loop.run_in_executor(self._pool, self.processor, job)
+            try:
+                result = await asyncio.wait_for(work, timeout)
+            except asyncio.TimeoutError:
+                raise JobTimeoutError(
+                    f"job exceeded its timeout of {record.opts.timeout} ms") from None
+            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+                result = await asyncio.wait_for(result, timeout)
+        except asyncio.CancelledError:
+            self._running.pop(record.id, None)
+            raise
+        except BaseException as exc:  # the processor's failure is the job's, not ours
+            error = exc
+        outcome = classify(record, result, error, self.backoff_strategy, job)
+        stats_mod.record(self._stats, time.monotonic() - started,
+                         outcome.error_type if outcome.kind != "c" else None)
+        if outcome.kind == "c":
+            self.processed += 1
+        elif outcome.terminal_failure:
+            self.failed += 1
+        if record.id in self._lost:
+            self._lost.discard(record.id)
+        self._done.append(outcome)
+        self._running.pop(record.id, None)
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _dead_letter(self, record: JobRecord, reason: str, error_type: str) -> None:
+        if not self.dead_letter:
+            return
+        data, opts = dead_letter_entry(self.queue_name, record, reason, error_type)
+        dlq = QueueOps(DEAD_LETTER, prefix=self.prefix)
+        try:
+            await self._call(dlq.add(data, opts))
+        except Exception as exc:  # the job itself is safely in `failed` already
+            log.error("could not record job %s in the dead-letter queue: %s", record.id, exc)
+
+    async def _renew_locks(self) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ms / 2000)
+            locks = {jid: rec.lock for jid, (rec, _) in self._running.items() if rec.lock}
+            if not locks:
+                continue
+            try:
+                lost = await self._call(self.ops.extend_locks(locks, self.lock_ms))
+            except Exception as exc:
+                log.warning("worker %s could not renew locks: %s", self.token, exc)
+                continue
+            for jid in lost:
+                log.warning("worker %s lost the lock of job %s", self.token, jid)
+                self._lost.add(jid)
+
+    async def _sweep_stalled(self) -> None:
+        while True:
+            try:
+                _, failed = await self._call(
+                    self.ops.check_stalled(self.max_stalled, self.stalled_ms))
+                if failed and self.dead_letter:
+                    records = await self._call(self.ops.get_jobs_by_id(failed))
+                    for rec in records:
+                        if rec is not None:
+                            rec.attempts_made -= 1  # dead_letter_entry counts this attempt
+                            await self._dead_letter(rec, rec.failed_reason or "stalled",
+                                                    "stalled")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("stalled-job check failed: %s", exc)
+            await asyncio.sleep(self.stalled_ms / 1000)
+
+    async def _release_leftovers(self) -> None:
+        """After the grace period: hand jobs still running back to the queue (not an attempt)."""
+        outcomes = []
+        for record, task in list(self._running.values()):
+            task.cancel()
+            outcomes.append(Outcome(record, "r", "released at worker shutdown", "shutdown",
+                                    attempts_made=record.attempts_made))
+        self._running.clear()
+        outcomes = self._done + outcomes
+        self._done = []
+        if outcomes:
+            try:
+                await self._call(self.ops.finish(outcomes, self._stats, 0, self.token,
+                                                 self.lock_ms))
+            except Exception as exc:
+                log.error("worker %s could not hand back %d jobs at shutdown (%s); the "
+                          "stalled check will recover them", self.token, len(outcomes), exc)
+
+
+# -- running an engine ----------------------------------------------------------------------
+def _child_main(payload: bytes) -> None:
+    """Entry point of a process-mode child: unpickle the processor, run one engine."""
+    import cloudpickle
+
+    logging.basicConfig(level=os.environ.get("NBQUEUE_LOG_LEVEL", "WARNING"))
+    spec = cloudpickle.loads(payload)
+    conn = Connection(spec.pop("url"), cluster=spec.pop("cluster"))
+    engine = Engine(spec.pop("queue_name"), spec.pop("processor"), conn, **spec)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, engine.request_stop)
+        await engine.run()
+
+    asyncio.run(main())
+
+
+class Worker:
+    """Processes the jobs of one queue with ``processor(job)`` (sync or async).
+
+    ``start()`` returns at once (thread/asyncio/process modes); ``run()`` blocks until
+    ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
+    seconds, whatever still runs then goes back to the queue.
+    """
+
+    def __init__(self, queue_name: str, processor: Processor,
+                 connection: Connection | str | None = None, *, concurrency: int = 1,
+                 mode: str = "thread", prefix: str = DEFAULT_PREFIX,
+                 lock_duration: Any = 30_000, stalled_interval: Any = 30_000,
+                 max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
+                 dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
+                 name: str | None = None) -> None:
+        queue_name = validate_queue_name(queue_name)
+        if not callable(processor):
+            raise TypeError(f"processor must be callable, not {type(processor).__name__}")
+        if mode not in MODES:
+            raise InvalidOptionError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidOptionError(f"concurrency must be an int >= 1: {concurrency!r}")
+        if isinstance(max_stalled_count, bool) or not isinstance(max_stalled_count, int) \
+                or max_stalled_count < 0:
+            raise InvalidOptionError(f"max_stalled_count must be an int >= 0: "
+                                     f"{max_stalled_count!r}")
+        self.queue_name = queue_name
+        self.processor = processor
+        self._connection_arg = connection
+        self.concurrency = concurrency
+        self.mode = mode
+        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        self.name = name
+        self._engine_kwargs: dict[str, Any] = dict(
+            prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
+            stalled_interval=to_ms(stalled_interval, "stalled_interval", allow_zero=False),
+            max_stalled_count=max_stalled_count, backoff_strategy=backoff_strategy,
+            dead_letter=dead_letter, grace=grace)
+        self.engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._children: list[Any] = []
+        self._error: BaseException | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if not isinstance(self._connection_arg, Connection):
+            self._connection_arg = connect(self._connection_arg)
+        return self._connection_arg
+
+    def _new_engine(self, concurrency: int) -> Engine:
+        return Engine(self.queue_name, self.processor, self.connection,
+                      concurrency=concurrency, worker_name=self.name, **self._engine_kwargs)
+
+    @property
+    def is_running(self) -> bool:
+        if self._thread is not None:
+            return self._thread.is_alive()
+        if self._task is not None:
+            return not self._task.done()
+        return any(p.is_alive() for p in self._children)
+
+    @property
+    def processed(self) -> int:
+        return self.engine.processed if self.engine else 0
+
+    def start(self) -> Worker:
+        """Start in the background and return at once."""
+        if self.is_running:
+            return self
+        self.connection  # resolve (and check) the connection in the caller's thread
+        if self.mode == "process":
+            self._start_processes()
+        elif self.mode == "asyncio" and _running_loop() is not None:
+            self.engine = self._new_engine(self.concurrency)
+            self._task = asyncio.ensure_future(self.engine.run())
+        else:
+            self.engine = self._new_engine(self.concurrency)
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._thread_main, args=(ready,),
+                                            name=f"nbqueue-worker-{self.queue_name}",
+                                            daemon=True)
+            self._thread.start()
+            ready.wait(5)
+        return self
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        assert self.engine is not None
+        engine = self.engine
+
+        async def main() -> None:
+            task = asyncio.ensure_future(engine.run())
+            await asyncio.sleep(0)
+            ready.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by stop() and logged here
+            self._error = exc
+            log.exception("worker for %s died", self.queue_name)
+        finally:
+            ready.set()
+
+    def _start_processes(self) -> None:
+        import multiprocessing
+
+        import cloudpickle
+
+        per_child = math.ceil(self.concurrency / self.processes)
+        ctx = multiprocessing.get_context("spawn")
+        for i in range(self.processes):
+            spec = dict(self._engine_kwargs, url=self.connection.url,
+                        cluster=self.connection.cluster, queue_name=self.queue_name,
+                        processor=self.processor, concurrency=per_child,
+                        worker_name=f"{self.name}-{i}" if self.name else None)
+            # The processor goes to the child directly (pickled by value), never via Redis.
+            payload = cloudpickle.dumps(spec)
+            proc = ctx.Process(target=_child_main, args=(payload,), daemon=True,
+                               name=f"nbqueue-worker-{self.queue_name}-{i}")
+            proc.start()
+            self._children.append(proc)
+
+    def run(self) -> None:
+        """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this)."""
+        if self.mode == "process":
+            self._start_processes()
+            try:
+                for p in self._children:
+                    p.join()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self.stop()
+            return
+        self.engine = self._new_engine(self.concurrency)
+        engine = self.engine
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, engine.request_stop)
+            await engine.run()
+
+        asyncio.run(main())
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
+        wait = (timeout if timeout is not None else self._engine_kwargs["grace"]) + 10
+        if self.engine is not None:
+            self.engine.request_stop()
+        if self._thread is not None:
+            self._thread.join(wait)
+            self._thread = None
+        for p in self._children:
+            if p.is_alive() and p.pid:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self._children:
+            p.join(wait)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        self._children = []
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise NbqueueError(f"the worker of {self.queue_name!r} had died: {err}") from err
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return (f"<Worker {self.queue_name!r} mode={self.mode} "
+                f"concurrency={self.concurrency} {state}>")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
