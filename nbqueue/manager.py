@@ -119,7 +119,7 @@ class QueueManager:
     def _build_worker(self, name: str, worker_concurrency: int | None, mode: str,
                       processor: Processor | None, options: dict[str, Any]) -> Worker:
         queue = self.queue(name)
-        if processor is None:
+        if processor is None and (name in self._processors or not options.get("allow_code")):
             if name not in self._processors:
                 raise UnknownQueueError(
                     f"no processor registered for queue {name!r}; call "

@@ -422,14 +422,20 @@ class Worker:
     seconds, whatever still runs then goes back to the queue.
     """
 
-    def __init__(self, queue_name: str, processor: Processor,
+    def __init__(self, queue_name: str, processor: Processor | None,
                  connection: Connection | str | None = None, *, concurrency: int = 1,
                  mode: str = "thread", prefix: str = DEFAULT_PREFIX,
                  lock_duration: Any = 30_000, stalled_interval: Any = 30_000,
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
                  dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, allow_code: bool = False,
+                 secret: str | bytes | None = None) -> None:
         queue_name = validate_queue_name(queue_name)
+        if allow_code:
+            # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
+            from .codejobs import wrap_processor
+
+            processor = wrap_processor(processor, secret)
         if not callable(processor):
             raise TypeError(f"processor must be callable, not {type(processor).__name__}")
         if mode not in MODES:
