@@ -1,0 +1,170 @@
+"""The ``nbqueue`` command: worker, stats, demo, server, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import NbqueueError
+
+
+def _load_processor(spec: str) -> Any:
+    """``module:function`` (or ``path/to/file.py:function``) -> the function."""
+    if ":" not in spec:
+        raise SystemExit(f"--processor must look like module:function, not {spec!r}")
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        import importlib.util
+        import pathlib
+
+        path = pathlib.Path(module_name).resolve()
+        loaded = importlib.util.spec_from_file_location(path.stem, path)
+        if loaded is None or loaded.loader is None:
+            raise SystemExit(f"cannot load {module_name}")
+        module = importlib.util.module_from_spec(loaded)
+        sys.modules[path.stem] = module
+        loaded.loader.exec_module(module)
+    else:
+        sys.path.insert(0, ".")
+        module = importlib.import_module(module_name)
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    return fn
+
+
+def discover_queues(client: Any, prefix: str = "nbq") -> list[str]:
+    """Names of the queues present in Redis (every queue that ever had a job has a counter)."""
+    names = set()
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:ctr", count=1000):
+        names.add(key[len(prefix) + 2:key.rindex("}")])
+    return sorted(names)
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c)
+              for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    out = [line, "  ".join("-" * widths[c] for c in columns)]
+    for r in rows:
+        out.append("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+    return "\n".join(out)
+
+
+METRIC_COLUMNS = ("queue_name", "waiting", "active", "delayed", "completed", "failed",
+                  "paused", "total")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .connection import connect
+    from .worker import Worker
+
+    processor = _load_processor(args.processor) if args.processor else None
+    if processor is None and not args.allow_code:
+        raise SystemExit("--processor module:function is required (or --allow-code)")
+    worker = Worker(args.queue, processor, connect(args.url), concurrency=args.concurrency,
+                    mode=args.mode, processes=args.processes, grace=args.grace,
+                    allow_code=args.allow_code)
+    print(f"nbqueue worker: queue {args.queue!r}, {args.mode} mode, "
+          f"concurrency {args.concurrency} (Ctrl-C to stop)", flush=True)
+    worker.run()
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .connection import connect
+    from .queue import Queue
+
+    conn = connect(args.url)
+    names = args.queue or discover_queues(conn.sync())
+    rows = [Queue(n, conn).get_metrics().to_dict() for n in names]
+    print(format_table(rows, METRIC_COLUMNS) if rows else "no queues")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from . import server
+
+    if args.action == "start":
+        print(server.ensure_server())
+        return 0
+    if args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+        return 0
+    status = server.status()
+    for key, value in vars(status).items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .connection import connect
+    from .metrics import serve
+
+    print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    serve(args.port, host=args.host, queues=args.queue or None, connection=connect(args.url))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(jobs=args.jobs, url=args.url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nbqueue", description=__doc__)
+    p.add_argument("--url", help="Redis URL (default: NBQUEUE_REDIS_URL, REDIS_URL, or the "
+                   "embedded server)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a worker in the foreground")
+    w.add_argument("queue")
+    w.add_argument("--processor", "-p", help="module:function that processes a job")
+    w.add_argument("--concurrency", "-c", type=int, default=1)
+    w.add_argument("--mode", choices=("thread", "asyncio", "process"), default="asyncio")
+    w.add_argument("--processes", type=int, default=None, help="children in process mode")
+    w.add_argument("--grace", type=float, default=30.0, help="seconds to finish active jobs")
+    w.add_argument("--allow-code", action="store_true", help="run signed code jobs")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("stats", help="print queue metrics")
+    s.add_argument("queue", nargs="*")
+    s.set_defaults(func=cmd_stats)
+
+    d = sub.add_parser("demo", help="a short end-to-end run on the embedded default Redis")
+    d.add_argument("--jobs", type=int, default=12)
+    d.set_defaults(func=cmd_demo)
+
+    srv = sub.add_parser("server", help="manage the embedded redis-server")
+    srv.add_argument("action", choices=("status", "start", "stop"))
+    srv.set_defaults(func=cmd_server)
+
+    m = sub.add_parser("metrics", help="serve Prometheus metrics")
+    m.add_argument("--port", type=int, default=9108)
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("queue", nargs="*")
+    m.set_defaults(func=cmd_metrics)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except NbqueueError as exc:
+        print(f"nbqueue: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
