@@ -1,0 +1,160 @@
+"""pandas views of queues, jobs and metrics history, and ``export`` to csv/parquet/markdown.
+
+The column sets are part of the public API and do not depend on the input: an empty list
+gives an empty frame with the same columns and dtypes.
+
+``metrics_frame`` (index ``queue``):
+    waiting, active, completed, failed, delayed (int64), paused (bool), total (int64).
+``jobs_frame`` (index ``job_id``):
+    queue, name (str), state (Categorical of :class:`~nbqueue.JobState` values), priority,
+    attempts_made, attempts (int64), progress (float 0-1; NaN when not a number),
+    created, processed, finished (``datetime64[ns, UTC]``, NaT when not yet),
+    wait_time (processed - created) and run_time (finished - processed) (``timedelta64``),
+    failed_reason, error_type (str or None), returnvalue, data (the JSON values, objects).
+``history_frame`` (index ``minute``, ``datetime64[ns, UTC]``, oldest first):
+    queue (str), completed, failed, finished (int64; finished = completed + failed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .errors import NbqueueError
+from .types import JobState, QueueMetrics
+
+if TYPE_CHECKING:
+    from .job import JobBase
+
+__all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS", "export", "history_frame",
+           "jobs_frame", "metrics_frame"]
+
+METRICS_COLUMNS: tuple[str, ...] = ("waiting", "active", "completed", "failed", "delayed",
+                                    "paused", "total")
+JOB_COLUMNS: tuple[str, ...] = (
+    "queue", "name", "state", "priority", "attempts_made", "attempts", "progress",
+    "created", "processed", "finished", "wait_time", "run_time", "failed_reason",
+    "error_type", "returnvalue", "data")
+HISTORY_COLUMNS: tuple[str, ...] = ("queue", "completed", "failed", "finished")
+
+#: The categories of ``jobs_frame()["state"]``, in lifecycle order.
+STATE_CATEGORIES: tuple[str, ...] = tuple(s.value for s in JobState)
+
+
+def _utc(values: Sequence[int | None]) -> pd.Series:
+    """Epoch milliseconds (None for "not yet") as a UTC datetime series."""
+    dt = pd.to_datetime(pd.array(list(values), dtype="Int64"), unit="ms", utc=True)
+    return pd.Series(dt).astype("datetime64[ns, UTC]")
+
+
+def metrics_frame(metrics: Iterable[QueueMetrics]) -> pd.DataFrame:
+    """One row per queue, indexed by queue name (see the module docstring for columns)."""
+    rows = list(metrics)
+    df = pd.DataFrame({
+        **{c: pd.Series([getattr(m, c) for m in rows], dtype="int64")
+           for c in METRICS_COLUMNS if c != "paused"},
+        "paused": pd.Series([bool(m.paused) for m in rows], dtype="bool"),
+    }, columns=list(METRICS_COLUMNS))
+    df.index = pd.Index([m.queue_name for m in rows], dtype="object", name="queue")
+    return df
+
+
+def _progress(value: Any) -> float:
+    """A job's progress as a fraction: numbers are percentages (0-100), clipped."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, dict) and isinstance(value.get("percent"), (int, float)):
+            value = value["percent"]
+        else:
+            return float("nan")
+    return max(0.0, min(1.0, float(value) / 100.0))
+
+
+def jobs_frame(jobs: Iterable[JobBase]) -> pd.DataFrame:
+    """One row per job, indexed by job id (see the module docstring for columns)."""
+    jobs = list(jobs)
+    created = _utc([j.timestamp or None for j in jobs])
+    processed = _utc([j.processed_on for j in jobs])
+    finished = _utc([j.finished_on for j in jobs])
+    df = pd.DataFrame({
+        "queue": pd.Series([j.queue_name for j in jobs], dtype="object"),
+        "name": pd.Series([j.name for j in jobs], dtype="object"),
+        "state": pd.Categorical([j.state.value for j in jobs], categories=STATE_CATEGORIES),
+        "priority": pd.Series([j.priority for j in jobs], dtype="int64"),
+        "attempts_made": pd.Series([j.attempts_made for j in jobs], dtype="int64"),
+        "attempts": pd.Series([j.opts.get("attempts", 1) for j in jobs], dtype="int64"),
+        "progress": pd.Series([_progress(j.progress) for j in jobs], dtype="float64"),
+        "created": created,
+        "processed": processed,
+        "finished": finished,
+        "wait_time": processed - created,
+        "run_time": finished - processed,
+        "failed_reason": pd.Series([j.failed_reason for j in jobs], dtype="object"),
+        "error_type": pd.Series([j._record.error_type for j in jobs], dtype="object"),
+        "returnvalue": pd.Series([j.returnvalue for j in jobs], dtype="object"),
+        "data": pd.Series([j.data for j in jobs], dtype="object"),
+    }, columns=list(JOB_COLUMNS))
+    df.index = pd.Index([j.id for j in jobs], dtype="object", name="job_id")
+    return df
+
+
+def history_frame(queue_name: str,
+                  history: Iterable[tuple[int, int, int]]) -> pd.DataFrame:
+    """Per-minute completed/failed counts of one queue (from ``Queue.get_history``)."""
+    rows = list(history)
+    completed = pd.Series([int(c) for _, c, _ in rows], dtype="int64")
+    failed = pd.Series([int(f) for _, _, f in rows], dtype="int64")
+    df = pd.DataFrame({
+        "queue": pd.Series([queue_name] * len(rows), dtype="object"),
+        "completed": completed,
+        "failed": failed,
+        "finished": completed + failed,
+    }, columns=list(HISTORY_COLUMNS))
+    df.index = pd.DatetimeIndex(_utc([m for m, _, _ in rows]), name="minute")
+    return df
+
+
+def _jsonable_objects(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding dicts/lists become JSON text (parquet needs flat types)."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object and out[col].map(
+                lambda v: isinstance(v, (dict, list))).any():
+            out[col] = out[col].map(
+                lambda v: None if v is None else json.dumps(v, default=str))
+    return out
+
+
+def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
+    """Write ``df`` to ``path``, the format chosen by its suffix; returns the path.
+
+    ``.csv`` (``DataFrame.to_csv``), ``.parquet`` (needs ``pyarrow``; JSON-like columns are
+    written as JSON text), ``.md``/``.markdown`` (a Markdown table, via ``tabulate``),
+    ``.json`` (records, ISO dates). Extra keyword arguments go to the pandas writer.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"export() takes a pandas DataFrame, not {type(df).__name__}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        df.to_csv(path, **kwargs)
+    elif suffix == ".parquet":
+        if importlib.util.find_spec("pyarrow") is None:
+            raise NbqueueError(
+                f"exporting to {path.name} needs pyarrow, which is not installed; "
+                "run `pip install pyarrow` or export to .csv instead")
+        _jsonable_objects(df).to_parquet(path, **kwargs)
+    elif suffix in (".md", ".markdown"):
+        if importlib.util.find_spec("tabulate") is None:
+            raise NbqueueError(f"exporting to {path.name} needs tabulate: pip install tabulate")
+        path.write_text(df.to_markdown(**kwargs) + "\n", encoding="utf-8")
+    elif suffix == ".json":
+        df.to_json(path, orient="table", date_format="iso", default_handler=str, **kwargs)
+    else:
+        raise ValueError(f"cannot export to {path.name!r}: use a .csv, .parquet, .md or "
+                         ".json path")
+    return path

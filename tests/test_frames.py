@@ -1,0 +1,121 @@
+"""DataFrames of queues, jobs and history: stable columns, dtypes, and export."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import nbqueue
+from nbqueue import Queue, Worker
+from nbqueue.errors import NbqueueError
+from nbqueue.frames import (
+    HISTORY_COLUMNS,
+    JOB_COLUMNS,
+    METRICS_COLUMNS,
+    history_frame,
+    jobs_frame,
+    metrics_frame,
+)
+from nbqueue.types import QueueMetrics
+
+
+def test_empty_inputs_keep_columns_and_dtypes() -> None:
+    m = metrics_frame([])
+    assert list(m.columns) == list(METRICS_COLUMNS) and m.index.name == "queue"
+    assert m["paused"].dtype == bool and m["waiting"].dtype == "int64"
+    j = jobs_frame([])
+    assert list(j.columns) == list(JOB_COLUMNS) and j.index.name == "job_id"
+    assert isinstance(j["state"].dtype, pd.CategoricalDtype)
+    assert str(j["created"].dtype) == "datetime64[ns, UTC]"
+    assert pd.api.types.is_timedelta64_dtype(j["run_time"])
+    h = history_frame("q", [])
+    assert list(h.columns) == list(HISTORY_COLUMNS) and h.index.name == "minute"
+    assert str(h.index.dtype) == "datetime64[ns, UTC]"
+
+
+def test_metrics_frame_rows() -> None:
+    df = metrics_frame([QueueMetrics("a", 1, 2, 3, 4, 5, True, 8),
+                        QueueMetrics("b", 0, 0, 0, 0, 0, False, 0)])
+    assert df.loc["a", "failed"] == 4 and bool(df.loc["a", "paused"]) is True
+    assert df.loc["b"].tolist() == [0, 0, 0, 0, 0, False, 0]
+
+
+def test_jobs_frame_from_a_real_queue(conn) -> None:
+    q = Queue("frames", conn)
+    assert list(q.jobs_frame().columns) == list(JOB_COLUMNS)  # empty queue, same columns
+    q.add({"type": "ok", "payload": {"x": 1}}, job_id="job-ok")
+    q.add({"type": "bad", "payload": {}}, job_id="job-bad", attempts=1)
+    q.add({"type": "later", "payload": {}}, job_id="job-later", delay=60_000)
+
+    def proc(job):
+        job.update_progress(50)
+        if job.name == "bad":
+            raise ValueError("boom")
+        return {"got": job.payload["x"]}
+
+    with Worker("frames", proc, conn, dead_letter=False):
+        q.get_job("job-ok").result(timeout=20)
+        deadline = time.monotonic() + 20
+        while q.get_job("job-bad").get_state() != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    df = q.jobs_frame()
+    assert set(df.index) == {"job-ok", "job-bad", "job-later"}
+    ok, bad, later = df.loc["job-ok"], df.loc["job-bad"], df.loc["job-later"]
+    assert ok["state"] == "completed" and ok["returnvalue"] == {"got": 1}
+    assert ok["progress"] == pytest.approx(0.5) or ok["progress"] == pytest.approx(1.0)
+    assert ok["created"] <= ok["processed"] <= ok["finished"]
+    assert ok["created"].tzinfo is not None
+    assert ok["run_time"] >= pd.Timedelta(0)
+    assert bad["state"] == "failed" and "boom" in bad["failed_reason"]
+    assert bad["error_type"] == "ValueError"
+    assert later["state"] == "delayed" and pd.isna(later["processed"])
+    assert pd.isna(later["run_time"])
+    assert df["state"].cat.categories.tolist()[:5] == ["waiting", "active", "delayed",
+                                                        "completed", "failed"]
+    only_failed = q.jobs_frame("failed")
+    assert list(only_failed.index) == ["job-bad"]
+
+
+def test_history_and_manager_frames(conn) -> None:
+    mgr = nbqueue.QueueManager(conn)
+    q = mgr.get_queue("hist")
+    q.add({"type": "t", "payload": {}})
+    with Worker("hist", lambda job: 1, conn):
+        q.add({"type": "t", "payload": {}}).result(timeout=20)
+    h = q.metrics_history_frame(5)
+    assert len(h) == 5 and h["completed"].sum() >= 1
+    assert (h["finished"] == h["completed"] + h["failed"]).all()
+    assert h.index.is_monotonic_increasing
+    m = mgr.metrics_frame()
+    assert list(m.index) == ["hist"] and m.loc["hist", "completed"] >= 1
+    mgr.close()
+
+
+def test_export_by_suffix(tmp_path: Path) -> None:
+    df = metrics_frame([QueueMetrics("a", 1, 2, 3, 4, 5, False, 8)])
+    csv = nbqueue.export(df, tmp_path / "m.csv")
+    assert pd.read_csv(csv, index_col="queue").loc["a", "failed"] == 4
+    md = nbqueue.export(df, tmp_path / "m.md").read_text()
+    assert "| queue" in md and "| a " in md
+    js = nbqueue.export(jobs_frame([]), tmp_path / "j.json")
+    assert js.exists()
+    with pytest.raises(ValueError, match=r"\.csv, \.parquet"):
+        nbqueue.export(df, tmp_path / "m.xlsx")
+    with pytest.raises(TypeError):
+        nbqueue.export([1, 2], tmp_path / "m.csv")
+
+
+def test_export_parquet(tmp_path: Path) -> None:
+    df = metrics_frame([QueueMetrics("a", 1, 2, 3, 4, 5, False, 8)])
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(NbqueueError, match="pyarrow"):
+            nbqueue.export(df, tmp_path / "m.parquet")
+        assert not (tmp_path / "m.parquet").exists()
+    else:
+        path = nbqueue.export(df, tmp_path / "m.parquet")
+        assert pd.read_parquet(path).loc["a", "failed"] == 4
