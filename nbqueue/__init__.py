@@ -30,10 +30,29 @@ __version__ = "0.1.0"
 
 queue_manager = QueueManager()
 
+# -- notebook layer (imported lazily: pandas and ipywidgets load only when used) --------------
+from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: E402
+
+
+def dashboard(queues=None, refresh=1.0, **kwargs):  # type: ignore[no-untyped-def]
+    """A live ipywidgets panel of ``queues`` (default: this kernel's): counts, progress,
+    throughput, and Pause/Resume/Retry failed/Drain/Clean buttons. See ``docs/notebook.md``."""
+    from .notebook import dashboard as _dashboard
+
+    return _dashboard(queues, refresh=refresh, **kwargs)
+
+
+def export(df, path, **kwargs):  # type: ignore[no-untyped-def]
+    """Write a DataFrame to ``path`` by suffix: .csv, .parquet (pyarrow), .md, .json."""
+    from .frames import export as _export
+
+    return _export(df, path, **kwargs)
+
 __all__ = [
     "Connection", "Event", "InvalidOptionError", "Job", "JobFailedError", "JobNotFoundError",
     "JobPriority", "JobState", "JobStatus", "JobTimeoutError", "NbqueueError",
     "PayloadTooLargeError", "Queue", "QueueManager", "QueueMetrics", "QueueName",
     "RedisUnavailableError", "SignatureError", "UnknownQueueError", "UnrecoverableError",
-    "Worker", "connect", "queue_manager",
+    "Worker", "connect", "dashboard", "export", "load_ipython_extension", "queue_manager",
+    "unload_ipython_extension",
 ]

@@ -1,0 +1,352 @@
+"""IPython magics: ``%%enqueue`` (add jobs, or run the cell on a worker) and ``%nbqueue``.
+
+Both are thin: they parse their line and call the public API (``nbqueue.queue_manager``).
+IPython expands ``{var}`` in the magic's line (not in the cell body). Bad options raise
+``UsageError``, which IPython shows as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import HTML, display
+
+from ..durations import to_ms
+from ..errors import InvalidOptionError, UnknownQueueError
+from ..types import JobState
+
+__all__ = ["JobBatch", "NbqueueMagics"]
+
+_FINISHED = (JobState.COMPLETED, JobState.FAILED)
+POLL_S = 0.2
+
+
+class JobBatch(list):  # type: ignore[type-arg]
+    """The jobs of a bulk ``%%enqueue``: a list of ``Job`` with a compact HTML view."""
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<div class='nbqueue-jobs'>no jobs added</div>"
+        q = html.escape(self[0].queue_name)
+        ids = ", ".join(html.escape(j.id) for j in self[:10])
+        more = f" and {len(self) - 10} more" if len(self) > 10 else ""
+        return (f"<div class='nbqueue-jobs'>{len(self)} job(s) added to <b>{q}</b>: "
+                f"{ids}{more}</div>")
+
+
+def _manager() -> Any:
+    import nbqueue
+
+    return nbqueue.queue_manager
+
+
+def _usage(exc: Exception) -> UsageError:
+    return UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+
+
+def _progress_html(jobs: list[Any], elapsed: float) -> str:
+    rows = []
+    for j in jobs[:20]:
+        p = j.progress if isinstance(j.progress, (int, float)) else 0
+        p = 100 if j.state is JobState.COMPLETED else max(0, min(100, float(p)))
+        rows.append(f"<tr><td>{html.escape(j.queue_name)}:{html.escape(j.id)}</td>"
+                    f"<td>{html.escape(j.state.value)}</td>"
+                    f"<td><progress value='{p:.0f}' max='100'></progress> {p:.0f}%</td></tr>")
+    more = f"<tr><td colspan=3>... {len(jobs) - 20} more</td></tr>" if len(jobs) > 20 else ""
+    return (f"<div class='nbqueue-wait'><table>{''.join(rows)}{more}</table>"
+            f"<small>{elapsed:.1f}s</small></div>")
+
+
+def wait_for(jobs: list[Any], timeout_s: float | None) -> list[Any]:
+    """Block until every job finished, with a live progress display; their results.
+
+    Raises ``TimeoutError`` when ``timeout_s`` passes first and ``JobFailedError`` for a
+    failed job (as ``job.result()`` does).
+    """
+    start = time.monotonic()
+    handle = display(HTML(_progress_html(jobs, 0.0)), display_id=True)
+    while True:
+        for j in jobs:
+            if j.state not in _FINISHED:
+                j.refresh()
+        elapsed = time.monotonic() - start
+        if handle is not None:
+            handle.update(HTML(_progress_html(jobs, elapsed)))
+        if all(j.state in _FINISHED for j in jobs):
+            break
+        if timeout_s is not None and elapsed >= timeout_s:
+            left = sum(j.state not in _FINISHED for j in jobs)
+            raise TimeoutError(f"{left} job(s) not finished after {timeout_s:g}s "
+                               "(they keep running; use job.result() to wait again)")
+        time.sleep(POLL_S)
+    return [j.result(timeout=0) for j in jobs]
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.priority is not None:
+        p = args.priority
+        opts["priority"] = int(p) if p.isdigit() else p.upper()
+    if args.delay is not None:
+        opts["delay"] = to_ms(args.delay, "--delay")
+    if args.attempts is not None:
+        opts["attempts"] = args.attempts
+    if args.job_id is not None:
+        opts["job_id"] = args.job_id
+    return opts
+
+
+def _datas(value: Any, job_type: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """Job data list from the cell's value, and whether it was a single dict."""
+    def one(v: Any) -> dict[str, Any]:
+        if not isinstance(v, Mapping):
+            raise UsageError(f"%%enqueue: each job must be a dict, got {type(v).__name__}")
+        if job_type is not None:
+            return {"type": job_type, "payload": dict(v)}
+        if "type" in v:
+            return dict(v)
+        return {"type": "job", "payload": dict(v)}
+
+    if isinstance(value, Mapping):
+        return [one(value)], True
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise UsageError("%%enqueue: the cell must evaluate to a dict (one job) or an "
+                         f"iterable of dicts (bulk), not {type(value).__name__}")
+    return [one(v) for v in value], False
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` instead of exiting."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"%nbqueue: {message} (see %nbqueue?)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def _nbqueue_parser() -> _Parser:
+    p = _Parser(prog="%nbqueue", add_help=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("status", help="counts of queues as a DataFrame")
+    s.add_argument("queues", nargs="*")
+    s = sub.add_parser("jobs", help="jobs of a queue as a DataFrame")
+    s.add_argument("queue")
+    s.add_argument("--state", "-s", action="append",
+                   help="waiting|active|delayed|completed|failed (repeatable or a,b)")
+    s.add_argument("--limit", "-n", type=int, default=100)
+    s = sub.add_parser("dashboard", help="the live widget panel")
+    s.add_argument("queues", nargs="*")
+    s.add_argument("--refresh", type=float, default=1.0)
+    s = sub.add_parser("worker", help="start|stop|list workers of this kernel")
+    s.add_argument("action", choices=["start", "stop", "list"])
+    s.add_argument("queue", nargs="?")
+    s.add_argument("--concurrency", "-c", type=int, default=None)
+    s.add_argument("--mode", "-m", choices=["thread", "asyncio", "process"], default="thread")
+    s.add_argument("--processor", "-p", default=None,
+                   help="name of a function in the notebook (default: the registered one)")
+    s.add_argument("--allow-code", action="store_true", help="also run %%%%enqueue --run jobs")
+    for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue"),
+                           ("retry", "move failed jobs back to wait")):
+        sub.add_parser(name, help=helptext).add_argument("queue")
+    s = sub.add_parser("drain", help="remove waiting jobs")
+    s.add_argument("queue")
+    s.add_argument("--delayed", action="store_true", help="delayed jobs too")
+    s = sub.add_parser("clean", help="remove finished jobs")
+    s.add_argument("queue")
+    s.add_argument("--state", default="completed", choices=["completed", "failed"])
+    s.add_argument("--grace", default="0", help="only older than this (e.g. 1h)")
+    s.add_argument("--limit", type=int, default=0)
+    return p
+
+
+@magics_class
+class NbqueueMagics(Magics):
+    """``%%enqueue`` and ``%nbqueue`` (loaded by ``%load_ext nbqueue``)."""
+
+    @magic_arguments()
+    @argument("queue", help="the queue's name")
+    @argument("--type", "-t", dest="job_type", default=None,
+              help="job type; the cell's value becomes data['payload'] "
+                   "(without it a dict with a 'type' key is the job data as-is)")
+    @argument("--priority", "-p", default=None,
+              help="critical|high|normal|low|background or 1..5 (1 runs first)")
+    @argument("--delay", "-d", default=None, help="run no sooner than this: 500, 30s, 5m, 2h")
+    @argument("--attempts", "-a", type=int, default=None, help="runs in total (retries + 1)")
+    @argument("--job-id", default=None, help="custom id; re-running returns the existing job")
+    @argument("--name", "-n", default=None, help="store the job handle(s) in this variable")
+    @argument("--wait", "-w", action="store_true",
+              help="block with a live progress display and return the result")
+    @argument("--timeout", default=None, help="with --wait/--out: give up after this (e.g. 30s)")
+    @argument("--run", action="store_true",
+              help="run the cell's code on a worker started with allow_code=True (signed)")
+    @argument("--out", "-o", default=None,
+              help="with --run: wait and store the value of the cell's last expression here")
+    @cell_magic
+    def enqueue(self, line: str, cell: str) -> Any:
+        """Add the cell's value as job(s) to QUEUE, or run the cell on a worker (--run).
+
+        The cell is a Python expression evaluated in the notebook's namespace: a dict is one
+        job, an iterable of dicts is a bulk add (one round trip). ``{var}`` in the options
+        line is expanded by IPython. Examples::
+
+            %%enqueue emails --type send --priority high --delay 5m --name job
+            {"to": "a@example.com"}
+
+            %%enqueue compute --run --out answer
+            sum(range(10))
+        """
+        args = parse_argstring(self.enqueue, line)
+        if args.out and not args.run:
+            raise UsageError("%%enqueue: --out needs --run (use --name to keep a job handle)")
+        if args.attempts is not None and args.attempts < 1:
+            raise UsageError("%%enqueue: --attempts must be >= 1")
+        try:
+            opts = _job_options(args)
+            timeout_s = None if args.timeout is None else to_ms(args.timeout, "--timeout") / 1000
+            queue = _manager().get_queue(args.queue)
+        except (InvalidOptionError, UnknownQueueError) as exc:
+            raise _usage(exc) from None
+        if args.run:
+            from ..codejobs import make_code_job
+
+            datas, single = [make_code_job(cell)], True
+        else:
+            if not cell.strip():
+                raise UsageError("%%enqueue: the cell is empty; write a dict (or a list of "
+                                 "dicts) to enqueue")
+            value = self.shell.ev(cell.strip()) if self.shell is not None else eval(cell)
+            datas, single = _datas(value, args.job_type)
+        if not single and args.job_id is not None:
+            raise UsageError("%%enqueue: --job-id applies to one job, not a bulk add")
+        try:
+            jobs = [queue.add(datas[0], **opts)] if single else queue.add_bulk(datas, **opts)
+        except InvalidOptionError as exc:
+            raise _usage(exc) from None
+        handle: Any = jobs[0] if single else JobBatch(jobs)
+        if args.name:
+            self.shell.user_ns[args.name] = handle
+        if args.out:
+            self.shell.user_ns[args.out] = wait_for(jobs, timeout_s)[0]
+            return None
+        if args.wait:
+            results = wait_for(jobs, timeout_s)
+            return results[0] if single else results
+        return handle
+
+    @line_magic
+    def nbqueue(self, line: str) -> Any:
+        """Inspect and control queues.
+
+        %nbqueue status [QUEUE ...]            counts (DataFrame; all queues of this kernel)
+        %nbqueue jobs QUEUE [--state S] [--limit N]   jobs (DataFrame)
+        %nbqueue dashboard [QUEUE ...] [--refresh S]  the live widget panel
+        %nbqueue worker start QUEUE [--concurrency N] [--mode thread|asyncio|process]
+                                    [--processor FUNC] [--allow-code]
+        %nbqueue worker stop QUEUE | worker list
+        %nbqueue pause|resume|retry QUEUE
+        %nbqueue drain QUEUE [--delayed]
+        %nbqueue clean QUEUE [--state completed|failed] [--grace 1h] [--limit N]
+        """
+        parser = _nbqueue_parser()
+        try:
+            args = parser.parse_args(shlex.split(line))
+        except _HelpShown:
+            return None
+        except ValueError as exc:  # shlex: unbalanced quotes
+            raise UsageError(f"%nbqueue: {exc}") from None
+        try:
+            return getattr(self, f"_cmd_{args.command}")(args)
+        except (InvalidOptionError, UnknownQueueError) as exc:
+            raise _usage(exc) from None
+
+    # -- %nbqueue subcommands -----------------------------------------------------------
+    def _cmd_status(self, args: argparse.Namespace) -> Any:
+        m = _manager()
+        for name in args.queues:
+            m.get_queue(name)
+        return m.metrics_frame(args.queues or None)
+
+    def _cmd_jobs(self, args: argparse.Namespace) -> Any:
+        states = None
+        if args.state:
+            states = [s.strip() for item in args.state for s in item.split(",") if s.strip()]
+            valid = {s.value for s in JobState} - {"unknown", "paused"}
+            bad = [s for s in states if s not in valid]
+            if bad:
+                raise UsageError(f"%nbqueue jobs: unknown state {bad[0]!r}; use one of "
+                                 f"{', '.join(sorted(valid))}")
+        return _manager().get_queue(args.queue).jobs_frame(states, args.limit)
+
+    def _cmd_dashboard(self, args: argparse.Namespace) -> Any:
+        from . import dashboard
+
+        return dashboard(args.queues or None, refresh=args.refresh)
+
+    def _cmd_worker(self, args: argparse.Namespace) -> Any:
+        m = _manager()
+        if args.action == "list":
+            return {name: repr(w) for name, w in sorted(m.workers.items())}
+        if not args.queue:
+            raise UsageError(f"%nbqueue worker {args.action}: name the queue")
+        if args.action == "stop":
+            if args.queue not in m.workers:
+                print(f"no worker of this kernel runs for {args.queue!r}")
+                return None
+            m.stop_worker(args.queue)
+            print(f"stopped the worker of {args.queue!r}")
+            return None
+        processor = None
+        if args.processor:
+            if args.processor not in self.shell.user_ns:
+                raise UsageError(f"%nbqueue worker start: no variable {args.processor!r} "
+                                 "in the notebook")
+            processor = self.shell.user_ns[args.processor]
+            if not callable(processor):
+                raise UsageError(f"%nbqueue worker start: {args.processor!r} is not callable")
+        m.get_queue(args.queue)
+        options: dict[str, Any] = {"allow_code": True} if args.allow_code else {}
+        try:
+            return m.start_worker(args.queue, args.concurrency, mode=args.mode,
+                                  processor=processor, **options)
+        except UnknownQueueError as exc:
+            raise _usage(exc) from None
+
+    def _simple(self, args: argparse.Namespace) -> Any:
+        q = _manager().get_queue(args.queue)
+        if args.command == "pause":
+            q.pause()
+            print(f"paused {q.name!r}")
+            return None
+        if args.command == "resume":
+            q.resume()
+            print(f"resumed {q.name!r}")
+            return None
+        n = q.retry_failed()
+        print(f"{n} failed job(s) of {q.name!r} moved back to wait")
+        return n
+
+    _cmd_pause = _cmd_resume = _cmd_retry = _simple
+
+    def _cmd_drain(self, args: argparse.Namespace) -> Any:
+        n = _manager().get_queue(args.queue).drain(args.delayed)
+        print(f"removed {n} job(s) from {args.queue!r}")
+        return n
+
+    def _cmd_clean(self, args: argparse.Namespace) -> Any:
+        n = _manager().get_queue(args.queue).clean(args.grace, args.limit, args.state)
+        print(f"cleaned {n} {args.state} job(s) of {args.queue!r}")
+        return n
+
