@@ -37,9 +37,9 @@ from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: 
 def dashboard(queues=None, refresh=1.0, **kwargs):  # type: ignore[no-untyped-def]
     """A live ipywidgets panel of ``queues`` (default: this kernel's): counts, progress,
     throughput, and Pause/Resume/Retry failed/Drain/Clean buttons. See ``docs/notebook.md``."""
-    from .notebook import dashboard as _dashboard
+    from .notebook.dashboard import Dashboard
 
-    return _dashboard(queues, refresh=refresh, **kwargs)
+    return Dashboard(queues, refresh=refresh, **kwargs)
 
 
 def export(df, path, **kwargs):  # type: ignore[no-untyped-def]

@@ -1,10 +1,11 @@
-"""The Jupyter layer: ``%load_ext nbqueue`` magics and the ``dashboard()`` widget panel."""
+"""The Jupyter layer: ``%load_ext nbqueue`` magics (``magics``) and the widget panel
+(``dashboard.Dashboard``, built by ``nbqueue.dashboard()``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dashboard", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["load_ipython_extension", "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -17,9 +18,3 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Nothing to undo beyond what IPython does; kept for ``%unload_ext``."""
 
-
-def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) -> Any:
-    """A live ipywidgets panel of ``queues`` (see :class:`nbqueue.notebook.dashboard.Dashboard`)."""
-    from .dashboard import Dashboard
-
-    return Dashboard(queues, refresh=refresh, **kwargs)

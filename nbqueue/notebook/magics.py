@@ -291,9 +291,9 @@ class NbqueueMagics(Magics):
         return _manager().get_queue(args.queue).jobs_frame(states, args.limit)
 
     def _cmd_dashboard(self, args: argparse.Namespace) -> Any:
-        from . import dashboard
+        from .dashboard import Dashboard
 
-        return dashboard(args.queues or None, refresh=args.refresh)
+        return Dashboard(args.queues or None, refresh=args.refresh)
 
     def _cmd_worker(self, args: argparse.Namespace) -> Any:
         m = _manager()
