@@ -20,9 +20,16 @@ from .errors import (
 )
 from .job import Job
 from .manager import QueueManager
-from .predefined import QueueName
+from .predefined import (
+    QueueName,
+    queue_llm_request,
+    queue_notification,
+    queue_service,
+    queue_workflow,
+)
 from .queue import Queue
 from .records import Event
+from .scheduler import list_schedulers, remove_scheduler, schedule_recurring_job
 from .types import JobPriority, JobState, JobStatus, QueueMetrics
 from .worker import Worker
 
@@ -56,3 +63,7 @@ __all__ = [
     "Worker", "connect", "dashboard", "export", "load_ipython_extension", "queue_manager",
     "unload_ipython_extension",
 ]
+
+# -- recurring jobs and the seed's predefined queues (nbqueue.scheduler, nbqueue.predefined)
+__all__ += ["list_schedulers", "queue_llm_request", "queue_notification", "queue_service",
+            "queue_workflow", "remove_scheduler", "schedule_recurring_job"]

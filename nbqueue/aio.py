@@ -171,3 +171,17 @@ class QueueManager(_SyncManager):
 
 
 queue_manager = QueueManager()
+
+
+# -- recurring jobs and the seed's predefined queues, awaitable ------------------------------
+from .predefined import QueueName  # noqa: E402
+from .predefined import aqueue_llm_request as queue_llm_request  # noqa: E402
+from .predefined import aqueue_notification as queue_notification  # noqa: E402
+from .predefined import aqueue_service as queue_service  # noqa: E402
+from .predefined import aqueue_workflow as queue_workflow  # noqa: E402
+from .scheduler import alist_schedulers as list_schedulers  # noqa: E402
+from .scheduler import aremove_scheduler as remove_scheduler  # noqa: E402
+from .scheduler import aschedule_recurring_job as schedule_recurring_job  # noqa: E402
+
+__all__ += ["QueueName", "list_schedulers", "queue_llm_request", "queue_notification",
+            "queue_service", "queue_workflow", "remove_scheduler", "schedule_recurring_job"]

@@ -1,9 +1,21 @@
-"""The seed's predefined queues: names, concurrency and rate limits (its "Queue Types")."""
+"""The seed's predefined queues ("Queue Types") and its helpers ("Using Predefined Queues").
+
+``QueueName`` and ``QUEUE_CONFIGS`` give the seed's table exactly: names, concurrency and
+rate limits. ``queue_service.initialize()`` creates every predefined queue (writing its rate
+limit, or clearing a stale one, in Redis) and starts a worker for each queue that has a
+processor registered with ``queue_manager.register_processor``; ``shutdown()`` stops them.
+``queue_workflow``, ``queue_llm_request`` and ``queue_notification`` add the seed's jobs and
+return the job id. The same names in ``nbqueue.aio`` are awaitable (the ``a``-prefixed
+functions and ``AsyncQueueService`` here).
+"""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Any
+
+from .scheduler import aschedule_recurring_job, schedule_recurring_job
 
 
 class QueueName(str, enum.Enum):
@@ -37,3 +49,164 @@ QUEUE_CONFIGS: dict[str, dict[str, Any]] = {
     QueueName.CACHE_WARMUP.value: {"worker_concurrency": 2},
     QueueName.DEAD_LETTER.value: {"worker_concurrency": 1},
 }
+
+
+# -- the seed's jobs (pure: the queue, the data and the options of each helper) -----------
+def workflow_job(workflow_name: str, input: Mapping[str, Any] | None = None, *,
+                 priority: Any = None, **opts: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``{"type": "workflow", "payload": {"workflow_name", "input"}}`` on ``workflow``."""
+    if not isinstance(workflow_name, str) or not workflow_name:
+        raise TypeError("workflow_name must be a non-empty str")
+    data = {"type": "workflow",
+            "payload": {"workflow_name": workflow_name, "input": dict(input or {})}}
+    return QueueName.WORKFLOW.value, data, {"priority": priority, **opts}
+
+
+def llm_request_job(model: str, prompt: str, *, priority: Any = None,
+                    **opts: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``{"type": "llm_request", "payload": {"model", "prompt"}}`` on ``llm_requests``."""
+    if not isinstance(model, str) or not isinstance(prompt, str):
+        raise TypeError("model and prompt must be str")
+    data = {"type": "llm_request", "payload": {"model": model, "prompt": prompt}}
+    return QueueName.LLM_REQUESTS.value, data, {"priority": priority, **opts}
+
+
+def notification_job(user_id: str, message: str, *, channel: str | None = None,
+                     **opts: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``{"type": "notification", "payload": {"message", "channel"}, "user_id"}`` on
+    ``notifications``; ``channel`` defaults to ``"in_app"``."""
+    if not isinstance(message, str):
+        raise TypeError("message must be a str")
+    data = {"type": "notification", "user_id": str(user_id),
+            "payload": {"message": message, "channel": channel or "in_app"}}
+    return QueueName.NOTIFICATIONS.value, data, opts
+
+
+def _sync_manager() -> Any:
+    import nbqueue
+
+    return nbqueue.queue_manager
+
+
+def _async_manager() -> Any:
+    from . import aio
+
+    return aio.queue_manager
+
+
+def queue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
+                   priority: Any = None, **opts: Any) -> str:
+    """Queue a workflow run on ``QueueName.WORKFLOW``; returns the job id."""
+    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
+    return str(_sync_manager().queue(name).add(data, **options).id)
+
+
+def queue_llm_request(model: str, prompt: str, *, priority: Any = None, **opts: Any) -> str:
+    """Queue an LLM call on ``QueueName.LLM_REQUESTS`` (10/s, 3 at a time); returns the id."""
+    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
+    return str(_sync_manager().queue(name).add(data, **options).id)
+
+
+def queue_notification(user_id: str, message: str, *, channel: str | None = None,
+                       **opts: Any) -> str:
+    """Queue a notification for ``user_id`` on ``QueueName.NOTIFICATIONS``; returns the id."""
+    name, data, options = notification_job(user_id, message, channel=channel, **opts)
+    return str(_sync_manager().queue(name).add(data, **options).id)
+
+
+async def aqueue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
+                          priority: Any = None, **opts: Any) -> str:
+    """``nbqueue.aio.queue_workflow``."""
+    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
+    return str((await _async_manager().queue(name).add(data, **options)).id)
+
+
+async def aqueue_llm_request(model: str, prompt: str, *, priority: Any = None,
+                             **opts: Any) -> str:
+    """``nbqueue.aio.queue_llm_request``."""
+    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
+    return str((await _async_manager().queue(name).add(data, **options)).id)
+
+
+async def aqueue_notification(user_id: str, message: str, *, channel: str | None = None,
+                              **opts: Any) -> str:
+    """``nbqueue.aio.queue_notification``."""
+    name, data, options = notification_job(user_id, message, channel=channel, **opts)
+    return str((await _async_manager().queue(name).add(data, **options)).id)
+
+
+# -- queue_service ----------------------------------------------------------------------
+class _ServiceBase:
+    def __init__(self, manager: Any = None) -> None:
+        self._manager_arg = manager
+        self.started: list[str] = []  # queues whose workers initialize() started
+
+    @property
+    def manager(self) -> Any:
+        return self._manager_arg if self._manager_arg is not None else self._default_manager()
+
+    def _default_manager(self) -> Any:
+        raise NotImplementedError
+
+    def _queues(self) -> list[Any]:
+        """Every predefined queue, created with the seed's settings on first use."""
+        return [self.manager.get_queue(n.value) for n in QueueName]
+
+    def _with_processor(self) -> list[str]:
+        registered = {str(getattr(k, "value", k)) for k in self.manager._processors}
+        return [n.value for n in QueueName if n.value in registered]
+
+
+class QueueService(_ServiceBase):
+    """The seed's ``queueService`` over ``nbqueue.queue_manager`` (or ``manager``)."""
+
+    def _default_manager(self) -> Any:
+        return _sync_manager()
+
+    def initialize(self, *, mode: str = "thread", **worker_options: Any) -> list[str]:
+        """Create all predefined queues (rate limits written to Redis) and start a worker
+        (``mode``) for each that has a registered processor; returns those queue names."""
+        for q in self._queues():
+            q._run(q._ops.set_rate_limit(q.rate_limiter))
+        for name in self._with_processor():
+            self.manager.start_worker(name, mode=mode, **worker_options)
+            if name not in self.started:
+                self.started.append(name)
+        return list(self.started)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the workers ``initialize()`` started (gracefully: active jobs finish)."""
+        for name in reversed(self.started):
+            self.manager.stop_worker(name, timeout)
+        self.started = []
+
+
+class AsyncQueueService(_ServiceBase):
+    """``nbqueue.aio.queue_service``: awaitable ``initialize()``/``shutdown()``."""
+
+    def _default_manager(self) -> Any:
+        return _async_manager()
+
+    async def initialize(self, *, mode: str = "asyncio", **worker_options: Any) -> list[str]:
+        """See :meth:`QueueService.initialize`; workers default to the running loop."""
+        for q in self._queues():
+            await q._run(q._ops.set_rate_limit(q.rate_limiter))
+        for name in self._with_processor():
+            await self.manager.start_worker(name, mode=mode, **worker_options)
+            if name not in self.started:
+                self.started.append(name)
+        return list(self.started)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        for name in reversed(self.started):
+            await self.manager.stop_worker(name, timeout)
+        self.started = []
+
+
+queue_service = QueueService()
+aqueue_service = AsyncQueueService()
+
+__all__ = ["QUEUE_CONFIGS", "AsyncQueueService", "QueueName", "QueueService",
+           "aqueue_llm_request", "aqueue_notification", "aqueue_service", "aqueue_workflow",
+           "aschedule_recurring_job", "queue_llm_request", "queue_notification",
+           "queue_service", "queue_workflow", "schedule_recurring_job"]

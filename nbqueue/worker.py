@@ -123,6 +123,10 @@ class Engine:
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
         self._queue: Any = None  # the Queue whose Job handles processors receive
+        # -- recurring jobs: queue the next tick of fetched scheduled jobs (nbqueue.scheduler)
+        from .scheduler import TickFollower
+
+        self._ticks = TickFollower(self.ops)
 
     # -- thread-safe entry points -------------------------------------------------------
     def request_stop(self) -> None:
@@ -287,6 +291,7 @@ class Engine:
             record = JobRecord(id=corrupt.job_id, name="", data={},
                                opts=self.ops.defaults, lock=corrupt.lock)
             self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
+        await self._ticks.follow(self._call, fetched.jobs)  # recurring jobs: the next tick
         for record in fetched.jobs:
             self._start(record)
         return fetched

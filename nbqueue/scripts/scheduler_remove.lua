@@ -1,0 +1,15 @@
+-- scheduler_remove: delete a job scheduler and its pending job (if it has not started; a
+-- running one finishes, and its worker finds no scheduler to continue).
+-- KEYS: the twelve queue keys (see includes/common.lua), 13 schedulers ZSET.
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 scheduler hash prefix, 5 scheduler id.
+-- Returns 1 removed, 0 no such scheduler.
+-- @include common
+-- @include scheduler
+local sid = ARGV[5]
+local key = SCHED .. sid
+local nxt = redis.call('HGET', key, 'next')
+redis.call('ZREM', K_SCHEDS, sid)
+if not nxt then return 0 end
+if nxt ~= '0' then drop_pending(tick_job_id(sid, nxt)) end
+redis.call('DEL', key)
+return 1
