@@ -10,6 +10,7 @@ the caller's running loop, ``mode="process"`` in N child processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import math
@@ -94,7 +95,7 @@ class Engine:
                  prefix: str = DEFAULT_PREFIX, concurrency: int = 1,
                  lock_duration: int = 30_000, stalled_interval: int = 30_000,
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
-                 dead_letter: bool = True, grace: float = 30.0,
+                 dead_letter: bool = True, grace: float = 30.0, prefetch: int = 0,
                  worker_name: str | None = None) -> None:
         self.queue_name = queue_name
         self.processor = processor
@@ -107,6 +108,7 @@ class Engine:
         self.backoff_strategy = backoff_strategy
         self.dead_letter = dead_letter and queue_name != DEAD_LETTER
         self.grace = grace
+        self.prefetch = prefetch
         self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ops = QueueOps(queue_name, prefix=prefix)
         self.is_async = _is_async(processor)
@@ -115,6 +117,9 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
+        # Prefetched jobs (locked for us, not started yet): a slot that frees up starts the
+        # next one at once instead of waiting for the finish/fetch round trip.
+        self._ready: collections.deque[JobRecord] = collections.deque()
         self._done: list[Outcome] = []
         self._progress: dict[str, Any] = {}
         self._stats: Counter[str] = Counter()
@@ -199,14 +204,16 @@ class Engine:
             self._wake.clear()
             if self._stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.grace
-            if self._stopping and not self._running and not self._done and not self._progress:
+            if self._stopping and not self._running and not self._done and not self._progress \
+                    and not self._ready:
                 break
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 break  # grace is over: what still runs is released in run()'s finally
             if block is not None and block.done():
                 block.exception() if not block.cancelled() else None
                 block, idle = None, False
-            want = 0 if self._stopping else self.concurrency - len(self._running)
+            want = 0 if self._stopping else (self.concurrency + self.prefetch
+                                              - len(self._running) - len(self._ready))
             if self._done or self._progress or (want > 0 and not idle):
                 try:
                     fetched = await self._flush(want)
@@ -293,7 +300,10 @@ class Engine:
             self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
         await self._ticks.follow(self._call, fetched.jobs)  # recurring jobs: the next tick
         for record in fetched.jobs:
-            self._start(record)
+            if len(self._running) < self.concurrency:
+                self._start(record)
+            else:
+                self._ready.append(record)
         return fetched
 
     def _start(self, record: JobRecord) -> None:
@@ -335,6 +345,8 @@ class Engine:
             self._lost.discard(record.id)
         self._done.append(outcome)
         self._running.pop(record.id, None)
+        if self._ready and not self._stopping:
+            self._start(self._ready.popleft())
         assert self._wake is not None
         self._wake.set()
 
@@ -351,7 +363,8 @@ class Engine:
     async def _renew_locks(self) -> None:
         while True:
             await asyncio.sleep(self.lock_ms / 2000)
-            locks = {jid: rec.lock for jid, (rec, _) in self._running.items() if rec.lock}
+            held = [rec for rec, _ in self._running.values()] + list(self._ready)
+            locks = {rec.id: rec.lock for rec in held if rec.lock}
             if not locks:
                 continue
             try:
@@ -388,7 +401,11 @@ class Engine:
             task.cancel()
             outcomes.append(Outcome(record, "r", "released at worker shutdown", "shutdown",
                                     attempts_made=record.attempts_made))
+        for record in self._ready:
+            outcomes.append(Outcome(record, "r", "released at worker shutdown", "shutdown",
+                                    attempts_made=record.attempts_made))
         self._running.clear()
+        self._ready.clear()
         outcomes = self._done + outcomes
         self._done = []
         if outcomes:
@@ -434,7 +451,7 @@ class Worker:
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
                  dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
                  name: str | None = None, allow_code: bool = False,
-                 secret: str | bytes | None = None) -> None:
+                 secret: str | bytes | None = None, prefetch: int = 0) -> None:
         queue_name = validate_queue_name(queue_name)
         if allow_code:
             # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
@@ -462,7 +479,7 @@ class Worker:
             prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
             stalled_interval=to_ms(stalled_interval, "stalled_interval", allow_zero=False),
             max_stalled_count=max_stalled_count, backoff_strategy=backoff_strategy,
-            dead_letter=dead_letter, grace=grace)
+            dead_letter=dead_letter, grace=grace, prefetch=prefetch)
         self.engine: Engine | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None

@@ -14,7 +14,7 @@ local nstats = tonumber(ARGV[7])
 local first_job = 8 + 2 * nstats
 local statuses = {}
 local done_ids, failed_ids, exhausted, retry_now, retry_later = {}, {}, {}, {}, {}
-local zdone, zfailed, zdelayed = {}, {}, {}
+local zdone, zfailed, zdelayed, finished = {}, {}, {}, {}
 local c_keep, c_age, f_keep, f_age = -1, 0, -1, 0
 for i = first_job, #ARGV, 9 do
   local id, lock, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -25,7 +25,7 @@ for i = first_job, #ARGV, 9 do
     statuses[#statuses + 1] = 0
   else
     statuses[#statuses + 1] = 1
-    redis.call('ZREM', K_ACTIVE, id)
+    finished[#finished + 1] = id
     if kind == 'c' then
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id
@@ -51,6 +51,7 @@ for i = first_job, #ARGV, 9 do
     end
   end
 end
+if #finished > 0 then zrem_many(K_ACTIVE, finished) end
 if #zdone > 0 then redis.call('ZADD', K_COMPLETED, unpack(zdone)) end
 if #zfailed > 0 then redis.call('ZADD', K_FAILED, unpack(zfailed)) end
 if #zdelayed > 0 then redis.call('ZADD', K_DELAYED, unpack(zdelayed)) end

@@ -84,9 +84,11 @@ local function trim_finished(key, keep, max_age)
   if keep >= 0 then
     local n = redis.call('ZCARD', key)
     if n > keep then
-      local old = redis.call('ZRANGE', key, 0, n - keep - 1)
+      -- ZPOPMIN takes the oldest and removes them in one command: [id, score, id, score...]
+      local popped = redis.call('ZPOPMIN', key, n - keep)
+      local old = {}
+      for i = 1, #popped, 2 do old[#old + 1] = popped[i] end
       delete_jobs(old)
-      redis.call('ZREMRANGEBYRANK', key, 0, n - keep - 1)
     end
   end
   if max_age > 0 then

@@ -4,18 +4,25 @@
 -- Returns {next_delay_ms, limit_ttl_ms, id, lock, name, data, opts, attempts_made, ts,
 --          prio, progress, stalled_count, (10 fields per job)...}
 
+-- Returns the earliest due time still delayed after promotion (nil: none).
 local function promote_delayed()
+  -- One cheap look at the head first: in a steady drain there is usually nothing due.
+  local head = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  local due_at = math.floor(tonumber(head[2]) / 4096)
+  if due_at > NOW then return due_at end
   local edge = fmt(NOW * 4096 + 4095)
   local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', edge, 'LIMIT', 0, 1000)
-  if #due > 0 then
-    zrem_many(K_DELAYED, due)
-    requeue(due)
-    emit('waiting', due)
-  end
+  zrem_many(K_DELAYED, due)
+  requeue(due)
+  emit('waiting', due)
+  head = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  return math.floor(tonumber(head[2]) / 4096)
 end
 
 local function fetch_jobs(want, token, lock_ms)
-  promote_delayed()
+  local next_due = promote_delayed()
   local reply = {-1, 0}
   local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'rl_dur')
   if meta[1] == '1' then want = 0 end
@@ -68,9 +75,6 @@ local function fetch_jobs(want, token, lock_ms)
       emit('drained', nil)
     end
   end
-  if #ids == 0 and reply[2] == 0 then
-    local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-    if #nxt > 0 then reply[1] = math.max(0, math.floor(tonumber(nxt[2]) / 4096) - NOW) end
-  end
+  if next_due then reply[1] = math.max(0, next_due - NOW) end
   return reply
 end
