@@ -163,6 +163,15 @@ def test_schedule_by_queue_name_and_rearm_after_drain(conn: Connection, r: redis
     assert all_job_ids(r, "cache_warmup") == [again.next_job_id]
 
 
+def test_obliterate_removes_schedulers(conn: Connection, r: redis.Redis) -> None:
+    q = Queue("gone", connection=conn)
+    schedule_recurring_job(q, DATA, every="1h", scheduler_id="a")
+    schedule_recurring_job(q, DATA, "0 9 * * *", scheduler_id="b")
+    assert len(list_schedulers(q)) == 2
+    q.obliterate()
+    assert list_schedulers(q) == [] and r.keys("*") == []
+
+
 def test_two_processes_upserting_make_one_schedule(redis_url: str, r: redis.Redis) -> None:
     code = (
         "import nbqueue, sys\n"

@@ -22,5 +22,11 @@ for m = minute - 1441, minute + 1, 200 do
   for k = m, math.min(m + 199, minute + 1) do batch[#batch + 1] = K_STATS .. ':m:' .. k end
   redis.call('DEL', unpack(batch))
 end
+-- job schedulers (nbqueue.scheduler): hashes listed in the schedulers ZSET, same slot
+local base = string.sub(K_META, 1, #K_META - 4)
+for _, sid in ipairs(redis.call('ZRANGE', base .. 'schedulers', 0, -1)) do
+  redis.call('DEL', base .. 'scheduler:' .. sid)
+end
+redis.call('DEL', base .. 'schedulers')
 redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS)
 return n
