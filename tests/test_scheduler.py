@@ -124,8 +124,10 @@ def test_upsert_by_id_never_makes_a_second_schedule(conn: Connection, r: redis.R
     a = schedule_recurring_job(q, DATA, "0 9 * * *", tz="Europe/Paris", priority="high")
     assert a.status == "created"
     assert a.id == "sched:digest:0 9 * * *"
+    seq = r.hget(f"nbq:{{sched}}:job:{a.next_job_id}", "seq")
     b = schedule_recurring_job(q, DATA, "0 9 * * *", tz="Europe/Paris", priority="high")
     assert b.status == "unchanged" and b.next_run == a.next_run
+    assert r.hget(f"nbq:{{sched}}:job:{a.next_job_id}", "seq") == seq  # not even re-added
     # new data, same schedule: the pending job carries the new data, same tick
     c = schedule_recurring_job(q, {"type": "digest", "payload": {"v": 2}}, "0 9 * * *",
                                tz="Europe/Paris")

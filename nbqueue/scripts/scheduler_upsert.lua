@@ -26,8 +26,11 @@ if existed and h[1] == cfg then
   local id = tick_job_id(sid, nxt)
   local st = redis.call('HGET', JOB .. id, 'state')
   if st == 'delayed' or st == 'waiting' then
-    drop_pending(id)  -- re-added with the new template, same id and tick
-    add_tick_job(sid, nxt, name, data, opts, prio)
+    local cur = redis.call('HMGET', JOB .. id, 'name', 'data', 'opts', 'prio')
+    if cur[1] ~= name or cur[2] ~= data or cur[3] ~= opts or cur[4] ~= prio then
+      drop_pending(id)  -- re-added with the new template, same id and tick
+      add_tick_job(sid, nxt, name, data, opts, prio)
+    end
     return {'unchanged', nxt}
   elseif st == 'active' then
     return {'unchanged', nxt}  -- its worker queues the next tick
