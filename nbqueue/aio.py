@@ -115,8 +115,15 @@ class Worker(_worker.Worker):
     async def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]
         if self._task is not None:
             assert self.engine is not None
-            self.engine.request_stop()
-            await asyncio.wait_for(asyncio.shield(self._task), (timeout or 30.0) + 10)
+            self.engine.request_stop(timeout)
+            wait = (timeout if timeout is not None else self.engine.grace) + 10
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), wait)
+            except asyncio.TimeoutError:
+                _worker.log.error("worker did not stop within %.0fs: %s", wait,
+                                  self.engine.describe())
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         else:
             await asyncio.to_thread(_worker.Worker.stop, self, timeout)

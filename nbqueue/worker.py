@@ -134,8 +134,12 @@ class Engine:
         self._ticks = TickFollower(self.ops)
 
     # -- thread-safe entry points -------------------------------------------------------
-    def request_stop(self) -> None:
-        """Ask the loop to finish its active jobs and return (callable from any thread)."""
+    def request_stop(self, grace: float | None = None) -> None:
+        """Ask the loop to finish its active jobs and return (callable from any thread).
+
+        Jobs still running after ``grace`` seconds go back to the queue."""
+        if grace is not None:
+            self.grace = grace
         self._stopping = True
         if self.loop is not None and self._wake is not None:
             try:
@@ -156,6 +160,12 @@ class Engine:
             put()
         else:
             self.loop.call_soon_threadsafe(put)
+
+    def describe(self) -> str:
+        """A one-line state dump, for logs when a stop takes longer than it should."""
+        return (f"engine {self.token} of {self.queue_name!r}: stopping={self._stopping} "
+                f"running={sorted(self._running)} ready={[r.id for r in self._ready]} "
+                f"done={[o.job.id for o in self._done]} progress={sorted(self._progress)}")
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -204,9 +214,8 @@ class Engine:
             self._wake.clear()
             if self._stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.grace
-            if self._stopping and not self._running and not self._done and not self._progress \
-                    and not self._ready:
-                break
+            if self._stopping and not self._running and not self._done and not self._progress:
+                break  # prefetched jobs never started: _release_leftovers hands them back
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 break  # grace is over: what still runs is released in run()'s finally
             if block is not None and block.done():
@@ -232,6 +241,8 @@ class Engine:
                     idle = True
                     next_delay = fetched.next_delay_ms
                     limit_wait = fetched.limit_ttl_ms / 1000
+            if self._stopping and not self._running and not self._done and not self._progress:
+                continue  # all finished and flushed: stop now, not at the end of the grace
             # Wait for a finished job, a stop request, new work (marker), or a due time.
             waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
             timeout: float | None = None
@@ -593,9 +604,11 @@ class Worker:
         """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
         wait = (timeout if timeout is not None else self._engine_kwargs["grace"]) + 10
         if self.engine is not None:
-            self.engine.request_stop()
+            self.engine.request_stop(timeout)
         if self._thread is not None:
             self._thread.join(wait)
+            if self._thread.is_alive() and self.engine is not None:
+                log.error("worker did not stop within %.0fs: %s", wait, self.engine.describe())
             self._thread = None
         for p in self._children:
             if p.is_alive() and p.pid:
