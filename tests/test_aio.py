@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from nbqueue import JobFailedError, JobState
-from nbqueue import aio
+from nbqueue import JobFailedError, JobState, aio
 
 
 def test_aio_queue_worker_manager(conn):

@@ -12,7 +12,6 @@ import time
 from nbqueue import Queue
 
 
-
 def run_cli(*args, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "nbqueue", *args], capture_output=True,
                           text=True, timeout=timeout, env=env or os.environ.copy())
