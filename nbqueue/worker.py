@@ -21,7 +21,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import concurrent.futures
+import queue as queue_mod
 from typing import Any
 
 import redis
@@ -88,6 +89,65 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
     return Outcome(job, "x", reason, etype)
 
 
+class _JobThreads(concurrent.futures.Executor):
+    """The threads that run sync processors: a minimal pool of *daemon* threads.
+
+    ``ThreadPoolExecutor`` threads are joined at interpreter exit, so a job abandoned after
+    the grace period (already handed back to the queue) kept a stopped worker process alive
+    until its body returned, and ran on while another worker re-ran it. Daemon threads let
+    the process exit; the abandoned body dies with it, exactly like a killed worker.
+    """
+
+    def __init__(self, size: int, prefix: str) -> None:
+        self._size, self._prefix = size, prefix
+        self._work: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._closed = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new jobs after shutdown")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
+            t = threading.Thread(target=self._run, daemon=True,
+                                 name=f"{self._prefix}_{len(self._threads)}")
+            t.start()
+            self._threads.append(t)
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+                del future, item
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class Engine:
     """The loop of one worker (see the module docstring). Not thread-safe except where said."""
 
@@ -126,7 +186,7 @@ class Engine:
         self._lost: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _JobThreads | None = None
         self._queue: Any = None  # the Queue whose Job handles processors receive
         # -- recurring jobs: queue the next tick of fetched scheduled jobs (nbqueue.scheduler)
         from .scheduler import TickFollower
@@ -174,7 +234,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._client = self.connection.new_async()
         if not self.is_async:
-            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="nbqueue-job")
+            self._pool = _JobThreads(self.concurrency, "nbqueue-job")
         self._queue = self._make_queue()
         helpers = [asyncio.create_task(self._renew_locks()),
                    asyncio.create_task(self._sweep_stalled())]
