@@ -95,6 +95,11 @@ class QueueOps:
         text = serialization.encode_data(data, self.max_payload_bytes)
         name = data.get("type") if isinstance(data.get("type"), str) else data.get("name")
         name = name if isinstance(name, str) else "default"
+        if not (text.isascii() and name.isascii()):
+            text, name = _utf8_safe(text, data, name)
+        if options.job_id and not options.job_id.isascii() and not _encodable(options.job_id):
+            raise InvalidOptionError(f"job_id {options.job_id!r} is not valid UTF-8 text "
+                                     "(it holds a lone surrogate)")
         args = [options.job_id or "", name, text, options.to_json(), options.priority,
                 options.delay]
         record = JobRecord(id=options.job_id or "", name=name, data=dict(data), opts=options,
@@ -317,6 +322,26 @@ class QueueOps:
                                                                                list[str]]]:
         back, failed = yield self.call("stalled", max_stalled, interval_ms)
         return list(back), list(failed)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_safe(text: str, data: Any, name: str) -> tuple[str, str]:
+    """Lone surrogates cannot be sent to Redis as UTF-8: JSON-escape them (``\\ud800``),
+    which round-trips exactly, instead of failing deep in the client with UnicodeEncodeError."""
+    if not _encodable(text):
+        import json
+
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+    if not _encodable(name):
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text, name
 
 
 def dead_letter_entry(origin: str, record: JobRecord, reason: str,
