@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import nbqueue
-from nbqueue import Queue, Worker
+from nbqueue import Worker
 from nbqueue.notebook.dashboard import Dashboard
 
 

@@ -200,12 +200,16 @@ class Dashboard(widgets.VBox):
     def is_refreshing(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self) -> None:
-        """Stop the refresh thread and close the widgets."""
+    def stop(self) -> None:
+        """Stop refreshing; the panel stays displayed with its last values."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
+
+    def close(self) -> None:
+        """Stop the refresh thread and close the widgets."""
+        self.stop()
         for row in self.rows.values():
             row.close()
         self.status.close()
