@@ -247,7 +247,7 @@ class _LazyConnection:
 
 def _close_all() -> None:
     for m in list(_MANAGERS):
-        m.close(timeout=5.0)
+        m.close(timeout=1.0)  # a kernel shutting down waits only a few seconds
 
 
 atexit.register(_close_all)
