@@ -5,6 +5,8 @@ The blocking API lives here; ``nbqueue.aio`` has the same names, awaitable.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .connection import Connection, connect
 from .errors import (
     InvalidOptionError,
@@ -41,15 +43,15 @@ queue_manager = QueueManager()
 from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: E402
 
 
-def dashboard(queues=None, refresh=1.0, **kwargs):  # type: ignore[no-untyped-def]
+def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) -> Any:
     """A live ipywidgets panel of ``queues`` (default: this kernel's): counts, progress,
-    throughput, and Pause/Resume/Retry failed/Drain/Clean buttons. See ``docs/notebook.md``."""
+    throughput, and Pause/Resume/Retry failed/Drain/Clean buttons (README: Notebooks)."""
     from .notebook.dashboard import Dashboard
 
     return Dashboard(queues, refresh=refresh, **kwargs)
 
 
-def export(df, path, **kwargs):  # type: ignore[no-untyped-def]
+def export(df: Any, path: Any, **kwargs: Any) -> Any:
     """Write a DataFrame to ``path`` by suffix: .csv, .parquet (pyarrow), .md, .json."""
     from .frames import export as _export
 

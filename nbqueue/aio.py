@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from . import worker as _worker
 from .connection import Connection, connect
@@ -148,23 +148,25 @@ class QueueManager(_SyncManager):
     queue_class = Queue
     worker_class = Worker
 
-    async def start_worker(self, name: str, worker_concurrency: int | None = None,  # type: ignore[override]
-                           mode: str = "asyncio", processor: Any = None,
-                           **worker_options: Any) -> Worker:
-        worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
+    async def start_worker(
+            self, name: str, worker_concurrency: int | None = None, mode: str = "asyncio",
+            processor: Any = None, **worker_options: Any) -> Worker:
+        worker = cast(Worker, self._build_worker(name, worker_concurrency, mode, processor,
+                                                 worker_options))
         reused = self._reuse_worker(name, worker)
         if reused is not None:
-            return reused  # type: ignore[return-value]
-        old = self._workers.pop(name, None)
+            return cast(Worker, reused)
+        old = cast("Worker | None", self._workers.pop(name, None))
         if old is not None:
-            await old.stop()  # type: ignore[misc]
+            await old.stop()
         self._workers[name] = worker
-        return await worker.start()  # type: ignore[misc,no-any-return]
+        return await worker.start()
 
-    async def stop_worker(self, name: str, timeout: float | None = None) -> None:  # type: ignore[override]
-        worker = self._workers.pop(name, None)
+    async def stop_worker(
+            self, name: str, timeout: float | None = None) -> None:
+        worker = cast("Worker | None", self._workers.pop(name, None))
         if worker is not None:
-            await worker.stop(timeout)  # type: ignore[misc]
+            await worker.stop(timeout)
 
     async def aclose(self, timeout: float | None = 10.0) -> None:
         for name in list(self._workers):

@@ -39,7 +39,7 @@ class Backoff:
         if isinstance(value, Backoff):
             return value
         if callable(value):
-            return cls(type="custom", name=register(value))  # type: ignore[arg-type]
+            return cls(type="custom", name=register(value))
         if isinstance(value, bool):
             raise InvalidOptionError("backoff must be a dict, a number of ms or a callable")
         if isinstance(value, (int, float, str)) or hasattr(value, "total_seconds"):

@@ -18,14 +18,14 @@ def _load_processor(spec: str) -> Any:
         raise SystemExit(f"--processor must look like module:function, not {spec!r}")
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
-        import importlib.util
         import pathlib
+        from importlib import util
 
         path = pathlib.Path(module_name).resolve()
-        loaded = importlib.util.spec_from_file_location(path.stem, path)
+        loaded = util.spec_from_file_location(path.stem, path)
         if loaded is None or loaded.loader is None:
             raise SystemExit(f"cannot load {module_name}")
-        module = importlib.util.module_from_spec(loaded)
+        module = util.module_from_spec(loaded)
         sys.modules[path.stem] = module
         loaded.loader.exec_module(module)
     else:

@@ -152,7 +152,7 @@ class AsyncCodeJobProcessor(CodeJobProcessor):
             return await asyncio.to_thread(run_code, code, job)
         return await self._other(job)
 
-    async def _other(self, job: Any) -> Any:  # type: ignore[override]
+    async def _other(self, job: Any) -> Any:
         return await super()._other(job)
 
 

@@ -50,7 +50,7 @@ def run_demo(jobs: int = 12, url: str | None = None) -> int:
     print(f"enqueued {jobs} jobs at priorities "
           f"{', '.join(p.name for p in priorities)} + 1 that always fails")
     mgr.register_processor(DEMO_QUEUE, _process)
-    worker = mgr.start_worker(DEMO_QUEUE, mode="thread")
+    mgr.start_worker(DEMO_QUEUE, mode="thread")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -37,4 +37,4 @@ def to_ms(value: object, what: str = "duration", *, allow_zero: bool = True) -> 
         raise InvalidOptionError(f"{what} must not be negative: {value!r}")
     if not allow_zero and ms == 0:
         raise InvalidOptionError(f"{what} must be positive: {value!r}")
-    return int(round(ms))
+    return round(ms)

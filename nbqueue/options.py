@@ -31,7 +31,8 @@ def parse_priority(value: object) -> int:
     if isinstance(value, int):
         if 1 <= value <= 5:
             return int(value)
-        raise InvalidOptionError(f"priority must be between 1 (critical) and 5 (background): {value}")
+        raise InvalidOptionError(
+            f"priority must be between 1 (critical) and 5 (background): {value}")
     if isinstance(value, str):
         key = value.strip().lower()
         if key in _PRIORITY_NAMES:

@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar, Union
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -51,7 +51,7 @@ class Sleep:
     seconds: float
 
 
-Step = Union[Call, Batch, Sleep]
+Step = Call | Batch | Sleep
 Op = Generator[Step, Any, T]
 
 _CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -118,7 +118,7 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
                 raise _unavailable(client, exc) from exc
             step = op.send(reply)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
@@ -163,7 +163,7 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
                 raise _unavailable(client, exc) from exc
             step = op.send(reply)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 def single(call: Call) -> Op[Any]:
@@ -183,7 +183,7 @@ S = TypeVar("S")
 def sync_method(op: Callable[Concatenate[S, P], Op[T]]) -> Callable[Concatenate[S, P], T]:
     @functools.wraps(op)
     def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined,no-any-return]
+        return self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined]
 
     return method
 
@@ -193,6 +193,6 @@ def async_method(
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
     @functools.wraps(op)
     async def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined,no-any-return]
+        return await self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined]
 
     return method

@@ -48,7 +48,7 @@ class QueueBase:
                                      f"{worker_concurrency!r}")
         self.worker_concurrency = worker_concurrency or 1
         self.default_job_options = dict(default_job_options or {})
-        self._connection = connection
+        self._connection: Any = connection
         # The rate limit lives in Redis (shared by all workers); written before the next op.
         self._config_pending = self.rate_limiter is not None
 
@@ -68,6 +68,10 @@ class QueueBase:
             yield from self._ops.set_rate_limit(self.rate_limiter)
             self._config_pending = False
         return (yield from op)
+
+    def _run(self, op: Op[Any]) -> Any:
+        """Run ``op`` (bound by the subclasses: blocking, or a coroutine for asyncio)."""
+        raise NotImplementedError
 
     def _job(self, record: JobRecord) -> JobBase:
         return self.job_class(self, record)

@@ -343,7 +343,7 @@ class JobSchedulerBase:
         self._ops = SchedulerOps(queue._ops)
 
     def _run(self, op: Op[Any]) -> Any:
-        return self.queue._run(op)  # type: ignore[attr-defined]
+        return self.queue._run(op)
 
     def _upsert(self, data: Mapping[str, Any], cron: str | None = None, *, every: Any = None,
                 tz: Any = None, scheduler_id: str | None = None, start: Any = None,

@@ -6,7 +6,8 @@ machines run workers; ``nbqueue.metrics`` turns them into Prometheus series.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import MutableMapping
+from typing import Any
 
 # Job duration histogram buckets, seconds (prometheus_client's defaults).
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -21,7 +22,7 @@ def bucket_field(duration_s: float) -> str:
     return "dur:inf"
 
 
-def record(stats: Counter[str], duration_s: float, error_type: str | None) -> None:
+def record(stats: MutableMapping[str, Any], duration_s: float, error_type: str | None) -> None:
     """Count one finished attempt: its duration, and its error type if it failed."""
     stats[bucket_field(duration_s)] += 1  # the count is the sum of the buckets
     stats["dur_sum"] += duration_s

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import inspect
 import logging
 import math
 import os
+import queue as queue_mod
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-import concurrent.futures
-import queue as queue_mod
 from typing import Any
 
 import redis
@@ -55,8 +55,9 @@ Processor = Callable[[Any], Any]
 
 
 def _is_async(fn: Any) -> bool:
+    # a callable object whose __call__ is a coroutine function counts too
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None))
+        getattr(type(fn), "__call__", None))  # noqa: B004
 
 
 def classify(job: JobRecord, result: Any = None, error: BaseException | None = None,
@@ -583,7 +584,7 @@ class Worker:
         """Start in the background and return at once."""
         if self.is_running:
             return self
-        self.connection  # resolve (and check) the connection in the caller's thread
+        _ = self.connection  # resolve (and check) the connection in the caller's thread
         if self.mode == "process":
             self._start_processes()
         elif self.mode == "asyncio" and _running_loop() is not None:

@@ -55,7 +55,7 @@ def test_worker_and_stats_commands(conn, tmp_path, redis_url):
     res = run_cli("--url", redis_url, "stats", "cliq")
     assert res.returncode == 0
     assert "cliq" in res.stdout and "completed" in res.stdout
-    line = [ln for ln in res.stdout.splitlines() if ln.startswith("cliq")][0]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("cliq"))
     assert line.split()[4] == "5"
 
 

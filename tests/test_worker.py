@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -91,7 +92,7 @@ def test_retries_with_exponential_backoff_then_dead_letter(conn, r):
     assert info.value.error_type == "RuntimeError"
     status = q.get_job_status(job.id)
     assert status.state is JobState.FAILED and status.attempts_made == 4
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # 100, 200, 400 ms at least (never earlier than the backoff; later is allowed)
     assert len(gaps) == 3
     assert all(g >= want * 0.95 for g, want in zip(gaps, (0.1, 0.2, 0.4)))

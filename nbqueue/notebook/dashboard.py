@@ -150,8 +150,8 @@ class Dashboard(widgets.VBox):
             queues = [queues]
         if queues is None:
             queues = sorted(manager.queues)
-        resolved = [q if hasattr(q, "get_metrics") else manager.get_queue(str(q))
-                    for q in queues]
+        resolved: list[Any] = [q if hasattr(q, "get_metrics") else manager.get_queue(str(q))
+                               for q in queues]
         self.rows: dict[str, QueueRow] = {}
         self.status = widgets.HTML("", layout=widgets.Layout(min_height="1.5em"))
         self.workers = widgets.HTML("")

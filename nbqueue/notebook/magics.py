@@ -29,7 +29,7 @@ _FINISHED = (JobState.COMPLETED, JobState.FAILED)
 POLL_S = 0.2
 
 
-class JobBatch(list):  # type: ignore[type-arg]
+class JobBatch(list[Any]):
     """The jobs of a bulk ``%%enqueue``: a list of ``Job`` with a compact HTML view."""
 
     def _repr_html_(self) -> str:
@@ -176,6 +176,12 @@ def _nbqueue_parser() -> _Parser:
 class NbqueueMagics(Magics):
     """``%%enqueue`` and ``%nbqueue`` (loaded by ``%load_ext nbqueue``)."""
 
+    @property
+    def _ns(self) -> dict[str, Any]:
+        """The notebook's namespace (magics are always bound to a shell)."""
+        assert self.shell is not None
+        return self.shell.user_ns
+
     @magic_arguments()
     @argument("queue", help="the queue's name")
     @argument("--type", "-t", dest="job_type", default=None,
@@ -237,9 +243,9 @@ class NbqueueMagics(Magics):
             raise _usage(exc) from None
         handle: Any = jobs[0] if single else JobBatch(jobs)
         if args.name:
-            self.shell.user_ns[args.name] = handle
+            self._ns[args.name] = handle
         if args.out:
-            self.shell.user_ns[args.out] = wait_for(jobs, timeout_s)[0]
+            self._ns[args.out] = wait_for(jobs, timeout_s)[0]
             return None
         if args.wait:
             results = wait_for(jobs, timeout_s)
@@ -310,10 +316,10 @@ class NbqueueMagics(Magics):
             return None
         processor = None
         if args.processor:
-            if args.processor not in self.shell.user_ns:
+            if args.processor not in self._ns:
                 raise UsageError(f"%nbqueue worker start: no variable {args.processor!r} "
                                  "in the notebook")
-            processor = self.shell.user_ns[args.processor]
+            processor = self._ns[args.processor]
             if not callable(processor):
                 raise UsageError(f"%nbqueue worker start: {args.processor!r} is not callable")
         m.get_queue(args.queue)
