@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,16 @@ from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, Nbqueu
 from .keys import DEFAULT_PREFIX, QueueKeys
 from .options import JobOptions, default_options, merge_options
 from .protocol import Batch, Call, Op
-from .records import Event, Fetched, JobRecord, parse_events, parse_fetch, parse_job
+from .records import (
+    FETCH_STRIDE,
+    CorruptJob,
+    Event,
+    Fetched,
+    JobRecord,
+    parse_events,
+    parse_fetch,
+    parse_job,
+)
 from .types import JobState, QueueMetrics
 
 EVENTS_MAXLEN = 10_000
@@ -244,7 +254,7 @@ class QueueOps:
         return r
 
     def update_progress(self, job_id: str, progress: Any) -> Op[bool]:
-        text = serialization.dumps(progress, "progress")
+        text = _wire_text(serialization.dumps(progress, "progress"))
         return bool((yield self.call("progress", job_id, text)))
 
     # -- events and results -----------------------------------------------------------
@@ -295,7 +305,7 @@ class QueueOps:
 
     # -- worker side -------------------------------------------------------------------
     def fetch(self, want: int, token: str, lock_ms: int) -> Op[Fetched]:
-        return parse_fetch((yield self.call("fetch", want, token, lock_ms)))
+        return _parse_fetch_safe((yield self.call("fetch", want, token, lock_ms)))
 
     def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
                token: str, lock_ms: int) -> Op[tuple[list[bool], Fetched]]:
@@ -306,11 +316,11 @@ class QueueOps:
             keep = (o.job.opts.remove_on_complete if o.kind == "c"
                     else o.job.opts.remove_on_fail)
             atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
-            args += [o.job.id, o.job.lock or "", o.kind, o.value, o.error_type,
-                     o.retry_delay, atm, keep.count, keep.age_ms]
+            args += [o.job.id, o.job.lock or "", o.kind, _wire_text(o.value),
+                     _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms]
         reply = yield self.call("finish", *args)
         n = len(outcomes)
-        return [bool(x) for x in reply[:n]], parse_fetch(reply[n:])
+        return [bool(x) for x in reply[:n]], _parse_fetch_safe(reply[n:])
 
     def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
         args: list[Any] = [lock_ms]
@@ -322,6 +332,45 @@ class QueueOps:
                                                                                list[str]]]:
         back, failed = yield self.call("stalled", max_stalled, interval_ms)
         return list(back), list(failed)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _wire_text(text: str) -> str:
+    """``text`` made sendable as UTF-8: lone surrogates become ``\\uXXXX`` escapes.
+
+    In JSON text they can only occur inside strings, where that escape is exact; in a
+    failure reason it is a readable stand-in. Without this a processor returning (or an
+    error message holding) such a str made the worker's finish call raise
+    UnicodeEncodeError, which killed the worker.
+    """
+    if text.isascii() or _encodable(text):
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _parse_fetch_safe(reply: list[Any]) -> Fetched:
+    """``parse_fetch``, but a job whose stored fields break the parser in an unexpected way
+    (e.g. ``opts`` = ``{"roc": 5}``) becomes a corrupt job the worker fails, instead of an
+    exception that kills the worker and strands every job locked by the same fetch."""
+    try:
+        return parse_fetch(reply)
+    except Exception:
+        pass
+    head = list(reply[:2])
+    fetched = Fetched([], [], int(reply[0]), int(reply[1]))
+    for i in range(2, len(reply), FETCH_STRIDE):
+        part = reply[i:i + FETCH_STRIDE]
+        try:
+            one = parse_fetch(head + list(part))
+        except Exception as exc:
+            fetched.corrupt.append(CorruptJob(str(part[0]), str(part[1]),
+                                              f"corrupt job hash: {type(exc).__name__}: {exc}"))
+            continue
+        fetched.jobs.extend(one.jobs)
+        fetched.corrupt.extend(one.corrupt)
+    return fetched
 
 
 def _encodable(text: str) -> bool:
