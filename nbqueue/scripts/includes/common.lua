@@ -22,8 +22,12 @@ local MAXEV = ARGV[3]
 -- which would round the 16-digit delayed scores.
 local function fmt(n) return string.format('%.0f', n) end
 local PRIO_SHIFT = 1099511627776 -- 2^40: strict levels, FIFO (by seq) within a level
-local function wait_score(prio, seq) return fmt(tonumber(prio) * PRIO_SHIFT + tonumber(seq)) end
-local function delayed_score(due, seq) return fmt(tonumber(due) * 4096 + (tonumber(seq) % 4096)) end
+-- A hand-edited prio or seq ("x") falls back to NORMAL / 0: a Lua error here would abort a
+-- script half-way (Redis keeps the writes made before it) and strand jobs in no set.
+local function wait_score(prio, seq)
+  return fmt((tonumber(prio) or 3) * PRIO_SHIFT + (tonumber(seq) or 0))
+end
+local function delayed_score(due, seq) return fmt(tonumber(due) * 4096 + ((tonumber(seq) or 0) % 4096)) end
 
 -- One stream entry per transition per call (not per job): ids travel as a JSON array.
 -- ids == nil emits an event about the queue itself (paused, drained...).
