@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import rhelpers`
 
-from redisproc import RedisProcess  # noqa: E402
+from redisproc import RedisProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
