@@ -307,6 +307,15 @@ class QueueOps:
     def fetch(self, want: int, token: str, lock_ms: int) -> Op[Fetched]:
         return _parse_fetch_safe((yield self.call("fetch", want, token, lock_ms)))
 
+    def block_and_fetch(self, wake_key: str, secs: float, want: int, token: str,
+                        lock_ms: int) -> Op[Fetched]:
+        """Wait for a marker (or ``wake_key``), then fetch: one pipeline, so Redis runs the
+        fetch the moment the BLPOP returns, without another round trip (or on its timeout,
+        which promotes due delayed jobs)."""
+        replies = yield Batch([Call.cmd("BLPOP", self.keys.marker, wake_key, round(secs, 3)),
+                               self.call("fetch", want, token, lock_ms)])
+        return parse_fetch(replies[1])
+
     def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
                token: str, lock_ms: int) -> Op[tuple[list[bool], Fetched]]:
         args: list[Any] = [want, token, lock_ms, len(stats)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import functools
 import inspect
 import logging
 import math
@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -41,8 +41,8 @@ from .errors import (
 from .job import JobBase
 from .keys import DEFAULT_PREFIX, validate_queue_name
 from .ops import Outcome, QueueOps, dead_letter_entry
-from .protocol import Op, run_async
-from .records import JobRecord
+from .protocol import Call, Op, run_async, single
+from .records import Fetched, JobRecord
 from .serialization import dumps
 
 log = logging.getLogger("nbqueue.worker")
@@ -90,63 +90,48 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
     return Outcome(job, "x", reason, etype)
 
 
-class _JobThreads(concurrent.futures.Executor):
+class _JobThreads:
     """The threads that run sync processors: a minimal pool of *daemon* threads.
 
     ``ThreadPoolExecutor`` threads are joined at interpreter exit, so a job abandoned after
     the grace period (already handed back to the queue) kept a stopped worker process alive
     until its body returned, and ran on while another worker re-ran it. Daemon threads let
     the process exit; the abandoned body dies with it, exactly like a killed worker.
+    ``size`` grows by one for each thread left running a timed-out job, so the worker keeps
+    its concurrency.
     """
 
     def __init__(self, size: int, prefix: str) -> None:
-        self._size, self._prefix = size, prefix
-        self._work: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self.size, self._prefix = size, prefix
+        self._work: queue_mod.SimpleQueue[Callable[[], None] | None] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = threading.Semaphore(0)
-        self._closed = False
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        if self._closed:
-            raise RuntimeError("cannot schedule new jobs after shutdown")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._work.put((future, fn, args, kwargs))
-        if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._work.put(fn)
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
             t = threading.Thread(target=self._run, daemon=True,
                                  name=f"{self._prefix}_{len(self._threads)}")
             t.start()
             self._threads.append(t)
-        return future
 
     def _run(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
+            fn = self._work.get()
+            if fn is None:
                 return
-            future, fn, args, kwargs = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:
-                    future.set_exception(exc)
-                del future, item
+            fn()
+            del fn
             self._idle.release()
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._closed = True
-        if cancel_futures:
-            while True:
-                try:
-                    item = self._work.get_nowait()
-                except queue_mod.Empty:
-                    break
-                if item is not None:
-                    item[0].cancel()
+    def shutdown(self) -> None:
+        while True:  # drop what has not started
+            try:
+                self._work.get_nowait()
+            except queue_mod.Empty:
+                break
         for _ in self._threads:
             self._work.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
 
 
 class Engine:
@@ -172,12 +157,15 @@ class Engine:
         self.prefetch = prefetch
         self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ops = QueueOps(queue_name, prefix=prefix)
+        # BLPOP on the shared marker and on a key of our own, so stop() can wake us.
+        self._wake_key = f"{self.ops.keys.base}wake:{self.token}"
         self.is_async = _is_async(processor)
         self.processed = 0
         self.failed = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
-        self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
+        # job id -> (record, its task; None for a sync processor running on a thread)
+        self._running: dict[str, tuple[JobRecord, asyncio.Task[None] | None]] = {}
         # Prefetched jobs (locked for us, not started yet): a slot that frees up starts the
         # next one at once instead of waiting for the finish/fetch round trip.
         self._ready: collections.deque[JobRecord] = collections.deque()
@@ -185,8 +173,16 @@ class Engine:
         self._progress: dict[str, Any] = {}
         self._stats: Counter[str] = Counter()
         self._lost: set[str] = set()
+        self._deadlines: dict[str, float] = {}  # sync jobs with a timeout: monotonic deadline
+        # Sync jobs finished on their threads, handed to the loop in batches (one wake-up).
+        self._finished: collections.deque[tuple[JobRecord, Outcome, float]] = \
+            collections.deque()
+        self._drain_scheduled = False
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._idle = False  # the last fetch emptied the queue: block before asking again
+        self._next_delay = -1
+        self._limit_until = 0.0
         self._pool: _JobThreads | None = None
         self._queue: Any = None  # the Queue whose Job handles processors receive
         # -- recurring jobs: queue the next tick of fetched scheduled jobs (nbqueue.scheduler)
@@ -247,7 +243,7 @@ class Engine:
             await asyncio.gather(*helpers, return_exceptions=True)
             await self._release_leftovers()
             if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown()
             await self._client.aclose()
 
     def _make_queue(self) -> Any:
@@ -262,81 +258,112 @@ class Engine:
     async def _call(self, op: Op[Any]) -> Any:
         return await run_async(self._client, op)
 
+    def _want(self) -> int:
+        if self._stopping:
+            return 0
+        return self.concurrency + self.prefetch - len(self._running) - len(self._ready)
+
     async def _main(self) -> None:
         assert self._wake is not None
-        idle = False  # the last fetch found nothing: wait for a marker before asking again
-        limit_wait = 0.0
-        next_delay = -1
-        block: asyncio.Task[Any] | None = None
+        # An idle worker's BLPOP on the marker is pipelined with a fetch: when a job arrives
+        # Redis runs the fetch right away, saving a round trip of latency.
+        block: asyncio.Task[Fetched] | None = None
+        block_want = 0
         failures = 0
         stop_deadline: float | None = None
         while True:
             # Cleared before looking at the state it guards, so no wake-up is lost.
             self._wake.clear()
-            if self._stopping and stop_deadline is None:
-                stop_deadline = time.monotonic() + self.grace
-            if self._stopping and not self._running and not self._done and not self._progress:
-                break  # prefetched jobs never started: _release_leftovers hands them back
-            if stop_deadline is not None and time.monotonic() > stop_deadline:
-                break  # grace is over: what still runs is released in run()'s finally
+            self._expire_deadlines()
+            if self._stopping:
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + self.grace
+                if block is not None:
+                    await self._interrupt(block)
+                    block = None
+                if not self._running and not self._done and not self._progress:
+                    break  # prefetched jobs never started: _release_leftovers hands them back
+                if time.monotonic() > stop_deadline:
+                    break  # grace is over: what still runs is released in run()'s finally
             if block is not None and block.done():
-                block.exception() if not block.cancelled() else None
-                block, idle = None, False
-            want = 0 if self._stopping else (self.concurrency + self.prefetch
-                                              - len(self._running) - len(self._ready))
-            if self._done or self._progress or (want > 0 and not idle):
                 try:
-                    fetched = await self._flush(want)
+                    await self._accept(block.result(), block_want)
                     failures = 0
                 except (RedisUnavailableError, redis.RedisError, OSError) as exc:
                     failures += 1
-                    pause = min(5.0, 0.1 * 2 ** min(failures, 6))
-                    log.warning("worker %s: Redis error (%s); retrying in %.1fs",
-                                self.token, exc, pause)
-                    await asyncio.sleep(pause)
+                    await self._pause_after_error(exc, failures)
+                block = None
+            want = self._want()
+            if self._done or self._progress or (want > 0 and not self._idle):
+                try:
+                    await self._flush(want)
+                    failures = 0
+                except (RedisUnavailableError, redis.RedisError, OSError) as exc:
+                    failures += 1
+                    await self._pause_after_error(exc, failures)
                     continue
-                if fetched is not None:
-                    if fetched.jobs or fetched.corrupt:
-                        idle = False
-                        continue
-                    idle = True
-                    next_delay = fetched.next_delay_ms
-                    limit_wait = fetched.limit_ttl_ms / 1000
+                if not self._idle and self._want() > 0:
+                    continue  # more room and the queue is not empty: fetch again at once
+                want = self._want()
             if self._stopping and not self._running and not self._done and not self._progress:
                 continue  # all finished and flushed: stop now, not at the end of the grace
-            # Wait for a finished job, a stop request, new work (marker), or a due time.
+            # Wait for a finished job, a stop request, new work, or a due time.
             waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+            now = time.monotonic()
             timeout: float | None = None
-            if not self._stopping and want > 0 and idle:
-                if limit_wait > 0:
-                    timeout = limit_wait
+            if not self._stopping and want > 0 and self._idle:
+                if self._limit_until > now:
+                    timeout = self._limit_until - now
                 else:
                     if block is None:
-                        secs = MAX_BLOCK_S if next_delay < 0 else min(MAX_BLOCK_S,
-                                                                       next_delay / 1000)
+                        secs = MAX_BLOCK_S if self._next_delay < 0 else min(
+                            MAX_BLOCK_S, self._next_delay / 1000)
                         if secs <= 0.001:
-                            idle = False
-                            for w in waits:
-                                w.cancel()
+                            self._idle = False
+                            waits.pop().cancel()
                             continue
-                        block = asyncio.create_task(
-                            self._client.blpop([self.ops.keys.marker], timeout=secs))
+                        block_want = want
+                        block = asyncio.ensure_future(self._call(self.ops.block_and_fetch(
+                            self._wake_key, secs, want, self.token, self.lock_ms)))
                     waits.add(block)
-            elif self._stopping and stop_deadline is not None:
-                timeout = max(0.0, stop_deadline - time.monotonic())
-            done, pending = await asyncio.wait(waits, timeout=timeout,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
+            elif stop_deadline is not None:
+                timeout = max(0.0, stop_deadline - now)
+            if self._deadlines:
+                first = min(self._deadlines.values()) - now
+                timeout = max(0.0, first) if timeout is None else min(timeout, max(0.0, first))
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
                 if w is not block:
                     w.cancel()
-            if timeout is not None and not done:
-                idle = False  # the rate-limit window or a delay has passed: fetch again
-                limit_wait = 0
+            if self._idle and 0 < self._limit_until <= time.monotonic():
+                self._idle = False  # the rate-limit window has passed: fetch again
+                self._limit_until = 0.0
         if block is not None:
-            block.cancel()
-            await asyncio.gather(block, return_exceptions=True)
+            await self._interrupt(block)
 
-    async def _flush(self, want: int) -> Any:
+    async def _pause_after_error(self, exc: BaseException, failures: int) -> None:
+        pause = min(5.0, 0.1 * 2 ** min(failures, 6))
+        log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.token, exc, pause)
+        await asyncio.sleep(pause)
+
+    async def _interrupt(self, block: asyncio.Task[Fetched]) -> None:
+        """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs."""
+        if not block.done():
+            try:
+                await self._call(single(Call.cmd("RPUSH", self._wake_key, "stop")))
+                await asyncio.wait_for(asyncio.shield(block), MAX_BLOCK_S + 5)
+            except Exception:
+                block.cancel()  # jobs it may have locked are recovered by the stalled sweep
+        try:
+            await self._accept(block.result(), 0)
+        except BaseException:
+            pass
+        try:
+            await self._call(single(Call.cmd("DEL", self._wake_key)))
+        except Exception:
+            pass
+
+    async def _flush(self, want: int) -> None:
         """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip."""
         done, self._done = self._done, []
         progress, self._progress = self._progress, {}
@@ -357,7 +384,7 @@ class Engine:
             elif want > 0:
                 fetched = await self._call(self.ops.fetch(want, self.token, self.lock_ms))
             else:
-                return None
+                return
         except BaseException:
             # Nothing was lost: put back what we could not send (the scripts are idempotent
             # for a given lock, so re-sending a batch that did land is rejected, not doubled).
@@ -366,22 +393,87 @@ class Engine:
                 self._progress.setdefault(k, v)
             self._stats.update(stats)
             raise
+        await self._accept(fetched, want)
+
+    async def _accept(self, fetched: Fetched, want: int) -> None:
+        """Take what a fetch returned: start jobs (or keep them ready), note the queue state."""
         for corrupt in fetched.corrupt:
             record = JobRecord(id=corrupt.job_id, name="", data={},
                                opts=self.ops.defaults, lock=corrupt.lock)
             self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
-        await self._ticks.follow(self._call, fetched.jobs)  # recurring jobs: the next tick
+        if fetched.jobs:
+            await self._ticks.follow(self._call, fetched.jobs)  # recurring: the next tick
         for record in fetched.jobs:
-            if len(self._running) < self.concurrency:
+            if len(self._running) < self.concurrency and not self._stopping:
                 self._start(record)
             else:
                 self._ready.append(record)
-        return fetched
+        if want > 0:
+            # Fewer than asked: the queue is empty (or paused, or rate-limited) for now.
+            self._idle = len(fetched.jobs) + len(fetched.corrupt) < want
+            if self._idle:
+                self._next_delay = fetched.next_delay_ms
+                if fetched.limit_ttl_ms > 0:
+                    self._limit_until = time.monotonic() + fetched.limit_ttl_ms / 1000
 
     def _start(self, record: JobRecord) -> None:
         job = self._queue.job_class(self._queue, record, sink=self)
-        task = asyncio.ensure_future(self._process(record, job))
-        self._running[record.id] = (record, task)
+        if self.is_async:
+            task = asyncio.ensure_future(self._process(record, job))
+            self._running[record.id] = (record, task)
+            return
+        assert self._pool is not None
+        self._running[record.id] = (record, None)
+        if record.opts.timeout:
+            self._deadlines[record.id] = time.monotonic() + record.opts.timeout / 1000
+        self._pool.submit(functools.partial(self._run_sync, record, job))
+
+    def _run_sync(self, record: JobRecord, job: JobBase) -> None:
+        """On a job thread: run a sync processor, classify, hand the outcome to the loop."""
+        started = time.monotonic()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self.processor(job)
+            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+                assert self.loop is not None
+                result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
+        except BaseException as exc:  # the processor's failure is the job's, not ours
+            error = exc
+        outcome = classify(record, result, error, self.backoff_strategy, job)
+        self._finished.append((record, outcome, time.monotonic() - started))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            assert self.loop is not None
+            try:
+                self.loop.call_soon_threadsafe(self._drain_finished)
+            except RuntimeError:
+                pass  # the engine is gone: the job was handed back at shutdown
+
+    def _drain_finished(self) -> None:
+        """On the loop: collect what the job threads finished since the last call."""
+        self._drain_scheduled = False
+        while self._finished:
+            record, outcome, duration = self._finished.popleft()
+            entry = self._running.get(record.id)
+            if entry is None or entry[0] is not record:
+                continue  # timed out or handed back meanwhile: this result is void
+            self._complete(record, outcome, duration)
+
+    def _expire_deadlines(self) -> None:
+        """Fail sync jobs past their timeout (their threads cannot be stopped; see README)."""
+        if not self._deadlines:
+            return
+        now = time.monotonic()
+        for job_id, deadline in list(self._deadlines.items()):
+            if now < deadline:
+                continue
+            record = self._running[job_id][0]
+            error = JobTimeoutError(f"job exceeded its timeout of {record.opts.timeout} ms")
+            if self._pool is not None:
+                self._pool.size += 1  # the stuck thread runs on; keep our concurrency
+            self._complete(record, classify(record, None, error, self.backoff_strategy),
+                           (record.opts.timeout or 0) / 1000)
 
     async def _process(self, record: JobRecord, job: JobBase) -> None:
         started = time.monotonic()
@@ -389,32 +481,33 @@ class Engine:
         result: Any = None
         error: BaseException | None = None
         try:
-            if self.is_async:
-                work: Awaitable[Any] = self.processor(job)
+            work = self.processor(job)
+            if timeout is None:
+                result = await work
             else:
-                assert self.loop is not None
-                work = self.loop.run_in_executor(self._pool, self.processor, job)
-            try:
-                result = await asyncio.wait_for(work, timeout)
-            except asyncio.TimeoutError:
-                raise JobTimeoutError(
-                    f"job exceeded its timeout of {record.opts.timeout} ms") from None
-            if inspect.isawaitable(result):  # a sync function that returned a coroutine
-                result = await asyncio.wait_for(result, timeout)
+                try:
+                    result = await asyncio.wait_for(work, timeout)
+                except asyncio.TimeoutError:
+                    raise JobTimeoutError(
+                        f"job exceeded its timeout of {record.opts.timeout} ms") from None
         except asyncio.CancelledError:
             self._running.pop(record.id, None)
             raise
         except BaseException as exc:  # the processor's failure is the job's, not ours
             error = exc
-        outcome = classify(record, result, error, self.backoff_strategy, job)
-        stats_mod.record(self._stats, time.monotonic() - started,
+        self._complete(record, classify(record, result, error, self.backoff_strategy, job),
+                       time.monotonic() - started)
+
+    def _complete(self, record: JobRecord, outcome: Outcome, duration: float) -> None:
+        """Book a finished attempt; it is sent with the next flush."""
+        stats_mod.record(self._stats, duration,
                          outcome.error_type if outcome.kind != "c" else None)
         if outcome.kind == "c":
             self.processed += 1
         elif outcome.terminal_failure:
             self.failed += 1
-        if record.id in self._lost:
-            self._lost.discard(record.id)
+        self._lost.discard(record.id)
+        self._deadlines.pop(record.id, None)
         self._done.append(outcome)
         self._running.pop(record.id, None)
         if self._ready and not self._stopping:
@@ -470,7 +563,8 @@ class Engine:
         """After the grace period: hand jobs still running back to the queue (not an attempt)."""
         outcomes = []
         for record, task in list(self._running.values()):
-            task.cancel()
+            if task is not None:
+                task.cancel()
             outcomes.append(Outcome(record, "r", "released at worker shutdown", "shutdown",
                                     attempts_made=record.attempts_made))
         for record in self._ready:
@@ -478,6 +572,7 @@ class Engine:
                                     attempts_made=record.attempts_made))
         self._running.clear()
         self._ready.clear()
+        self._deadlines.clear()
         outcomes = self._done + outcomes
         self._done = []
         if outcomes:
@@ -487,6 +582,10 @@ class Engine:
             except Exception as exc:
                 log.error("worker %s could not hand back %d jobs at shutdown (%s); the "
                           "stalled check will recover them", self.token, len(outcomes), exc)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 # -- running an engine ----------------------------------------------------------------------
