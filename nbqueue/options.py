@@ -109,7 +109,21 @@ class JobOptions:
 
     @classmethod
     def from_stored(cls, text: str | None, priority: int = 3) -> JobOptions:
-        """Rebuild options from what a job hash holds (tolerates missing or odd fields)."""
+        """Rebuild options from what a job hash holds (tolerates missing or odd fields).
+
+        Cached by (text, priority): a worker sees the same few option strings over and over,
+        and this is on its per-job path."""
+        key = (text, priority)
+        cached = _STORED_CACHE.get(key)
+        if cached is None:
+            cached = cls._parse_stored(text, priority)
+            if len(_STORED_CACHE) > 4096:
+                _STORED_CACHE.clear()
+            _STORED_CACHE[key] = cached
+        return cached
+
+    @classmethod
+    def _parse_stored(cls, text: str | None, priority: int) -> JobOptions:
         try:
             d = json.loads(text or "{}")
             if not isinstance(d, dict):
@@ -133,6 +147,9 @@ class JobOptions:
         return {"priority": self.priority, "delay": self.delay, "attempts": self.attempts,
                 "backoff": self.backoff.to_json() if self.backoff else None,
                 "timeout": self.timeout, "job_id": self.job_id}
+
+
+_STORED_CACHE: dict[tuple[str | None, int], JobOptions] = {}
 
 
 def validate_job_id(value: object) -> str | None:

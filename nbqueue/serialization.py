@@ -41,8 +41,16 @@ def _find_unserialisable(obj: Any, path: str) -> tuple[str, str] | None:
     return path, f"value of type {type(obj).__name__}"
 
 
-def dumps(value: Any, what: str = "job data") -> str:
-    """Encode ``value`` as JSON or raise ``TypeError`` naming the key that cannot be."""
+def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
+    """Encode ``value`` as JSON or raise ``TypeError`` naming the key that cannot be.
+
+    ``strict`` also refuses non-str dict keys (json would turn them into strings, so the
+    data read back would differ); results use ``strict=False`` and the plain encoder first."""
+    if not strict:
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            pass  # fall through to name the offending key
     bad = _find_unserialisable(value, "data" if what == "job data" else "value")
     if bad:
         where, kind = bad

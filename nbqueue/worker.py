@@ -70,7 +70,8 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
             reason = str(result.get("error") or "processor returned success=False")
             return Outcome(job, "f", reason, "returned_failure")
         try:
-            return Outcome(job, "c", dumps(result, "the processor's return value"))
+            return Outcome(job, "c", dumps(result, "the processor's return value",
+                                           strict=False))
         except TypeError as exc:
             return Outcome(job, "f", str(exc), "TypeError")
     if isinstance(error, UnrecoverableError):
