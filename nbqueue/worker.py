@@ -50,6 +50,7 @@ log = logging.getLogger("nbqueue.worker")
 DEAD_LETTER = "dead_letter"
 MODES = ("thread", "asyncio", "process")
 MAX_BLOCK_S = 5.0  # an idle worker re-checks at least this often (delayed jobs, stop)
+STATS_EVERY_S = 1.0  # duration/error counters reach Redis at most this often (or when idle)
 
 Processor = Callable[[Any], Any]
 
@@ -184,6 +185,7 @@ class Engine:
         self._idle = False  # the last fetch emptied the queue: block before asking again
         self._next_delay = -1
         self._limit_until = 0.0
+        self._stats_sent = 0.0
         self._pool: _JobThreads | None = None
         self._queue: Any = None  # the Queue whose Job handles processors receive
         # -- recurring jobs: queue the next tick of fetched scheduled jobs (nbqueue.scheduler)
@@ -316,6 +318,12 @@ class Engine:
                 if self._limit_until > now:
                     timeout = self._limit_until - now
                 else:
+                    if block is None and self._stats:
+                        # going idle: send the counters now, not with the next job
+                        try:
+                            await self._flush(0, stats_now=True)
+                        except (RedisUnavailableError, redis.RedisError, OSError):
+                            pass  # kept; sent with a later flush
                     if block is None:
                         secs = MAX_BLOCK_S if self._next_delay < 0 else min(
                             MAX_BLOCK_S, self._next_delay / 1000)
@@ -364,15 +372,22 @@ class Engine:
         except Exception:
             pass
 
-    async def _flush(self, want: int) -> None:
-        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip."""
+    async def _flush(self, want: int, stats_now: bool = False) -> None:
+        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip.
+
+        Duration and error-type counters ride along at most once a second (or when asked):
+        they are a few commands each, and a steady drain has many small batches."""
         done, self._done = self._done, []
         progress, self._progress = self._progress, {}
-        stats, self._stats = self._stats, Counter()
+        now = time.monotonic()
+        stats: Counter[str] = Counter()
+        if self._stats and (stats_now or now - self._stats_sent >= STATS_EVERY_S):
+            stats, self._stats = self._stats, Counter()
+            self._stats_sent = now
         try:
             for job_id, value in progress.items():
                 await self._call(self.ops.update_progress(job_id, value))
-            if done:
+            if done or stats:
                 oks, fetched = await self._call(self.ops.finish(
                     done, stats, want, self.token, self.lock_ms))
                 for ok, outcome in zip(oks, done):
@@ -576,7 +591,7 @@ class Engine:
         self._deadlines.clear()
         outcomes = self._done + outcomes
         self._done = []
-        if outcomes:
+        if outcomes or self._stats:
             try:
                 await self._call(self.ops.finish(outcomes, self._stats, 0, self.token,
                                                  self.lock_ms))

@@ -86,8 +86,10 @@ end
 -- ms; removed jobs' hashes go too. keep < 0 and max_age <= 0 mean "no limit".
 local function trim_finished(key, keep, max_age)
   if keep >= 0 then
+    -- Trimmed in steps of 1% of `keep` (exact for keep < 100): a steady drain then trims
+    -- every few batches, not every batch.
     local n = redis.call('ZCARD', key)
-    if n > keep then
+    if n > keep + math.floor(keep / 100) then
       -- ZPOPMIN takes the oldest and removes them in one command: [id, score, id, score...]
       local popped = redis.call('ZPOPMIN', key, n - keep)
       local old = {}

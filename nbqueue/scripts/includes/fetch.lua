@@ -69,8 +69,11 @@ local function fetch_jobs(want, token, lock_ms)
     end
     emit('active', ids)
     if #popped / 2 == want then
-      -- The worker took all it asked for: if more wait, wake another blocked worker.
-      if redis.call('ZCARD', K_WAIT) > 0 then push_marker() end
+      -- The worker took all it asked for: if more wait, wake another blocked worker
+      -- (a marker already there will do; checked first, it is the cheaper test).
+      if redis.call('LLEN', K_MARKER) == 0 and redis.call('ZCARD', K_WAIT) > 0 then
+        redis.call('RPUSH', K_MARKER, '1')
+      end
     else
       emit('drained', nil)
     end
