@@ -17,6 +17,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster
+import redis.cluster
 from redis.exceptions import NoScriptError
 
 from . import scripts
@@ -86,6 +88,8 @@ def _queue_in_pipe(pipe: Any, call: Call) -> None:
 
 
 def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
+    if _sequential(client, batch):
+        return [_exec_sync(client, call) for call in batch.calls]
     pipe = client.pipeline(transaction=False)
     for call in batch.calls:
         _queue_in_pipe(pipe, call)
@@ -131,7 +135,16 @@ async def _exec_async(client: aredis.Redis, call: Call) -> Any:
         return await client.eval(script.source, len(call.keys), *call.keys, *call.args)
 
 
+def _sequential(client: Any, batch: Batch) -> bool:
+    """Redis Cluster clients refuse scripts in pipelines: run such a batch call by call
+    (all of one queue's keys share a slot, so the calls still go to one node, in order)."""
+    return isinstance(client, (redis.cluster.RedisCluster, aredis.cluster.RedisCluster)) \
+        and any(call.script is not None for call in batch.calls)
+
+
 async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
+    if _sequential(client, batch):
+        return [await _exec_async(client, call) for call in batch.calls]
     pipe = client.pipeline(transaction=False)
     for call in batch.calls:
         _queue_in_pipe(pipe, call)
