@@ -314,7 +314,7 @@ class QueueOps:
         which promotes due delayed jobs)."""
         replies = yield Batch([Call.cmd("BLPOP", self.keys.marker, wake_key, round(secs, 3)),
                                self.call("fetch", want, token, lock_ms)])
-        return parse_fetch(replies[1])
+        return _parse_fetch_safe(replies[1])
 
     def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
                token: str, lock_ms: int) -> Op[tuple[list[bool], Fetched]]:
