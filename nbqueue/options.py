@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -98,6 +99,11 @@ class JobOptions:
     remove_on_fail: Retention = Retention(count=DEFAULT_KEEP_FAILED)
 
     def to_json(self) -> str:
+        """The stored form; computed once per (immutable) options object."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:
         d: dict[str, Any] = {"attempts": self.attempts}
         if self.backoff:
             d["backoff"] = self.backoff.to_json()
@@ -173,6 +179,8 @@ def merge_options(defaults: JobOptions, opts: Mapping[str, Any]) -> JobOptions:
             f"unknown job option(s): {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(JOB_OPTION_NAMES))}")
     changes: dict[str, Any] = {}
+    if not opts or all(v is None for v in opts.values()):
+        return defaults  # the common case: nothing to merge (no copy, cached JSON)
     for name, value in opts.items():
         if value is None:
             continue
