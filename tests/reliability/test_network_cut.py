@@ -20,7 +20,9 @@ def test_client_kill_and_partition(fresh_server, tmp_path, capsys):
     url = fresh_server.url
     r = redis.Redis.from_url(url, decode_responses=True)
     conn = connect(url)
-    q = Queue("cut", conn, default_job_options={"remove_on_complete": False})
+    # the processor's own Redis calls can hit a killed connection: that attempt fails and
+    # is retried like any job failure, so give the jobs attempts
+    q = Queue("cut", conn, default_job_options={"remove_on_complete": False, "attempts": 5})
     q.add_bulk([{"type": "t", "payload": {"i": i}} for i in range(N)])
     log = tmp_path / "w.log"
     a = spawn_worker(url, "cut", concurrency=4, lock=2000, stalled=1000, sleep=0.15, log=log)

@@ -60,7 +60,8 @@ def test_soak_100k_default_retention(fresh_server, capsys):
               f"job_keys={job_keys} completed_retained={m.completed} "
               f"completed_total={int(stats.get('completed', 0))} other_keys={other}")
     assert m.failed == 0
-    assert m.completed == DEFAULT_KEEP_COMPLETED
+    # retention is trimmed in small steps: at most a few percent over the limit
+    assert DEFAULT_KEEP_COMPLETED <= m.completed <= DEFAULT_KEEP_COMPLETED * 1.05 + 10
     assert int(stats["completed"]) == N + 1
     assert job_keys == m.completed  # no key of a removed job is left behind
     assert check_states(r, "soak") == []
