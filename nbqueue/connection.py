@@ -83,6 +83,10 @@ def _client_kwargs(*, asyncio: bool) -> dict[str, Any]:
         retry = Retry(ExponentialBackoff(cap=2, base=0.05), RETRIES)
     return {
         "decode_responses": True,
+        # Bytes that are not UTF-8 (a hand-written binary value) decode with U+FFFD instead of
+        # raising mid-reply, which would leave the connection unusable; nbqueue itself only
+        # ever writes UTF-8 JSON, so such a job then fails as corrupt.
+        "encoding_errors": "replace",
         "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
         "socket_timeout": SOCKET_TIMEOUT,
         "health_check_interval": HEALTH_CHECK_INTERVAL,

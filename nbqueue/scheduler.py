@@ -143,6 +143,11 @@ def make_schedule(cron: str | None = None, *, every: Any = None, tz: Any = None,
             raise InvalidOptionError(f"invalid cron pattern {cron!r}; expected 5 fields "
                                      "(minute hour day month weekday), e.g. '*/5 * * * *'")
         pattern = " ".join(cron.split())
+        try:  # a valid-looking pattern can still never match ("0 0 30 2 *": February 30th)
+            croniter(pattern, datetime.now(ZoneInfo(zone))).get_next(datetime)
+        except Exception as exc:
+            raise InvalidOptionError(f"cron pattern {cron!r} never matches a date "
+                                     f"({type(exc).__name__})") from None
     else:
         every_ms = to_ms(every, "every", allow_zero=False)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
@@ -160,6 +165,11 @@ def validate_scheduler_id(value: object) -> str:
     if not value or len(value) > MAX_ID_LEN or "\n" in value:
         raise InvalidOptionError(f"scheduler_id must have 1..{MAX_ID_LEN} characters on one "
                                  "line")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidOptionError(f"scheduler_id {value!r} is not valid UTF-8 text "
+                                 "(it holds a lone surrogate)") from None
     return value
 
 

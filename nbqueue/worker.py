@@ -73,8 +73,8 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
         try:
             return Outcome(job, "c", dumps(result, "the processor's return value",
                                            strict=False))
-        except TypeError as exc:
-            return Outcome(job, "f", str(exc), "TypeError")
+        except Exception as exc:  # not JSON (or too deep, or circular): the job fails
+            return Outcome(job, "f", f"{type(exc).__name__}: {exc}", type(exc).__name__)
     if isinstance(error, UnrecoverableError):
         return Outcome(job, "f", str(error) or "unrecoverable error", "unrecoverable")
     etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
@@ -456,7 +456,7 @@ class Engine:
                 result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
         except BaseException as exc:  # the processor's failure is the job's, not ours
             error = exc
-        outcome = classify(record, result, error, self.backoff_strategy, job)
+        outcome = _safe_classify(record, result, error, self.backoff_strategy, job)
         self._finished.append((record, outcome, time.monotonic() - started))
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -511,8 +511,8 @@ class Engine:
             raise
         except BaseException as exc:  # the processor's failure is the job's, not ours
             error = exc
-        self._complete(record, classify(record, result, error, self.backoff_strategy, job),
-                       time.monotonic() - started)
+        self._complete(record, _safe_classify(record, result, error, self.backoff_strategy,
+                                              job), time.monotonic() - started)
 
     def _complete(self, record: JobRecord, outcome: Outcome, duration: float) -> None:
         """Book a finished attempt; it is sent with the next flush."""
@@ -598,6 +598,17 @@ class Engine:
             except Exception as exc:
                 log.error("worker %s could not hand back %d jobs at shutdown (%s); the "
                           "stalled check will recover them", self.token, len(outcomes), exc)
+
+
+def _safe_classify(record: JobRecord, result: Any, error: BaseException | None,
+                   strategy: BackoffStrategy | None, job: Any) -> Outcome:
+    """``classify`` that cannot raise: a hostile exception (one whose ``str()`` raises, say)
+    must fail its job, not kill the thread or task that ran it."""
+    try:
+        return classify(record, result, error, strategy, job)
+    except Exception as exc:
+        return Outcome(record, "f", f"could not record the outcome: {type(exc).__name__}",
+                       type(exc).__name__)
 
 
 async def _awaited(awaitable: Any) -> Any:

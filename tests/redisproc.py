@@ -33,7 +33,8 @@ def free_port() -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _FORBIDDEN_PORTS:
+        # <= 55535: a cluster node also listens on port + 10000
+        if port not in _FORBIDDEN_PORTS and port <= 55535:
             return port
 
 

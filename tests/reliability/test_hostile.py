@@ -164,9 +164,7 @@ def test_hostile_cron_strings(fresh_server, capsys):
     with capsys.disabled():
         print(f"\n[hostile-cron] calls={counts} undocumented errors={unexpected}")
     assert problems == [], problems[:10]
-    if unexpected:
-        pytest.xfail(f"scheduler raises undocumented errors (scheduler.py, not fixed here): "
-                     f"{unexpected}")
+    assert not unexpected, f"scheduler raised undocumented errors: {unexpected}"
     conn.close()
 
 
