@@ -297,6 +297,11 @@ class Engine:
                     await self._pause_after_error(exc, failures)
                 block = None
             want = self._want()
+            if self._done and self._running and len(self._done) < self.concurrency // 2:
+                # Jobs are finishing one by one: let the ones about to finish join this
+                # batch (a pass of the event loop, no timer), so a flush carries more.
+                await asyncio.sleep(0)
+                want = self._want()
             if self._done or self._progress or (want > 0 and not self._idle):
                 try:
                     await self._flush(want)
