@@ -24,3 +24,8 @@ def state_sets(r: Any, queue: str) -> dict[str, set[str]]:
     base = f"nbq:{{{queue}}}:"
     return {s: set(r.zrange(base + s, 0, -1))
             for s in ("wait", "active", "delayed", "completed", "failed")}
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """``wait_until`` with the argument names the scheduler and metrics tests use."""
+    return wait_until(cond, timeout, message=what)

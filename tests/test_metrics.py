@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,17 +21,10 @@ from nbqueue.connection import Connection
 from nbqueue.metrics import QueueCollector, make_metrics_server
 from nbqueue.protocol import run_sync
 
+from .helpers import wait_for
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def parse(text: str) -> Samples:

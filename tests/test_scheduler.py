@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,17 +28,10 @@ from nbqueue.scheduler import (
     schedule_recurring_job,
 )
 
+from .helpers import wait_for
+
 DATA = {"type": "digest", "payload": {}}
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ms(dt: datetime) -> int:

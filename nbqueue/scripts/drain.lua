@@ -6,14 +6,6 @@
 local removed = 0
 local sets = {K_WAIT}
 if ARGV[4] == '1' then sets[2] = K_DELAYED end
-for _, set in ipairs(sets) do
-  while true do
-    local ids = redis.call('ZRANGE', set, 0, 999)
-    if #ids == 0 then break end
-    delete_jobs(ids)
-    zrem_many(set, ids)
-    removed = removed + #ids
-  end
-end
+for _, set in ipairs(sets) do removed = removed + delete_set(set) end
 emit('drained', nil, {'removed', tostring(removed)})
 return removed

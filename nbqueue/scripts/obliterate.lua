@@ -7,13 +7,7 @@
 if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return -1 end
 local n = 0
 for _, set in ipairs({K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED}) do
-  while true do
-    local ids = redis.call('ZRANGE', set, 0, 999)
-    if #ids == 0 then break end
-    delete_jobs(ids)
-    zrem_many(set, ids)
-    n = n + #ids
-  end
+  n = n + delete_set(set)
 end
 -- per-minute history keys live one day: delete that window by name (no KEYS scan)
 local minute = math.floor(NOW / 60000)

@@ -58,6 +58,22 @@ local function delete_jobs(ids)
   end
 end
 
+-- Delete every job of a state set, and the set, in chunks; returns how many there were.
+local function delete_set(key)
+  local n = 0
+  while true do
+    local ids = redis.call('ZRANGE', key, 0, 999)
+    if #ids == 0 then return n end
+    for i = 1, #ids, 500 do
+      local chunk = {}
+      for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = JOB .. ids[j] end
+      redis.call('DEL', unpack(chunk))
+    end
+    redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1)
+    n = n + #ids
+  end
+end
+
 local function zrem_many(key, ids)
   for i = 1, #ids, 500 do
     redis.call('ZREM', key, unpack(ids, i, math.min(i + 499, #ids)))
