@@ -86,10 +86,8 @@ class QueueKeys:
 
     @property
     def script_keys(self) -> tuple[str, ...]:
-        b = self.base
-        return (b + "wait", b + "active", b + "delayed", b + "completed", b + "failed",
-                b + "meta", b + "ctr", b + "events", b + "marker", b + "limiter",
-                b + "stalled-check", b + "stats")
+        """The KEYS of every script: the prefix (the scripts build the key names from it)."""
+        return (self.base,)
 
     def state_set(self, state: str) -> str:
         """The sorted set that holds jobs of ``state``."""

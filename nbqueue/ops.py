@@ -95,7 +95,7 @@ class QueueOps:
 
     # -- building blocks -------------------------------------------------------------
     def call(self, script: str, *args: Any) -> Call:
-        """A call of ``script`` with the queue's twelve keys and the common ARGV prologue."""
+        """A call of ``script`` with the queue's key prefix and the common ARGV prologue."""
         return Call(script, self.keys.script_keys,
                     (self.keys.job_prefix, "", self.events_maxlen, *args))
 

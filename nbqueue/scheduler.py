@@ -244,7 +244,7 @@ class SchedulerOps:
         self.hash_prefix = ops.keys.base + "scheduler:"
 
     def call(self, script: str, *args: Any) -> Call:
-        """``script`` with the queue's twelve keys plus the schedulers ZSET."""
+        """``script`` with the queue's key prefix plus the schedulers ZSET."""
         k = self.ops.keys
         return Call(script, (*k.script_keys, self.zset),
                     (k.job_prefix, "", self.ops.events_maxlen, self.hash_prefix, *args))

@@ -1,5 +1,5 @@
 -- add: add one or many jobs atomically; an existing job id is returned, not re-added.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, then 6 per job:
 --   id ('' = next counter value), name, data JSON, opts JSON, priority 1..5, delay ms.
 -- Returns {id1, existed1 (0/1), id2, existed2, ...}.

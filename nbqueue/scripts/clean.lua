@@ -1,6 +1,6 @@
 -- clean: remove up to `limit` jobs of one state that are older than the grace period.
 -- completed/failed are aged by finish time; waiting/delayed by creation time.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 state, 5 grace ms, 6 limit (0 = all).
 -- Returns the removed ids.
 -- @include common

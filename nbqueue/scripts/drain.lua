@@ -1,5 +1,5 @@
 -- drain: remove every waiting job (and the delayed ones when asked); active jobs run on.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to drain delayed jobs too.
 -- Returns the number of jobs removed.
 -- @include common

@@ -1,5 +1,5 @@
 -- extend_locks: renew the locks of all jobs a worker holds, in one call.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 lock ms, then pairs (id, lock).
 -- Returns the ids whose lock is no longer this worker's (stalled and taken, or removed).
 -- @include common

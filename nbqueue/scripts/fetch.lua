@@ -1,5 +1,5 @@
 -- fetch: move up to `want` waiting jobs to active for one worker (BullMQ's moveToActive).
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms.
 -- @include common
 -- @include fetch

@@ -1,6 +1,6 @@
 -- finish: record the outcome of a batch of attempts (BullMQ's moveToFinished), then fetch
 -- the worker's next jobs in the same call so a steady drain costs one round trip per batch.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms,
 --   7 n = number of stat pairs, then n x (stats field, increment),
 --   then 9 per job: id, lock, kind, value, error type, retry delay ms, attempts made,

@@ -1,6 +1,6 @@
 -- obliterate: delete the whole queue, jobs and bookkeeping. Refused while jobs are active
 -- unless forced (their workers would find their jobs gone and drop them).
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to force.
 -- Returns the number of jobs deleted, or -1 when refused.
 -- @include common

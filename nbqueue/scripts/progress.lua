@@ -1,5 +1,5 @@
 -- progress: store a job's progress and publish a `progress` event.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id, 5 progress JSON.
 -- Returns 1, or 0 when the job does not exist.
 -- @include common

@@ -1,5 +1,5 @@
 -- remove: delete one job from whatever set holds it. A job locked by a worker is kept.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id.
 -- Returns 1 removed, 0 no such job, -1 active (locked by a worker).
 -- @include common

@@ -1,5 +1,5 @@
 -- retry_failed: move failed jobs back to wait (attempts reset), oldest first.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 limit (0 = all), 5 job id ('' = any).
 -- Returns the number of jobs moved.
 -- @include common

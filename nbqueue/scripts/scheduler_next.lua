@@ -2,7 +2,7 @@
 -- of the next tick (computed in Python with croniter) the pending one. Only the call whose
 -- tick is still the scheduler's pending tick acts, so however many workers or processes
 -- report the same tick (a re-fetched stalled job, a retried call), each tick gets one job.
--- KEYS: the twelve queue keys (see includes/common.lua), 13 schedulers ZSET.
+-- KEYS: 1 the queue prefix (see includes/common.lua), 2 schedulers ZSET.
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 scheduler hash prefix, then triples:
 --   scheduler id, fetched tick ms, next tick ms ('' = none: the end date has passed).
 -- Returns per triple: 1 next tick queued, 0 nothing to do, -1 the scheduler is exhausted.

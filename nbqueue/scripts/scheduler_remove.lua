@@ -1,6 +1,6 @@
 -- scheduler_remove: delete a job scheduler and its pending job (if it has not started; a
 -- running one finishes, and its worker finds no scheduler to continue).
--- KEYS: the twelve queue keys (see includes/common.lua), 13 schedulers ZSET.
+-- KEYS: 1 the queue prefix (see includes/common.lua), 2 schedulers ZSET.
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 scheduler hash prefix, 5 scheduler id.
 -- Returns 1 removed, 0 no such scheduler.
 -- @include common

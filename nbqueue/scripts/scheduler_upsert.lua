@@ -1,7 +1,7 @@
 -- scheduler_upsert: create or update a job scheduler (a recurring job) and its pending job.
 -- Idempotent: the same schedule again keeps the pending tick (a re-run notebook cell never
 -- makes a second schedule); a changed schedule replaces the not-yet-started pending job.
--- KEYS: the twelve queue keys (see includes/common.lua), 13 schedulers ZSET.
+-- KEYS: 1 the queue prefix (see includes/common.lua), 2 schedulers ZSET.
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 scheduler hash prefix, 5 scheduler id,
 --   6 cfg (schedule JSON), 7 first tick ms (computed in Python after now), 8 job name,
 --   9 data JSON, 10 opts JSON, 11 priority.

@@ -1,5 +1,5 @@
 -- set_paused: pause (workers take no new jobs; waiting jobs stay waiting) or resume a queue.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to pause, '0' to resume.
 -- @include common
 if ARGV[4] == '1' then

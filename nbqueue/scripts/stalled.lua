@@ -1,7 +1,7 @@
 -- stalled: find active jobs whose lock expired (their worker died or lost Redis) and move
 -- them back to wait, or to failed once they stalled more than max_stalled times.
 -- At most one sweep per interval runs, whichever worker gets the guard key first.
--- KEYS: the twelve queue keys (see includes/common.lua).
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 max stalled count, 5 interval ms.
 -- Returns {{requeued ids}, {failed ids}}.
 -- @include common

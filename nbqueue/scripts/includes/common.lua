@@ -1,15 +1,18 @@
 -- Shared prologue of every queue script.
--- KEYS (the same twelve for every script, in this order):
---   1 wait (ZSET, score = priority * 2^40 + seq)   2 active (ZSET, score = lock expiry ms)
---   3 delayed (ZSET, score = due_ms * 4096 + seq % 4096)  4 completed (ZSET, finished ms)
---   5 failed (ZSET, finished ms)  6 meta (HASH)  7 ctr (id/sequence counter)
---   8 events (STREAM)  9 marker (LIST that idle workers block on)  10 limiter
---   11 stalled-check guard  12 stats (HASH of running totals)
+-- KEYS[1] is the queue's key prefix "nbq:{q}:" (it carries the hash tag, so a cluster
+-- routes the call to the queue's slot); the keys are built from it, which keeps every call
+-- small (one key instead of twelve to send and convert):
+--   wait (ZSET, score = priority * 2^40 + seq)   active (ZSET, score = lock expiry ms)
+--   delayed (ZSET, score = due_ms * 4096 + seq % 4096)  completed / failed (ZSET, finish ms)
+--   meta (HASH)  ctr (id/sequence counter)  events (STREAM)  marker (LIST that idle workers
+--   block on)  limiter  stalled-check (guard)  stats (HASH of running totals)
 -- ARGV[1] job key prefix ("nbq:{q}:job:"), ARGV[2] now in ms ('' = the server's clock, so
 -- delays and locks agree across machines whatever their clocks), ARGV[3] events max length.
-local K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_STALLED, K_STATS = KEYS[11], KEYS[12]
+local BASE = KEYS[1]
+local K_WAIT, K_ACTIVE, K_DELAYED = BASE .. 'wait', BASE .. 'active', BASE .. 'delayed'
+local K_COMPLETED, K_FAILED, K_META = BASE .. 'completed', BASE .. 'failed', BASE .. 'meta'
+local K_CTR, K_EVENTS, K_MARKER = BASE .. 'ctr', BASE .. 'events', BASE .. 'marker'
+local K_LIMITER, K_STALLED, K_STATS = BASE .. 'limiter', BASE .. 'stalled-check', BASE .. 'stats'
 local JOB = ARGV[1]
 local NOW = tonumber(ARGV[2])
 if not NOW then

@@ -1,10 +1,10 @@
 -- Shared by the scheduler_* scripts (include after common): job schedulers (recurring jobs).
--- KEYS[13] schedulers (ZSET: scheduler id -> its pending tick ms; 0 once exhausted).
+-- KEYS[2] schedulers (ZSET: scheduler id -> its pending tick ms; 0 once exhausted).
 -- ARGV[4] scheduler hash prefix ("nbq:{q}:scheduler:"); the hash of scheduler <id> holds
 --   cfg (the schedule, JSON), name, data, opts, prio (the job template), next (pending tick
 --   ms, '0' = exhausted), done (last tick a worker fetched), count (jobs made), created, updated.
 -- Ticks travel as decimal strings: Lua would print a 13-digit number as 1.7e+12.
-local K_SCHEDS = KEYS[13]
+local K_SCHEDS = KEYS[2]
 local SCHED = ARGV[4]
 
 local function tick_job_id(sid, tick) return 'repeat:' .. sid .. ':' .. tick end
