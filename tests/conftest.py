@@ -28,12 +28,8 @@ _ENV_KEYS = ("NBQUEUE_REDIS_URL", "NBQUEUE_HOME")
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:
     """The session's private redis-server (persistence off), stopped at the end."""
-    proc = RedisProcess(appendonly=False)
-    proc.start()
-    try:
+    with RedisProcess(appendonly=False) as proc:
         yield proc
-    finally:
-        proc.cleanup()
 
 
 @pytest.fixture(scope="session", autouse=True)

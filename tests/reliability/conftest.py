@@ -27,12 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def fresh_server() -> Iterator[RedisProcess]:
     """A private redis-server for one test (persistence off)."""
-    proc = RedisProcess(appendonly=False)
-    proc.start()
-    try:
+    with RedisProcess(appendonly=False) as proc:
         yield proc
-    finally:
-        proc.cleanup()
 
 
 @pytest.fixture
