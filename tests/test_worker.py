@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -224,9 +225,18 @@ def test_delayed_job_runs_when_due_not_before(conn):
 
 def test_graceful_stop_finishes_active_job(conn):
     q = Queue("gs", conn)
-    w = Worker("gs", lambda job: time.sleep(0.5) or "done", conn).start()
+    started = threading.Event()
+
+    def proc(job):
+        started.set()
+        time.sleep(0.5)
+        return "done"
+
+    w = Worker("gs", proc, conn).start()
     job = q.add({"type": "t"})
-    wait_until(lambda: q.get_metrics().active == 1)
+    # Running, not just locked: a job fetched but not yet started when stop() comes is
+    # handed back to the queue instead, without counting an attempt.
+    assert started.wait(10)
     w.stop()
     assert q.get_job_status(job.id).state is JobState.COMPLETED
 

@@ -56,8 +56,13 @@ if #zdone > 0 then redis.call('ZADD', K_COMPLETED, unpack(zdone)) end
 if #zfailed > 0 then redis.call('ZADD', K_FAILED, unpack(zfailed)) end
 if #zdelayed > 0 then redis.call('ZADD', K_DELAYED, unpack(zdelayed)) end
 requeue(retry_now)
-if #zdone > 0 then trim_finished(K_COMPLETED, c_keep, c_age) end
-if #zfailed > 0 then trim_finished(K_FAILED, f_keep, f_age) end
+
+-- Running totals, then retention (which uses them to decide when to look at set sizes).
+local done_total, failed_total = 0, 0
+if #done_ids > 0 then done_total = redis.call('HINCRBY', K_STATS, 'completed', #done_ids) end
+if #failed_ids > 0 then failed_total = redis.call('HINCRBY', K_STATS, 'failed', #failed_ids) end
+if #zdone > 0 then trim_finished(K_COMPLETED, c_keep, c_age, done_total, #done_ids) end
+if #zfailed > 0 then trim_finished(K_FAILED, f_keep, f_age, failed_total, #failed_ids) end
 emit('completed', done_ids)
 emit('failed', failed_ids)
 emit('retries-exhausted', exhausted)
@@ -65,9 +70,7 @@ emit('waiting', retry_now)
 emit('delayed', retry_later)
 if #retry_now > 0 then push_marker() end
 
--- Running totals and the per-minute history (one small hash per minute, kept a day).
-if #done_ids > 0 then redis.call('HINCRBY', K_STATS, 'completed', #done_ids) end
-if #failed_ids > 0 then redis.call('HINCRBY', K_STATS, 'failed', #failed_ids) end
+-- Worker counters, and the per-minute history (one small hash per minute, kept a day).
 for i = 8, 7 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
 if #done_ids + #failed_ids > 0 then
   local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)

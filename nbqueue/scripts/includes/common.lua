@@ -103,10 +103,12 @@ end
 
 -- Trim a finished set to `keep` entries (oldest first) and/or drop entries older than max_age
 -- ms; removed jobs' hashes go too. keep < 0 and max_age <= 0 mean "no limit".
-local function trim_finished(key, keep, max_age)
-  if keep >= 0 then
-    -- Trimmed in steps of 1% of `keep` (exact for keep < 100): a steady drain then trims
-    -- every few batches, not every batch.
+-- `total` is the queue's running count of such jobs after this call and `added` this call's
+-- share: the set is trimmed in steps of 1% of `keep` (exact for keep < 100), and its size is
+-- only looked at when the total crosses a step, not on every batch of a steady drain.
+local function trim_finished(key, keep, max_age, total, added)
+  local step = math.floor(keep / 100)
+  if keep >= 0 and (step <= 1 or math.floor(total / step) ~= math.floor((total - added) / step)) then
     local n = redis.call('ZCARD', key)
     if n > keep + math.floor(keep / 100) then
       -- ZPOPMIN takes the oldest and removes them in one command: [id, score, id, score...]
