@@ -1,16 +1,14 @@
 """Sans-I/O operations and their two executors (redis-py sync and asyncio).
 
 Every queue operation is written once, as a generator that *yields* what it needs
-from Redis (a :class:`Call`, a :class:`Batch` of calls sent in one round trip, or a
-:class:`Sleep`) and receives the reply. :func:`run_sync` and :func:`run_async`
+from Redis (a :class:`Call`, or a :class:`Batch` of calls sent in one round trip) and
+receives the reply. :func:`run_sync` and :func:`run_async`
 drive such a generator; nothing else in nbqueue talks to Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -48,12 +46,7 @@ class Batch:
     calls: Sequence[Call] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-Step = Call | Batch | Sleep
+Step = Call | Batch
 Op = Generator[Step, Any, T]
 
 _CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -112,11 +105,8 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
             try:
                 if isinstance(step, Call):
                     reply: Any = _exec_sync(client, step)
-                elif isinstance(step, Batch):
-                    reply = _batch_sync(client, step)
                 else:
-                    time.sleep(step.seconds)
-                    reply = None
+                    reply = _batch_sync(client, step)
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc
@@ -166,11 +156,8 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
             try:
                 if isinstance(step, Call):
                     reply: Any = await _exec_async(client, step)
-                elif isinstance(step, Batch):
-                    reply = await _batch_async(client, step)
                 else:
-                    await asyncio.sleep(step.seconds)
-                    reply = None
+                    reply = await _batch_async(client, step)
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc

@@ -645,6 +645,10 @@ class Worker:
     ``start()`` returns at once (thread/asyncio/process modes); ``run()`` blocks until
     ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
     seconds, whatever still runs then goes back to the queue.
+
+    ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
+    a slot that frees up starts the next job without a round trip; it trades strict
+    priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
     """
 
     def __init__(self, queue_name: str, processor: Processor | None,
