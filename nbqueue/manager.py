@@ -7,6 +7,7 @@ underlying ``Queue`` returns (a value, or an awaitable for ``aio.Queue``).
 from __future__ import annotations
 
 import atexit
+import signal
 import threading
 import warnings
 import weakref
@@ -246,6 +247,13 @@ class _LazyConnection:
 
 
 def _close_all() -> None:
+    """At interpreter exit: stop every worker, handing unfinished jobs back to the queue."""
+    try:
+        # A kernel being shut down is also sent SIGINT; a KeyboardInterrupt here would cut
+        # the hand-back short and leave jobs to the stalled sweep. We are exiting anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread
     for m in list(_MANAGERS):
         m.close(timeout=1.0)  # a kernel shutting down waits only a few seconds
 
