@@ -50,6 +50,7 @@ log = logging.getLogger("nbqueue.worker")
 DEAD_LETTER = "dead_letter"
 MODES = ("thread", "asyncio", "process")
 MAX_BLOCK_S = 5.0  # an idle worker re-checks at least this often (delayed jobs, stop)
+COALESCE_S = 0.0005  # a busy thread-mode worker gathers finished jobs this long before a flush
 STATS_EVERY_S = 1.0  # duration/error counters reach Redis at most this often (or when idle)
 
 Processor = Callable[[Any], Any]
@@ -299,8 +300,9 @@ class Engine:
             want = self._want()
             if self._done and self._running and len(self._done) < self.concurrency // 2:
                 # Jobs are finishing one by one: let the ones about to finish join this
-                # batch (a pass of the event loop, no timer), so a flush carries more.
-                await asyncio.sleep(0)
+                # batch, so a flush carries more. Async jobs need one pass of the event loop;
+                # thread jobs report through call_soon_threadsafe, so give them a moment.
+                await asyncio.sleep(0 if self.is_async else COALESCE_S)
                 want = self._want()
             if self._done or self._progress or (want > 0 and not self._idle):
                 try:
