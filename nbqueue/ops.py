@@ -134,11 +134,11 @@ class QueueOps:
         if not records:
             return []
         reply = yield self.call("add", *args)
-        existing: list[int] = []
-        for i, record in enumerate(records):
-            record.id = reply[2 * i]
-            if int(reply[2 * i + 1]):
-                existing.append(i)
+        seq0 = int(reply[0])
+        for k, record in enumerate(records, 1):
+            if not record.id:
+                record.id = str(seq0 + k)
+        existing = [int(k) - 1 for k in reply[1:]]
         if existing:  # a re-added job_id: hand back the job as it is, not as we sent it
             found = yield from self.get_jobs_by_id([records[i].id for i in existing])
             for i, rec in zip(existing, found):

@@ -19,7 +19,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.exceptions import NoScriptError
 
-from . import scripts
+from . import direct, scripts
 from .errors import RedisUnavailableError
 
 T = TypeVar("T")
@@ -63,11 +63,29 @@ def _script_call_args(call: Call) -> tuple[Any, ...]:
     return (script.sha, len(call.keys), *call.keys, *call.args)
 
 
+def _direct_ok(call: Call) -> bool:
+    # BLPOP's raw reply is as good as redis-py's tuple to ops; other commands keep the
+    # reply parsing redis-py does for them (HGETALL to a dict...).
+    return call.command is None or call.command[0] == "BLPOP"
+
+
+def _wire(call: Call) -> tuple[Any, ...]:
+    if call.command is not None:
+        return call.command
+    return ("EVALSHA", *_script_call_args(call))
+
+
 def _exec_sync(client: redis.Redis, call: Call) -> Any:
     if call.command is not None:
         return client.execute_command(*call.command)
+    lane = direct.lane(client)
     try:
-        return client.evalsha(*_script_call_args(call))
+        if lane is None:
+            return client.evalsha(*_script_call_args(call))
+        reply = direct.call_sync(lane, [_wire(call)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
     except NoScriptError:
         script = scripts.get(call.script)  # type: ignore[arg-type]
         return client.eval(script.source, len(call.keys), *call.keys, *call.args)
@@ -83,10 +101,14 @@ def _queue_in_pipe(pipe: Any, call: Call) -> None:
 def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
         return [_exec_sync(client, call) for call in batch.calls]
-    pipe = client.pipeline(transaction=False)
-    for call in batch.calls:
-        _queue_in_pipe(pipe, call)
-    results = pipe.execute(raise_on_error=False)
+    lane = direct.lane(client)
+    if lane is not None and all(_direct_ok(c) for c in batch.calls):
+        results = direct.call_sync(lane, [_wire(c) for c in batch.calls])
+    else:
+        pipe = client.pipeline(transaction=False)
+        for call in batch.calls:
+            _queue_in_pipe(pipe, call)
+        results = pipe.execute(raise_on_error=False)
     # A restarted Redis forgets its scripts: re-run only the calls that said NOSCRIPT.
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
@@ -118,8 +140,14 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
     if call.command is not None:
         return await client.execute_command(*call.command)
+    lane = direct.lane(client)
     try:
-        return await client.evalsha(*_script_call_args(call))
+        if lane is None:
+            return await client.evalsha(*_script_call_args(call))
+        reply = (await direct.call_async(lane, [_wire(call)]))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
     except NoScriptError:
         script = scripts.get(call.script)  # type: ignore[arg-type]
         return await client.eval(script.source, len(call.keys), *call.keys, *call.args)
@@ -135,10 +163,14 @@ def _sequential(client: Any, batch: Batch) -> bool:
 async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
         return [await _exec_async(client, call) for call in batch.calls]
-    pipe = client.pipeline(transaction=False)
-    for call in batch.calls:
-        _queue_in_pipe(pipe, call)
-    results = await pipe.execute(raise_on_error=False)
+    lane = direct.lane(client)
+    if lane is not None and all(_direct_ok(c) for c in batch.calls):
+        results = await direct.call_async(lane, [_wire(c) for c in batch.calls])
+    else:
+        pipe = client.pipeline(transaction=False)
+        for call in batch.calls:
+            _queue_in_pipe(pipe, call)
+        results = await pipe.execute(raise_on_error=False)
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
             results[i] = await _exec_async(client, call)
