@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
+_pack: Any
 try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis is a declared dependency
@@ -63,11 +64,11 @@ def lane(client: Any) -> Lane | None:
             setattr(client, _ATTR, found)
         except AttributeError:
             return None
-    return found or None
+    return found if isinstance(found, Lane) else None
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
-    return [b"".join([_pack(tuple(c)) for c in commands])]  # type: ignore[misc]
+    return [b"".join([_pack(tuple(c)) for c in commands])]
 
 
 def call_sync(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
