@@ -99,23 +99,34 @@ class QueueOps:
         return Call(script, self.keys.script_keys,
                     (self.keys.job_prefix, "", self.events_maxlen, *args))
 
-    def prepare(self, data: Any, opts: Mapping[str, Any]) -> tuple[list[Any], JobRecord]:
+    def prepare(self, data: Any, opts: Mapping[str, Any],
+                ts: int | None = None) -> tuple[list[Any], JobRecord]:
         """Validate and encode one job (no I/O): its add.lua arguments and its record."""
-        options = merge_options(self.defaults, opts)
+        args: list[Any] = []
+        record = self._prepare_into(args, data, self.defaults if not opts
+                                    else merge_options(self.defaults, opts),
+                                    now_ms() if ts is None else ts)
+        return args, record
+
+    def _prepare_into(self, args: list[Any], data: Any, options: JobOptions,
+                      ts: int) -> JobRecord:
+        # The hot loop of a bulk add: appends this job's 6 add.lua arguments to ``args``.
         text = serialization.encode_data(data, self.max_payload_bytes)
-        name = data.get("type") if isinstance(data.get("type"), str) else data.get("name")
-        name = name if isinstance(name, str) else "default"
+        name = data.get("type")
+        if type(name) is not str:
+            name = data.get("name")
+            if not isinstance(name, str):
+                name = "default"
         if not (text.isascii() and name.isascii()):
             text, name = _utf8_safe(text, data, name)
-        if options.job_id and not options.job_id.isascii() and not _encodable(options.job_id):
-            raise InvalidOptionError(f"job_id {options.job_id!r} is not valid UTF-8 text "
+        job_id = options.job_id
+        if job_id and not job_id.isascii() and not _encodable(job_id):
+            raise InvalidOptionError(f"job_id {job_id!r} is not valid UTF-8 text "
                                      "(it holds a lone surrogate)")
-        args = [options.job_id or "", name, text, options.to_json(), options.priority,
-                options.delay]
-        record = JobRecord(id=options.job_id or "", name=name, data=dict(data), opts=options,
-                           state=JobState.DELAYED if options.delay else JobState.WAITING,
-                           timestamp=now_ms(), delay=options.delay)
-        return args, record
+        delay = options.delay
+        args += (job_id or "", name, text, options.to_json(), options.priority, delay)
+        return JobRecord(job_id or "", name, dict(data), options,
+                         JobState.DELAYED if delay else JobState.WAITING, ts, delay=delay)
 
     # -- producers ---------------------------------------------------------------------
     def add(self, data: Any, opts: Mapping[str, Any]) -> Op[JobRecord]:
@@ -126,11 +137,14 @@ class QueueOps:
         """Add many jobs in one script call (one round trip). Items: data or (data, opts)."""
         args: list[Any] = []
         records: list[JobRecord] = []
+        defaults, ts, prepare = self.defaults, now_ms(), self._prepare_into
         for item in items:
-            data, opts = item if isinstance(item, tuple) else (item, {})
-            job_args, record = self.prepare(data, opts)
-            args.extend(job_args)
-            records.append(record)
+            if type(item) is tuple:
+                data, opts = item
+                options = merge_options(defaults, opts) if opts else defaults
+            else:
+                data, options = item, defaults
+            records.append(prepare(args, data, options, ts))
         if not records:
             return []
         reply = yield self.call("add", *args)

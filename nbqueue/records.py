@@ -26,7 +26,7 @@ def _json(value: Any, default: Any = None) -> Any:
         return value  # not JSON (hand-edited): show it as the raw string
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRecord:
     """Everything a job hash holds, parsed. ``data`` is the user's dict."""
 

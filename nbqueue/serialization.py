@@ -97,7 +97,7 @@ def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
 
 def encode_data(data: Any, hard_limit: int = DEFAULT_HARD_LIMIT) -> str:
     """Validate and encode job data: a dict of JSON values within the size limits."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise TypeError(f"job data must be a dict, not {type(data).__name__}")
     text = dumps(data)
     size = len(text.encode("utf-8")) if len(text) * 4 > SOFT_LIMIT else len(text)
