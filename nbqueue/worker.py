@@ -271,8 +271,7 @@ class Engine:
         assert self._wake is not None
         # An idle worker's BLPOP on the marker is pipelined with a fetch: when a job arrives
         # Redis runs the fetch right away, saving a round trip of latency.
-        block: asyncio.Task[Fetched] | None = None
-        block_want = 0
+        block: asyncio.Task[None] | None = None
         failures = 0
         stop_deadline: float | None = None
         while True:
@@ -291,7 +290,7 @@ class Engine:
                     break  # grace is over: what still runs is released in run()'s finally
             if block is not None and block.done():
                 try:
-                    await self._accept(block.result(), block_want)
+                    block.result()  # its jobs are started already (_block_and_accept)
                     failures = 0
                 except (RedisUnavailableError, redis.RedisError, OSError) as exc:
                     failures += 1
@@ -338,9 +337,7 @@ class Engine:
                             self._idle = False
                             waits.pop().cancel()
                             continue
-                        block_want = want
-                        block = asyncio.ensure_future(self._call(self.ops.block_and_fetch(
-                            self._wake_key, secs, want, self.token, self.lock_ms)))
+                        block = asyncio.ensure_future(self._block_and_accept(secs, want))
                     waits.add(block)
             elif stop_deadline is not None:
                 timeout = max(0.0, stop_deadline - now)
@@ -362,8 +359,16 @@ class Engine:
         log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.token, exc, pause)
         await asyncio.sleep(pause)
 
-    async def _interrupt(self, block: asyncio.Task[Fetched]) -> None:
-        """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs."""
+    async def _block_and_accept(self, secs: float, want: int) -> None:
+        """Wait for work (pipelined BLPOP + fetch) and start what it brings at once: taking
+        the jobs here, in the task that read the reply, saves the main loop's wake-up."""
+        fetched = await self._call(self.ops.block_and_fetch(
+            self._wake_key, secs, want, self.token, self.lock_ms))
+        await self._accept(fetched, want)
+
+    async def _interrupt(self, block: asyncio.Task[None]) -> None:
+        """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs
+        (they are ready, not started: the loop is stopping; leftovers are handed back)."""
         if not block.done():
             try:
                 await self._call(single(Call.cmd("RPUSH", self._wake_key, "stop")))
@@ -371,7 +376,7 @@ class Engine:
             except Exception:
                 block.cancel()  # jobs it may have locked are recovered by the stalled sweep
         try:
-            await self._accept(block.result(), 0)
+            block.result()
         except BaseException:
             pass
         try:
@@ -426,11 +431,17 @@ class Engine:
             self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
         if fetched.jobs:
             await self._ticks.follow(self._call, fetched.jobs)  # recurring: the next tick
+        started = False
         for record in fetched.jobs:
             if len(self._running) < self.concurrency and not self._stopping:
                 self._start(record)
+                started = True
             else:
                 self._ready.append(record)
+        if started and self.is_async:
+            # Let the new jobs take their first step before this loop goes on with its own
+            # bookkeeping (the next fetch, events): a job's start is what latency measures.
+            await asyncio.sleep(0)
         if want > 0:
             # Fewer than asked: the queue is empty (or paused, or rate-limited) for now.
             self._idle = len(fetched.jobs) + len(fetched.corrupt) < want
