@@ -153,11 +153,13 @@ class Event:
 
 
 def parse_events(entries: list[Any]) -> list[Event]:
-    """Stream entries -> events; a batched entry (``ids``) becomes one event per job."""
+    """Stream entries -> events; a batched entry (``ids``) becomes one event per job, and
+    ``also`` names a queue event that followed in the same call (``drained``)."""
     out: list[Event] = []
     for entry_id, raw in entries:
         fields = dict(raw)
         name = fields.pop("event", "")
+        also = fields.pop("also", None)
         if "jobId" in fields:
             out.append(Event(entry_id, name, fields.pop("jobId"), fields))
         elif "ids" in fields:
@@ -165,4 +167,6 @@ def parse_events(entries: list[Any]) -> list[Event]:
                 out.append(Event(entry_id, name, jid, fields))
         else:
             out.append(Event(entry_id, name, None, fields))
+        if also:
+            out.append(Event(entry_id, also, None, {}))
     return out

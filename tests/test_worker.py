@@ -177,6 +177,9 @@ def test_events_stream(conn):
     for expected in ("added", "active", "progress", "completed"):
         assert expected in names
     assert names.index("added") < names.index("active") < names.index("completed")
+    # the fetch that took the last waiting job also says the queue ran dry, after "active"
+    order = [(e.event, e.job_id) for e in events]
+    assert order.index(("drained", None)) == order.index(("active", job.id)) + 1
 
 
 def test_global_rate_limit_across_two_workers(conn, r):

@@ -67,15 +67,15 @@ local function fetch_jobs(want, token, lock_ms)
         redis.call('PEXPIRE', K_LIMITER, meta[3])
       end
     end
-    emit('active', ids)
-    if #popped / 2 == want then
-      -- The worker took all it asked for: if more wait, wake another blocked worker
-      -- (a marker already there will do; checked first, it is the cheaper test).
-      if redis.call('LLEN', K_MARKER) == 0 and redis.call('ZCARD', K_WAIT) > 0 then
-        redis.call('RPUSH', K_MARKER, '1')
-      end
+    -- Fewer than asked means nothing is left; all asked for, then look.
+    if #popped / 2 == want and redis.call('ZCARD', K_WAIT) > 0 then
+      emit('active', ids)
+      -- More wait: wake another blocked worker (a marker already there will do).
+      if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
     else
-      emit('drained', nil)
+      -- This fetch took the last waiting jobs: one stream entry carries both events
+      -- (parse_events splits it).
+      emit('active', ids, {'also', 'drained'})
     end
   end
   if next_due then reply[1] = math.max(0, next_due - NOW) end
