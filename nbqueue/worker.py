@@ -365,6 +365,14 @@ class Engine:
         fetched = await self._call(self.ops.block_and_fetch(
             self._wake_key, secs, want, self.token, self.lock_ms))
         await self._accept(fetched, want)
+        if self._running:
+            # Jobs that end a wait go first: before this loop goes on with its bookkeeping
+            # (the next fetch...), async jobs take their first step, and job threads get the
+            # GIL (a woken thread otherwise waits until the loop blocks: ~0.2 ms measured).
+            if self.is_async:
+                await asyncio.sleep(0)
+            else:
+                time.sleep(0)
 
     async def _interrupt(self, block: asyncio.Task[None]) -> None:
         """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs
@@ -431,17 +439,11 @@ class Engine:
             self._done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
         if fetched.jobs:
             await self._ticks.follow(self._call, fetched.jobs)  # recurring: the next tick
-        started = False
         for record in fetched.jobs:
             if len(self._running) < self.concurrency and not self._stopping:
                 self._start(record)
-                started = True
             else:
                 self._ready.append(record)
-        if started and self.is_async:
-            # Let the new jobs take their first step before this loop goes on with its own
-            # bookkeeping (the next fetch, events): a job's start is what latency measures.
-            await asyncio.sleep(0)
         if want > 0:
             # Fewer than asked: the queue is empty (or paused, or rate-limited) for now.
             self._idle = len(fetched.jobs) + len(fetched.corrupt) < want
