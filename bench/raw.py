@@ -12,6 +12,16 @@ Worker modes (the drain floors):
 * ``classic`` the textbook version: BLMOVE, INCR, LREM as three separate calls.
 * ``batch``   a pipelined batch consumer: ``RPOP wait 100`` + one ``INCRBY`` per batch
               (no reliability: the upper bound for a batching design).
+
+Ceilings (not queues): the job body alone, as fast as one process can run it at
+concurrency 10 with no queue at all. The worker reads how many jobs were preloaded and runs
+that many bodies; whatever a queue adds can only make a drain slower than this.
+
+* ``ceiling-async``   10 asyncio tasks, each ``await client.incr()`` in turn (the body of
+                      every asyncio worker: nbqueue asyncio, arq, saq, bullmq).
+* ``ceiling-threads`` 10 threads sharing one sync client, each ``client.incr()`` in turn
+                      (the body of every thread worker: nbqueue thread/process, dramatiq,
+                      huey).
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ from bench import jobs
 
 WAIT = "raw:wait"
 PROCESSING = "raw:processing"
-MODES = ("rt1", "classic", "batch")
+MODES = ("rt1", "classic", "batch", "ceiling-async", "ceiling-threads")
+CEILINGS = ("ceiling-async", "ceiling-threads")  # no latency scenario: they consume nothing
 ROLES = {"add_single", "add_async", "add_bulk", "preload", "worker", "latency"}
 
 
@@ -91,8 +102,38 @@ def _body(r: redis.Redis, raw: bytes) -> None:
         r.incr(jobs.COUNTER)
 
 
+def _ceiling(mode: str, n: int, workers: int = 10) -> None:
+    import asyncio
+    import threading
+
+    share = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
+    if mode == "ceiling-async":
+        async def task(k: int) -> None:
+            for _ in range(k):
+                await jobs.incr_async()
+
+        async def main() -> None:
+            await asyncio.gather(*(task(k) for k in share))
+
+        asyncio.run(main())
+    else:
+        def run(k: int) -> None:
+            for _ in range(k):
+                jobs.incr_sync()
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in share]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
 def worker(url: str, mode: str) -> None:
     r = jobs.sync_client()
+    if mode in CEILINGS:
+        _ceiling(mode, int(r.llen(WAIT)))
+        while True:  # stay up like a worker until the harness stops us
+            time.sleep(1)
     if mode == "classic":
         while True:
             m = r.blmove(WAIT, PROCESSING, 1, "RIGHT", "LEFT")
