@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -318,21 +319,41 @@ class QueueOps:
                     break
 
     # -- worker side -------------------------------------------------------------------
-    def fetch(self, want: int, token: str, lock_ms: int) -> Op[Fetched]:
-        return _parse_fetch_safe((yield self.call("fetch", want, token, lock_ms)))
+    def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
+        return _parse_fetch_safe((yield self.call("fetch", want, token, lock_ms, 0,
+                                                  int(unpark))))
+
+    def handoff_key(self, token: str) -> str:
+        return f"{self.keys.base}h:{token}"
 
     def block_and_fetch(self, wake_key: str, secs: float, want: int, token: str,
-                        lock_ms: int) -> Op[Fetched]:
-        """Wait for a marker (or ``wake_key``), then fetch: one pipeline, so Redis runs the
-        fetch the moment the BLPOP returns, without another round trip (or on its timeout,
-        which promotes due delayed jobs)."""
-        replies = yield Batch([Call.cmd("BLPOP", self.keys.marker, wake_key, round(secs, 3)),
-                               self.call("fetch", want, token, lock_ms)])
-        return _parse_fetch_safe(replies[1])
+                        lock_ms: int) -> Op[tuple[Fetched, bool]]:
+        """Fetch, and if there was nothing, park: wait (BLPOP) for a job handed over by a
+        producer (add.lua), a marker (other new work), ``wake_key`` or the timeout. One
+        pipeline; returns what was fetched or handed over, and whether the worker may still
+        be registered as idle (then its next fetch or finish must unpark)."""
+        hkey = self.handoff_key(token)
+        replies = yield Batch([
+            self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
+            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))])
+        fetched = _parse_fetch_safe(replies[0])
+        popped = replies[1]
+        if popped and popped[0] == hkey and popped[1] != "0":
+            # a job handed over: its fields as in a fetch reply (add.lua)
+            try:
+                fields = json.loads(popped[1])
+            except ValueError:
+                fields = []
+            handed = _parse_fetch_safe([-1, 0, *fields])
+            fetched.jobs.extend(handed.jobs)
+            fetched.corrupt.extend(handed.corrupt)
+            return fetched, False
+        return fetched, True
 
     def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
-               token: str, lock_ms: int) -> Op[tuple[list[bool], Fetched]]:
-        args: list[Any] = [want, token, lock_ms, len(stats)]
+               token: str, lock_ms: int,
+               unpark: bool = False) -> Op[tuple[list[bool], Fetched]]:
+        args: list[Any] = [want, token, lock_ms, int(unpark), len(stats)]
         for field, inc in stats.items():
             args += [field, inc]
         for o in outcomes:

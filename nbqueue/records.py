@@ -153,20 +153,25 @@ class Event:
 
 
 def parse_events(entries: list[Any]) -> list[Event]:
-    """Stream entries -> events; a batched entry (``ids``) becomes one event per job, and
-    ``also`` names a queue event that followed in the same call (``drained``)."""
+    """Stream entries -> events; a batched entry (``ids``) becomes one event per job.
+
+    One entry can also say what followed in the same call: ``then`` names a second event of
+    the same jobs (a job handed to a worker as it is added: ``added`` then ``active``), and
+    ``also`` a queue event (``drained``)."""
     out: list[Event] = []
     for entry_id, raw in entries:
         fields = dict(raw)
         name = fields.pop("event", "")
         also = fields.pop("also", None)
+        then = fields.pop("then", None)
         if "jobId" in fields:
-            out.append(Event(entry_id, name, fields.pop("jobId"), fields))
+            ids: list[str | None] = [fields.pop("jobId")]
         elif "ids" in fields:
-            for jid in json.loads(fields.pop("ids")):
-                out.append(Event(entry_id, name, jid, fields))
+            ids = json.loads(fields.pop("ids"))
         else:
-            out.append(Event(entry_id, name, None, fields))
+            ids = [None]
+        for event in (name, then) if then else (name,):
+            out.extend(Event(entry_id, event, jid, fields) for jid in ids)
         if also:
             out.append(Event(entry_id, also, None, {}))
     return out

@@ -186,6 +186,10 @@ class Engine:
         self._idle = False  # the last fetch emptied the queue: block before asking again
         self._next_delay = -1
         self._limit_until = 0.0
+        # Parked: registered as idle for producers to hand us jobs (ops.block_and_fetch), but
+        # not blocked any more; the next fetch/finish unparks (and takes such a job).
+        self._parked = False
+        self._parks = 0  # block-and-fetch calls made: tells whether one ran during a flush
         self._stats_sent = 0.0
         self._pool: _JobThreads | None = None
         self._queue: Any = None  # the Queue whose Job handles processors receive
@@ -362,8 +366,11 @@ class Engine:
     async def _block_and_accept(self, secs: float, want: int) -> None:
         """Wait for work (pipelined BLPOP + fetch) and start what it brings at once: taking
         the jobs here, in the task that read the reply, saves the main loop's wake-up."""
-        fetched = await self._call(self.ops.block_and_fetch(
+        self._parked = False  # this call's fetch registers us, or not, afresh
+        self._parks += 1
+        fetched, parked = await self._call(self.ops.block_and_fetch(
             self._wake_key, secs, want, self.token, self.lock_ms))
+        self._parked = parked
         await self._accept(fetched, want)
         if self._running:
             # Jobs that end a wait go first: before this loop goes on with its bookkeeping
@@ -408,8 +415,10 @@ class Engine:
             for job_id, value in progress.items():
                 await self._call(self.ops.update_progress(job_id, value))
             if done or stats:
+                unpark, parks = self._parked, self._parks
                 oks, fetched = await self._call(self.ops.finish(
-                    done, stats, want, self.token, self.lock_ms))
+                    done, stats, want, self.token, self.lock_ms, unpark))
+                self._unparked(unpark, parks)
                 for ok, outcome in zip(oks, done):
                     if not ok:
                         log.warning("job %s of %s finished after its lock was lost (stalled "
@@ -418,7 +427,10 @@ class Engine:
                     elif outcome.terminal_failure:
                         await self._dead_letter(outcome.job, outcome.value, outcome.error_type)
             elif want > 0:
-                fetched = await self._call(self.ops.fetch(want, self.token, self.lock_ms))
+                unpark, parks = self._parked, self._parks
+                fetched = await self._call(self.ops.fetch(want, self.token, self.lock_ms,
+                                                          unpark))
+                self._unparked(unpark, parks)
             else:
                 return
         except BaseException:
@@ -595,8 +607,21 @@ class Engine:
                 log.warning("stalled-job check failed: %s", exc)
             await asyncio.sleep(self.stalled_ms / 1000)
 
+    def _unparked(self, unpark: bool, parks: int) -> None:
+        # a block-and-fetch that ran meanwhile decided afresh: its word stands
+        if unpark and parks == self._parks:
+            self._parked = False
+
     async def _release_leftovers(self) -> None:
         """After the grace period: hand jobs still running back to the queue (not an attempt)."""
+        if self._parked:  # leave the idle registry; a job handed to us meanwhile goes back too
+            try:
+                fetched = await self._call(self.ops.fetch(0, self.token, self.lock_ms, True))
+                self._parked = False
+                self._ready.extend(fetched.jobs)
+            except Exception as exc:
+                log.warning("worker %s could not leave the idle registry (%s); it expires "
+                            "by itself", self.token, exc)
         outcomes = []
         for record, task in list(self._running.values()):
             if task is not None:

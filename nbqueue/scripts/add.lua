@@ -13,6 +13,35 @@ local out, added, delayed, zwait, zdelayed = {seq0}, {}, {}, {}, {}
 -- Numbers passed to redis.call are formatted by Redis: hand it strings made once instead.
 local now_s = fmt(NOW)
 local prio_base = {}
+
+-- A single fresh job due now, while a worker is parked (idle, blocked on its hand-off list:
+-- see fetch.lua) and the queue is empty, goes straight to that worker: locked and active
+-- here, pushed onto the list its BLPOP watches. That saves the fetch on the way from add to
+-- start. Returns the worker's token and lock ms, or nil (the job then waits as usual).
+local function idle_taker()
+  local top = redis.call('ZPOPMAX', K_IDLE)
+  if #top == 0 then return nil end
+  if tonumber(top[2]) < NOW then
+    redis.call('DEL', K_IDLE)  -- the freshest registration has expired: so have all
+    return nil
+  end
+  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max')
+  -- jobs already waiting go first (strict priority, FIFO); pause and rate limits are
+  -- the fetch's business
+  if meta[1] == '1' or meta[2] or redis.call('ZCARD', K_WAIT) > 0 then
+    redis.call('ZADD', K_IDLE, top[2], top[1])
+    return nil
+  end
+  local token, lock_ms = string.match(top[1], '^(.*)|(%d+)$')
+  if not token then return nil end
+  return token, tonumber(lock_ms)
+end
+
+local taker, taker_lock_ms
+if n == 1 and ARGV[4] == '' and tonumber(ARGV[9]) == 0 then
+  taker, taker_lock_ms = idle_taker()
+end
+
 for k = 1, n do
   local i = 4 + (k - 1) * 6
   local seq = seq0 + k
@@ -36,6 +65,17 @@ for k = 1, n do
         'prio', prio, 'seq', sid, 'state', 'delayed', 'delay', ARGV[i + 5])
       zdelayed[#zdelayed + 1] = delayed_score(NOW + delay, seq); zdelayed[#zdelayed + 1] = id
       delayed[#delayed + 1] = id
+    elseif taker then
+      local lock = taker .. ':1'
+      redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+        'prio', prio, 'seq', sid, 'state', 'active', 'pon', now_s, 'lk', lock, 'ats', '1')
+      redis.call('ZADD', K_ACTIVE, fmt(NOW + taker_lock_ms), id)
+      -- the fields of a fetch reply entry (includes/fetch.lua)
+      local hkey = BASE .. 'h:' .. taker
+      redis.call('RPUSH', hkey, cjson.encode({id, lock, name, data, opts, '0', now_s, prio,
+        '', '0'}))
+      redis.call('PEXPIRE', hkey, taker_lock_ms)  -- a worker that died parked: gone with it
+      emit('added', {id}, {'then', 'active', 'also', 'drained'})
     else
       redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
         'prio', prio, 'seq', sid, 'state', 'waiting')
@@ -46,7 +86,7 @@ for k = 1, n do
       end
       zwait[#zwait + 1] = fmt(base + seq); zwait[#zwait + 1] = id
     end
-    added[#added + 1] = id
+    if not taker then added[#added + 1] = id end
   end
 end
 for i = 1, #zwait, 1000 do

@@ -2,7 +2,7 @@
 -- the worker's next jobs in the same call so a steady drain costs one round trip per batch.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms,
---   7 n = number of stat pairs, then n x (stats field, increment),
+--   7 '1' = unpark (see fetch.lua), 8 n = number of stat pairs, then n x (field, increment),
 --   then 9 per job: id, lock, kind, value, error type, retry delay ms, attempts made,
 --   keep count (-1 = all), keep age ms (0 = no age limit).
 --   kind: c = completed, f = failed (no retry wanted), x = failed (attempts exhausted),
@@ -10,8 +10,8 @@
 -- Returns {status per job (1 done, 0 lock lost or job gone)..., <fetch reply>}.
 -- @include common
 -- @include fetch
-local nstats = tonumber(ARGV[7])
-local first_job = 8 + 2 * nstats
+local nstats = tonumber(ARGV[8])
+local first_job = 9 + 2 * nstats
 local statuses = {}
 local done_ids, failed_ids, exhausted, retry_now, retry_later = {}, {}, {}, {}, {}
 local zdone, zfailed, zdelayed, finished = {}, {}, {}, {}
@@ -71,7 +71,7 @@ emit('delayed', retry_later)
 if #retry_now > 0 then push_marker() end
 
 -- Worker counters, and the per-minute history (one small hash per minute, kept a day).
-for i = 8, 7 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
+for i = 9, 8 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
 if #done_ids + #failed_ids > 0 then
   local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
   local total = 0
@@ -81,5 +81,6 @@ if #done_ids + #failed_ids > 0 then
 end
 
 local fetched = fetch_jobs(tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
+if ARGV[7] == '1' then unpark(ARGV[5], ARGV[6], fetched) end
 for i = 1, #fetched do statuses[#statuses + 1] = fetched[i] end
 return statuses

@@ -6,6 +6,7 @@
 --   delayed (ZSET, score = due_ms * 4096 + seq % 4096)  completed / failed (ZSET, finish ms)
 --   meta (HASH)  ctr (id/sequence counter)  events (STREAM)  marker (LIST that idle workers
 --   block on)  limiter  stalled-check (guard)  stats (HASH of running totals)
+--   idle (ZSET of parked workers)  h:<token> (LIST: a job handed to that parked worker)
 -- ARGV[1] job key prefix ("nbq:{q}:job:"), ARGV[2] now in ms ('' = the server's clock, so
 -- delays and locks agree across machines whatever their clocks), ARGV[3] events max length.
 local BASE = KEYS[1]
@@ -13,6 +14,9 @@ local K_WAIT, K_ACTIVE, K_DELAYED = BASE .. 'wait', BASE .. 'active', BASE .. 'd
 local K_COMPLETED, K_FAILED, K_META = BASE .. 'completed', BASE .. 'failed', BASE .. 'meta'
 local K_CTR, K_EVENTS, K_MARKER = BASE .. 'ctr', BASE .. 'events', BASE .. 'marker'
 local K_LIMITER, K_STALLED, K_STATS = BASE .. 'limiter', BASE .. 'stalled-check', BASE .. 'stats'
+-- Idle workers (ZSET "token|lock ms" -> registration expiry ms) and each one's hand-off
+-- LIST BASE .. 'h:' .. token: see fetch.lua (park) and add.lua (hand-off).
+local K_IDLE = BASE .. 'idle'
 local JOB = ARGV[1]
 local NOW = tonumber(ARGV[2])
 if not NOW then

@@ -81,3 +81,19 @@ local function fetch_jobs(want, token, lock_ms)
   if next_due then reply[1] = math.max(0, next_due - NOW) end
   return reply
 end
+
+-- A worker that parked (fetch.lua with park > 0) leaves the idle registry, and takes the job
+-- a producer may have handed it meanwhile (add.lua): appended to `reply` like fetched jobs.
+local function unpark(token, lock_ms, reply)
+  redis.call('ZREM', K_IDLE, token .. '|' .. lock_ms)
+  local hkey = BASE .. 'h:' .. token
+  local items = redis.call('LRANGE', hkey, 0, -1)
+  if #items == 0 then return end
+  redis.call('DEL', hkey)
+  for i = 1, #items do
+    if items[i] ~= '0' then  -- '0' only ends a BLPOP (see fetch.lua)
+      local f = cjson.decode(items[i])
+      for j = 1, #f do reply[#reply + 1] = f[j] end
+    end
+  end
+end

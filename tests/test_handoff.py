@@ -1,0 +1,89 @@
+"""Direct hand-off: a parked (idle) worker gets a new job from the producer's add script,
+without a fetch; everything else (priority, pause, limits, crashes, stop) is unchanged."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from nbqueue import Queue, Worker
+from nbqueue.connection import Connection
+
+from .helpers import wait_until
+
+IDLE = "nbq:{ho}:idle"
+
+
+def _handed(q: Queue, job_id: str) -> bool:
+    """True if the job's `added` and `active` events share one stream entry (add.lua)."""
+    _, events = q.read_events("0-0")
+    entries = {e.event: e.id for e in events if e.job_id == job_id}
+    return "added" in entries and entries.get("active") == entries["added"]
+
+
+def test_parked_worker_gets_the_job_from_add(conn: Connection, r: redis.Redis) -> None:
+    q = Queue("ho", conn)
+    with Worker("ho", lambda job: job.data["payload"] * 2, conn, concurrency=2):
+        assert wait_until(lambda: r.zcard(IDLE) == 1)  # parked, blocked on its hand-off list
+        for i in range(5):
+            job = q.add({"type": "t", "payload": i})
+            assert job.result(timeout=10) == 2 * i
+            assert _handed(q, job.id)
+            assert wait_until(lambda: r.zcard(IDLE) == 1)  # parked again after each job
+        status = q.get_job_status(job.id)
+        assert status.attempts_made == 1 and status.processed_on is not None
+    # stopping leaves the registry: nothing can be handed to a gone worker
+    assert r.zcard(IDLE) == 0
+    assert not r.keys("nbq:{ho}:h:*")
+    _, events = q.read_events("0-0")
+    names = [e.event for e in events if e.job_id == job.id]
+    assert names == ["added", "active", "completed"]
+
+
+def test_no_handoff_while_jobs_wait_or_queue_paused(conn: Connection, r: redis.Redis) -> None:
+    """Jobs already waiting go first: a parked worker is not handed the newest one."""
+    q = Queue("ho", conn)
+    order: list[str] = []
+    with Worker("ho", lambda job: order.append(job.data["type"]), conn, concurrency=1):
+        assert wait_until(lambda: r.zcard(IDLE) == 1)
+        q.pause()
+        low = q.add({"type": "low"}, priority="low")
+        high = q.add({"type": "high"}, priority="high")
+        assert q.get_job_status(low.id).state.value == "paused"  # not handed over
+        assert r.zcard(IDLE) == 1  # the registration was put back
+        q.resume()
+        assert wait_until(lambda: len(order) == 2)
+        assert order == ["high", "low"]  # strict priority, as if no worker had been parked
+        assert not _handed(q, high.id)
+
+
+def test_job_handed_to_a_dead_worker_is_recovered(conn: Connection, r: redis.Redis) -> None:
+    """A worker that died while parked: its registration still looks fresh, so the job is
+    handed to it; the lock (1 s here) expires and the stalled sweep gives it to a live one."""
+    q = Queue("ho", conn)
+    r.zadd(IDLE, {"ghost-1|1000": int(time.time() * 1000) + 60_000})
+    job = q.add({"type": "t", "payload": 21})
+    assert q.get_job_status(job.id).state.value == "active"
+    assert r.llen("nbq:{ho}:h:ghost-1") == 1 and 0 < r.pttl("nbq:{ho}:h:ghost-1") <= 1000
+    with Worker("ho", lambda job: job.data["payload"] * 2, conn, stalled_interval=300):
+        assert job.result(timeout=15) == 42
+    assert q.get_job_status(job.id).attempts_made == 1
+
+
+def test_expired_registration_is_not_used(conn: Connection, r: redis.Redis) -> None:
+    q = Queue("ho", conn)
+    r.zadd(IDLE, {"ghost-2|30000": int(time.time() * 1000) - 1})
+    job = q.add({"type": "t"})
+    assert q.get_job_status(job.id).state.value == "waiting"
+    assert r.zcard(IDLE) == 0 and r.llen("nbq:{ho}:h:ghost-2") == 0
+
+
+def test_bulk_and_delayed_adds_take_the_usual_path(conn: Connection, r: redis.Redis) -> None:
+    q = Queue("ho", conn)
+    r.zadd(IDLE, {"ghost-3|30000": int(time.time() * 1000) + 60_000})
+    jobs = q.add_bulk([{"type": "a"}, {"type": "b"}])
+    later = q.add({"type": "c"}, delay=60_000)
+    assert [q.get_job_status(j.id).state.value for j in jobs] == ["waiting", "waiting"]
+    assert q.get_job_status(later.id).state.value == "delayed"
+    assert r.zcard(IDLE) == 1 and r.llen("nbq:{ho}:h:ghost-3") == 0
