@@ -9,6 +9,7 @@
 local n = (#ARGV - 3) / 6
 -- One INCRBY reserves a sequence number for every job of the call.
 local seq0 = redis.call('INCRBY', K_CTR, n) - n
+TRIM_EVENTS = n > 1 or seq0 % 32 == 0
 local out, added, delayed, zwait, zdelayed = {seq0}, {}, {}, {}, {}
 -- Numbers passed to redis.call are formatted by Redis: hand it strings made once instead.
 local now_s = fmt(NOW)
@@ -37,9 +38,12 @@ local function idle_taker()
   return token, tonumber(lock_ms)
 end
 
-local taker, taker_lock_ms
+local taker, taker_lock_ms, marker_len
 if n == 1 and ARGV[4] == '' and tonumber(ARGV[9]) == 0 then
-  taker, taker_lock_ms = idle_taker()
+  -- A marker still there means no worker is blocked right now (one would have popped it):
+  -- then nobody is parked either, and the registry need not be looked at.
+  marker_len = redis.call('LLEN', K_MARKER)
+  if marker_len == 0 then taker, taker_lock_ms = idle_taker() end
 end
 
 for k = 1, n do
@@ -98,6 +102,7 @@ end
 if #added > 0 then
   emit('added', added)
   emit('delayed', delayed)
-  push_marker()
+  if marker_len == nil then push_marker()
+  elseif marker_len == 0 then redis.call('RPUSH', K_MARKER, '1') end
 end
 return out
