@@ -100,14 +100,11 @@ class QueueOps:
         return Call(script, self.keys.script_keys,
                     (self.keys.job_prefix, "", self.events_maxlen, *args))
 
-    def prepare(self, data: Any, opts: Mapping[str, Any],
-                ts: int | None = None) -> tuple[list[Any], JobRecord]:
+    def prepare(self, data: Any, opts: Mapping[str, Any]) -> tuple[list[Any], JobRecord]:
         """Validate and encode one job (no I/O): its add.lua arguments and its record."""
         args: list[Any] = []
-        record = self._prepare_into(args, data, self.defaults if not opts
-                                    else merge_options(self.defaults, opts),
-                                    now_ms() if ts is None else ts)
-        return args, record
+        options = merge_options(self.defaults, opts) if opts else self.defaults
+        return args, self._prepare_into(args, data, options, now_ms())
 
     def _prepare_into(self, args: list[Any], data: Any, options: JobOptions,
                       ts: int) -> JobRecord:

@@ -75,48 +75,55 @@ def _wire(call: Call) -> tuple[Any, ...]:
     return ("EVALSHA", *_script_call_args(call))
 
 
+def _direct_plan(client: Any, calls: Sequence[Call]) -> tuple[direct.Lane, list[Any]] | None:
+    """The client's direct lane and the wire form of ``calls``; None: redis-py's own path."""
+    lane = direct.lane(client)
+    if lane is None or not all(_direct_ok(c) for c in calls):
+        return None
+    return lane, [_wire(c) for c in calls]
+
+
+def _pipe(client: Any, batch: Batch) -> Any:
+    pipe = client.pipeline(transaction=False)
+    for call in batch.calls:
+        if call.command is not None:
+            pipe.execute_command(*call.command)
+        else:
+            pipe.evalsha(*_script_call_args(call))
+    return pipe
+
+
+def _raise_errors(results: Sequence[Any]) -> list[Any]:
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return list(results)
+
+
 def _exec_sync(client: redis.Redis, call: Call) -> Any:
     if call.command is not None:
         return client.execute_command(*call.command)
-    lane = direct.lane(client)
+    plan = _direct_plan(client, (call,))
     try:
-        if lane is None:
+        if plan is None:
             return client.evalsha(*_script_call_args(call))
-        reply = direct.call_sync(lane, [_wire(call)])[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        return _raise_errors(direct.call_sync(*plan))[0]
     except NoScriptError:
         script = scripts.get(call.script)  # type: ignore[arg-type]
         return client.eval(script.source, len(call.keys), *call.keys, *call.args)
 
 
-def _queue_in_pipe(pipe: Any, call: Call) -> None:
-    if call.command is not None:
-        pipe.execute_command(*call.command)
-    else:
-        pipe.evalsha(*_script_call_args(call))
-
-
 def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
         return [_exec_sync(client, call) for call in batch.calls]
-    lane = direct.lane(client)
-    if lane is not None and all(_direct_ok(c) for c in batch.calls):
-        results = direct.call_sync(lane, [_wire(c) for c in batch.calls])
-    else:
-        pipe = client.pipeline(transaction=False)
-        for call in batch.calls:
-            _queue_in_pipe(pipe, call)
-        results = pipe.execute(raise_on_error=False)
+    plan = _direct_plan(client, batch.calls)
+    results = (direct.call_sync(*plan) if plan is not None
+               else _pipe(client, batch).execute(raise_on_error=False))
     # A restarted Redis forgets its scripts: re-run only the calls that said NOSCRIPT.
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
             results[i] = _exec_sync(client, call)
-    for res in results:
-        if isinstance(res, Exception):
-            raise res
-    return list(results)
+    return _raise_errors(results)
 
 
 def run_sync(client: redis.Redis, op: Op[T]) -> T:
@@ -140,14 +147,11 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
     if call.command is not None:
         return await client.execute_command(*call.command)
-    lane = direct.lane(client)
+    plan = _direct_plan(client, (call,))
     try:
-        if lane is None:
+        if plan is None:
             return await client.evalsha(*_script_call_args(call))
-        reply = (await direct.call_async(lane, [_wire(call)]))[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        return _raise_errors(await direct.call_async(*plan))[0]
     except NoScriptError:
         script = scripts.get(call.script)  # type: ignore[arg-type]
         return await client.eval(script.source, len(call.keys), *call.keys, *call.args)
@@ -163,21 +167,13 @@ def _sequential(client: Any, batch: Batch) -> bool:
 async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
         return [await _exec_async(client, call) for call in batch.calls]
-    lane = direct.lane(client)
-    if lane is not None and all(_direct_ok(c) for c in batch.calls):
-        results = await direct.call_async(lane, [_wire(c) for c in batch.calls])
-    else:
-        pipe = client.pipeline(transaction=False)
-        for call in batch.calls:
-            _queue_in_pipe(pipe, call)
-        results = await pipe.execute(raise_on_error=False)
+    plan = _direct_plan(client, batch.calls)
+    results = (await direct.call_async(*plan) if plan is not None
+               else await _pipe(client, batch).execute(raise_on_error=False))
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
             results[i] = await _exec_async(client, call)
-    for res in results:
-        if isinstance(res, Exception):
-            raise res
-    return list(results)
+    return _raise_errors(results)
 
 
 async def run_async(client: aredis.Redis, op: Op[T]) -> T:
