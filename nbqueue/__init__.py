@@ -12,6 +12,7 @@ from .errors import (
     InvalidOptionError,
     JobFailedError,
     JobNotFoundError,
+    JobStateError,
     JobTimeoutError,
     NbqueueError,
     PayloadTooLargeError,
@@ -32,7 +33,7 @@ from .predefined import (
 from .queue import Queue
 from .records import Event
 from .scheduler import list_schedulers, remove_scheduler, schedule_recurring_job
-from .types import JobPriority, JobState, JobStatus, QueueMetrics
+from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -59,11 +60,11 @@ def export(df: Any, path: Any, **kwargs: Any) -> Any:
 
 __all__ = [
     "Connection", "Event", "InvalidOptionError", "Job", "JobFailedError", "JobNotFoundError",
-    "JobPriority", "JobState", "JobStatus", "JobTimeoutError", "NbqueueError",
+    "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError", "NbqueueError",
     "PayloadTooLargeError", "Queue", "QueueManager", "QueueMetrics", "QueueName",
     "RedisUnavailableError", "SignatureError", "UnknownQueueError", "UnrecoverableError",
-    "Worker", "connect", "dashboard", "export", "load_ipython_extension", "queue_manager",
-    "unload_ipython_extension",
+    "Worker", "WorkerInfo", "connect", "dashboard", "export", "load_ipython_extension",
+    "queue_manager", "unload_ipython_extension",
 ]
 
 # -- recurring jobs and the seed's predefined queues (nbqueue.scheduler, nbqueue.predefined)

@@ -17,10 +17,10 @@ from .manager import QueueManager as _SyncManager
 from .protocol import Op, async_method, run_async
 from .queue import QueueBase
 from .records import Event
-from .types import JobPriority, JobState, JobStatus, QueueMetrics
+from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 
 __all__ = ["Job", "JobPriority", "JobState", "JobStatus", "Queue", "QueueManager",
-           "QueueMetrics", "Worker", "connect", "queue_manager"]
+           "QueueMetrics", "Worker", "WorkerInfo", "connect", "queue_manager"]
 
 
 class Job(JobBase):
@@ -32,6 +32,9 @@ class Job(JobBase):
     result = async_method(JobBase._result)
     remove = async_method(JobBase._remove)
     retry = async_method(JobBase._retry)
+    promote = async_method(JobBase._promote)
+    change_priority = async_method(JobBase._change_priority)
+    update_data = async_method(JobBase._update_data)
     _update_progress_now = async_method(JobBase._update_progress)
 
     async def _run(self, op: Op[Any]) -> Any:
@@ -80,6 +83,13 @@ class Queue(QueueBase):
     remove = async_method(QueueBase._remove)
     obliterate = async_method(QueueBase._obliterate)
     read_events = async_method(QueueBase._read_events)
+    promote = async_method(QueueBase._promote)
+    change_priority = async_method(QueueBase._change_priority)
+    update_data = async_method(QueueBase._update_data)
+    get_deduplication_job_id = async_method(QueueBase._get_deduplication_job_id)
+    set_global_concurrency = async_method(QueueBase._set_global_concurrency)
+    get_global_concurrency = async_method(QueueBase._get_global_concurrency)
+    get_workers = async_method(QueueBase._get_workers)
 
     async def events(self, last_id: str = "$", block: Any = 1000) -> AsyncIterator[Event]:
         """Iterate over events as they come."""

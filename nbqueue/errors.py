@@ -34,6 +34,11 @@ class JobNotFoundError(NbqueueError, LookupError):
     """The job does not exist (never added, removed, or trimmed by retention)."""
 
 
+class JobStateError(NbqueueError, ValueError):
+    """The job is not in a state that allows the operation (promote a job that is not
+    delayed, re-prioritise an active one, update the data of a finished one...)."""
+
+
 class JobFailedError(NbqueueError):
     """Raised by ``job.result()`` when the job ended failed; carries the reason."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import JobNotFoundError
@@ -129,6 +129,28 @@ class JobBase:
         """Move this failed job back to wait (attempts reset)."""
         return bool((yield from self.queue._ops.retry_failed(0, self.id)))
 
+    def _promote(self) -> Op[None]:
+        """Run this delayed job now (``JobStateError`` if it is not delayed)."""
+        yield from self.queue._ops.promote(self.id)
+        self._record.state = JobState.WAITING
+        self._record.delay = 0
+
+    def _change_priority(self, priority: Any, lifo: bool = False) -> Op[None]:
+        """Move this waiting or delayed job to priority level ``priority`` (its back;
+        ``lifo=True``: its front). ``JobStateError`` if it is active or finished."""
+        from dataclasses import replace
+
+        from .options import parse_priority
+
+        yield from self.queue._ops.change_priority(self.id, priority, lifo)
+        self._record.opts = replace(self._record.opts, priority=parse_priority(priority))
+
+    def _update_data(self, data: Mapping[str, Any]) -> Op[None]:
+        """Replace this job's data (same rules and size limit as ``add``); ``JobStateError``
+        once it has finished. A processor may call it on its own job (a checkpoint)."""
+        yield from self.queue._ops.update_data(self.id, data)
+        self._record.data = dict(data)
+
     def _update_progress(self, value: Any) -> Op[bool]:
         ok = yield from self.queue._ops.update_progress(self.id, value)
         self._record.progress = value
@@ -172,6 +194,9 @@ class Job(JobBase):
     result = sync_method(JobBase._result)
     remove = sync_method(JobBase._remove)
     retry = sync_method(JobBase._retry)
+    promote = sync_method(JobBase._promote)
+    change_priority = sync_method(JobBase._change_priority)
+    update_data = sync_method(JobBase._update_data)
     _update_progress_now = sync_method(JobBase._update_progress)
 
     def _run(self, op: Op[Any]) -> Any:

@@ -80,6 +80,19 @@ class QueueKeys:
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
 
+    def dedup(self, dedup_id: str) -> str:
+        """The deduplication key of ``dedup_id`` (value: the id of the job it points to)."""
+        return f"{self.base}de:{dedup_id}"
+
+    @property
+    def workers(self) -> str:
+        """The worker registry: ZSET worker id -> registration expiry (server ms)."""
+        return self.base + "workers"
+
+    def worker(self, worker_id: str) -> str:
+        """One registered worker's HASH (info, started, hb, active); expires with it."""
+        return f"{self.base}worker:{worker_id}"
+
     def minute(self, minute: int) -> str:
         """The per-minute history hash (see finish.lua)."""
         return f"{self.stats}:m:{minute}"

@@ -75,6 +75,8 @@ class QueueManager:
             if existing is not None:
                 settings.update(worker_concurrency=existing.worker_concurrency,
                                 default_job_options=existing.default_job_options)
+                if existing.global_concurrency is not None:
+                    settings["global_concurrency"] = existing.global_concurrency
                 if existing.rate_limiter is not None:
                     settings["rate_limiter"] = {"max": existing.rate_limiter.max,
                                                 "duration": existing.rate_limiter.duration}
@@ -187,11 +189,13 @@ class QueueManager:
                 schedule: Mapping[str, Any] | None = None, job_id: str | None = None,
                 attempts: int | None = None, backoff: Any = None, timeout: Any = None,
                 delay: Any = None, remove_on_complete: Any = None,
-                remove_on_fail: Any = None) -> Any:
+                remove_on_fail: Any = None, lifo: bool | None = None,
+                deduplication: Mapping[str, Any] | None = None) -> Any:
         return self.queue(name).add(
             data, priority=priority, schedule=schedule, job_id=job_id, attempts=attempts,
             backoff=backoff, timeout=timeout, delay=delay,
-            remove_on_complete=remove_on_complete, remove_on_fail=remove_on_fail)
+            remove_on_complete=remove_on_complete, remove_on_fail=remove_on_fail,
+            lifo=lifo, deduplication=deduplication)
 
     def add_jobs(self, name: str, jobs: Iterable[Any], **options: Any) -> Any:
         return self.queue(name).add_bulk(jobs, **options)
@@ -223,6 +227,27 @@ class QueueManager:
 
     def remove_job(self, name: str, job_id: str) -> Any:
         return self.queue(name).remove(job_id)
+
+    def promote_job(self, name: str, job_id: str) -> Any:
+        """Run delayed job ``job_id`` now (``Queue.promote``)."""
+        return self.queue(name).promote(job_id)
+
+    def change_job_priority(self, name: str, job_id: str, priority: Any,
+                            lifo: bool = False) -> Any:
+        """Re-prioritise a waiting or delayed job (``Queue.change_priority``)."""
+        return self.queue(name).change_priority(job_id, priority, lifo)
+
+    def update_job_data(self, name: str, job_id: str, data: Mapping[str, Any]) -> Any:
+        """Replace the data of a job that has not finished (``Queue.update_data``)."""
+        return self.queue(name).update_data(job_id, data)
+
+    def set_global_concurrency(self, name: str, limit: int | None) -> Any:
+        """At most ``limit`` active jobs of ``name`` across all workers (None: no limit)."""
+        return self.queue(name).set_global_concurrency(limit)
+
+    def get_workers(self, name: str) -> Any:
+        """The workers serving ``name`` in any process or host: a list of ``WorkerInfo``."""
+        return self.queue(name).get_workers()
 
     def metrics_frame(self, names: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per queue (its ``QueueMetrics``), as a DataFrame."""

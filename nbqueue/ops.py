@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import serialization
-from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, NbqueueError
+from .errors import (
+    InvalidOptionError,
+    JobFailedError,
+    JobNotFoundError,
+    JobStateError,
+    NbqueueError,
+)
 from .keys import DEFAULT_PREFIX, QueueKeys
 from .options import JobOptions, default_options, merge_options
 from .protocol import Batch, Call, Op
@@ -28,7 +34,7 @@ from .records import (
     parse_fetch,
     parse_job,
 )
-from .types import JobState, QueueMetrics
+from .types import JobState, QueueMetrics, WorkerInfo
 
 EVENTS_MAXLEN = 10_000
 FINISHED = (JobState.COMPLETED, JobState.FAILED)
@@ -108,7 +114,7 @@ class QueueOps:
 
     def _prepare_into(self, args: list[Any], data: Any, options: JobOptions,
                       ts: int) -> JobRecord:
-        # The hot loop of a bulk add: appends this job's 6 add.lua arguments to ``args``.
+        # The hot loop of a bulk add: appends this job's 7 add.lua arguments to ``args``.
         text = serialization.encode_data(data, self.max_payload_bytes)
         name = data.get("type")
         if type(name) is not str:
@@ -122,7 +128,8 @@ class QueueOps:
             raise InvalidOptionError(f"job_id {job_id!r} is not valid UTF-8 text "
                                      "(it holds a lone surrogate)")
         delay = options.delay
-        args += (job_id or "", name, text, options.to_json(), options.priority, delay)
+        args += (job_id or "", name, text, options.to_json(), options.priority, delay,
+                 options.ext_json())
         return JobRecord(job_id or "", name, dict(data), options,
                          JobState.DELAYED if delay else JobState.WAITING, ts, delay=delay)
 
@@ -150,10 +157,19 @@ class QueueOps:
         for k, record in enumerate(records, 1):
             if not record.id:
                 record.id = str(seq0 + k)
-        existing = [int(k) - 1 for k in reply[1:]]
-        if existing:  # a re-added job_id: hand back the job as it is, not as we sent it
-            found = yield from self.get_jobs_by_id([records[i].id for i in existing])
-            for i, rec in zip(existing, found):
+        if len(reply) > 1:
+            # a re-added job_id (k), or a deduplicated job (-k, then the id of the job it
+            # was deduplicated against): hand back the job as it is, not as we sent it
+            existing: list[tuple[int, str]] = []
+            rest = iter(reply[1:])
+            for k in rest:
+                k = int(k)
+                if k > 0:
+                    existing.append((k - 1, records[k - 1].id))
+                else:
+                    existing.append((-k - 1, _text(next(rest))))
+            found = yield from self.get_jobs_by_id([jid for _, jid in existing])
+            for (i, _), rec in zip(existing, found):
                 if rec is not None:
                     records[i] = rec
         return records
@@ -265,6 +281,88 @@ class QueueOps:
                                "pass force=True")
         return r
 
+    # -- job control (BullMQ parity) ----------------------------------------------------
+    def promote(self, job_id: str) -> Op[None]:
+        """A delayed job joins its priority level now; anything else is an error."""
+        r = yield self.call("promote", _job_id(job_id))
+        self._check_control(r, job_id, "promote", "it is not delayed")
+
+    def change_priority(self, job_id: str, priority: Any, lifo: bool = False) -> Op[str]:
+        """New priority of a waiting or delayed job; returns its state."""
+        from .options import parse_priority
+
+        prio = parse_priority(priority)
+        if not isinstance(lifo, bool):
+            raise InvalidOptionError(f"lifo must be a bool: {lifo!r}")
+        r = yield self.call("change_priority", _job_id(job_id), prio, "1" if lifo else "0")
+        return self._check_control(r, job_id, "change the priority of",
+                                   "only waiting and delayed jobs can be re-prioritised")
+
+    def update_data(self, job_id: str, data: Any) -> Op[str]:
+        """Replace the data of a job that has not finished; returns its state."""
+        text = serialization.encode_data(data, self.max_payload_bytes)
+        if not text.isascii() and not _encodable(text):
+            text, _ = _utf8_safe(text, data, "")
+        r = yield self.call("update_data", _job_id(job_id), text)
+        return self._check_control(r, job_id, "update the data of",
+                                   "its data is final once it has finished")
+
+    def _check_control(self, reply: Any, job_id: str, action: str, why: str) -> str:
+        code = int(reply[0])
+        if code == 0:
+            raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
+        if code < 0:
+            raise JobStateError(f"cannot {action} job {job_id} of queue {self.name!r}: it is "
+                                f"{_text(reply[1])} ({why})")
+        return _text(reply[1])
+
+    def get_deduplication_job_id(self, dedup_id: str) -> Op[str | None]:
+        """The id of the job that deduplication id ``dedup_id`` currently points to."""
+        if not isinstance(dedup_id, str):
+            raise InvalidOptionError(
+                f"deduplication id must be a str, not {type(dedup_id).__name__}")
+        key = self.keys.dedup(dedup_id)
+        cur, pttl = yield Batch([Call.cmd("GET", key), Call.cmd("PTTL", key)])
+        if cur is None:
+            return None
+        if int(pttl) == -1:  # "until the job finishes": a drained or finished job holds nothing
+            state = yield Call.cmd("HGET", self.keys.job(cur), "state")
+            if state is None or state in ("completed", "failed"):
+                return None
+        return str(cur)
+
+    def set_global_concurrency(self, limit: int | None) -> Op[None]:
+        if limit is None:
+            yield Call.cmd("HDEL", self.keys.meta, "gc")
+        else:
+            yield Call.cmd("HSET", self.keys.meta, "gc", validate_global_concurrency(limit))
+
+    def global_concurrency(self) -> Op[int | None]:
+        r = yield Call.cmd("HGET", self.keys.meta, "gc")
+        return int(r) if r else None
+
+    # -- worker registry ---------------------------------------------------------------
+    def heartbeat(self, worker_id: str, ttl_ms: int, info: Mapping[str, Any],
+                  active: int) -> Op[None]:
+        """Register or renew a worker (one call per worker per heartbeat interval)."""
+        yield self.call("heartbeat", worker_id, ttl_ms,
+                        json.dumps(dict(info), separators=(",", ":")), active, "0")
+
+    def deregister(self, worker_id: str) -> Op[None]:
+        yield self.call("heartbeat", worker_id, 1, "{}", 0, "1")
+
+    def get_workers(self) -> Op[list[WorkerInfo]]:
+        """The workers of this queue that heartbeated within their ttl, oldest first."""
+        t, members = yield Batch([Call.cmd("TIME"),
+                                  Call.cmd("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")])
+        now = int(t[0]) * 1000 + int(t[1]) // 1000
+        ids = [_text(m) for m, score in _pairs(members) if float(score) >= now]
+        if not ids:
+            return []
+        hashes = yield Batch([Call.cmd("HGETALL", self.keys.worker(i)) for i in ids])
+        out = [info for info in (parse_worker(i, h) for i, h in zip(ids, hashes)) if info]
+        return sorted(out, key=lambda w: (w.started_at, w.id))
+
     def update_progress(self, job_id: str, progress: Any) -> Op[bool]:
         text = _wire_text(serialization.dumps(progress, "progress"))
         return bool((yield self.call("progress", job_id, text)))
@@ -373,6 +471,57 @@ class QueueOps:
                                                                                list[str]]]:
         back, failed = yield self.call("stalled", max_stalled, interval_ms)
         return list(back), list(failed)
+
+
+def validate_global_concurrency(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidOptionError(f"global_concurrency must be an int >= 1 (or None for no "
+                                 f"limit): {limit!r}")
+    return limit
+
+
+def _job_id(job_id: object) -> str:
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        return str(job_id)
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidOptionError(f"job id must be a non-empty str: {job_id!r}")
+    return job_id
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(members: Any) -> list[tuple[Any, Any]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs, whatever shape the client returns."""
+    if not members:
+        return []
+    if isinstance(members[0], (list, tuple)):
+        return [(m[0], m[1]) for m in members]
+    return list(zip(members[0::2], members[1::2]))
+
+
+def parse_worker(worker_id: str, h: Mapping[str, Any]) -> WorkerInfo | None:
+    """A worker registry hash as a ``WorkerInfo`` (None: expired, or not a registration)."""
+    if not h or "hb" not in h:
+        return None
+    try:
+        info = json.loads(h.get("info") or "{}")
+        if not isinstance(info, dict):
+            info = {}
+    except ValueError:
+        info = {}
+
+    def num(v: Any) -> int:
+        try:
+            return int(float(v))
+        except (TypeError, ValueError):
+            return 0
+
+    return WorkerInfo(id=worker_id, host=str(info.get("host", "")), pid=num(info.get("pid")),
+                      mode=str(info.get("mode", "")), concurrency=num(info.get("concurrency")),
+                      active=num(h.get("active")), started_at=num(h.get("started")),
+                      last_heartbeat=num(h.get("hb")))
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -19,7 +19,7 @@ DEFAULT_KEEP_FAILED = 5000
 
 JOB_OPTION_NAMES = frozenset({
     "priority", "delay", "schedule", "attempts", "backoff", "timeout", "job_id",
-    "remove_on_complete", "remove_on_fail",
+    "remove_on_complete", "remove_on_fail", "lifo", "deduplication",
 })
 
 _PRIORITY_NAMES = {p.name.lower(): int(p) for p in JobPriority}
@@ -86,6 +86,58 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class Deduplication:
+    """``add(..., deduplication={"id": ..., "ttl": ms, "extend": False, "replace": False})``.
+
+    While the deduplication key of ``id`` lives, adding another job with the same id adds
+    nothing and returns the existing job (event ``deduplicated``). With a ``ttl`` the key
+    lives that long (throttle); without one it lives until the job finishes (completed or
+    failed) or is removed. ``extend`` restarts the ttl on each deduplicated add; ``replace``
+    puts the newest data (and options) into the existing job while it is still delayed, and
+    restarts its delay: with both, a burst of adds runs one job, with the last data, once
+    the adds stop for ``delay`` (debounce).
+    """
+
+    id: str
+    ttl: int = 0  # ms; 0 = until the job finishes
+    extend: bool = False
+    replace: bool = False
+
+    @classmethod
+    def parse(cls, value: object) -> Deduplication:
+        if isinstance(value, Deduplication):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidOptionError(
+                "deduplication must be a dict like {'id': 'key', 'ttl': 5000}, "
+                f"not {type(value).__name__}")
+        unknown = set(value) - {"id", "ttl", "extend", "replace"}
+        if unknown:
+            raise InvalidOptionError(f"unknown deduplication option(s): {sorted(unknown)}; "
+                                     "known: extend, id, replace, ttl")
+        dd_id = value.get("id")
+        if not isinstance(dd_id, str):
+            raise InvalidOptionError(
+                f"deduplication id must be a str, not {type(dd_id).__name__}")
+        if not dd_id or len(dd_id) > 500:
+            raise InvalidOptionError("deduplication id must have 1..500 characters")
+        ttl = value.get("ttl")
+        ttl_ms = 0 if ttl is None else to_ms(ttl, "deduplication ttl", allow_zero=False)
+        flags = {}
+        for name in ("extend", "replace"):
+            flag = value.get(name, False)
+            if not isinstance(flag, bool):
+                raise InvalidOptionError(f"deduplication {name} must be a bool: {flag!r}")
+            flags[name] = flag
+        if flags["extend"] and not ttl_ms:
+            raise InvalidOptionError("deduplication extend needs a ttl (it restarts the ttl)")
+        return cls(dd_id, ttl_ms, flags["extend"], flags["replace"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ttl": self.ttl, "extend": self.extend, "replace": self.replace}
+
+
+@dataclass(frozen=True)
 class JobOptions:
     """Validated options of one job; ``to_json`` is what is stored with it."""
 
@@ -97,6 +149,8 @@ class JobOptions:
     job_id: str | None = None
     remove_on_complete: Retention = Retention(count=DEFAULT_KEEP_COMPLETED)
     remove_on_fail: Retention = Retention(count=DEFAULT_KEEP_FAILED)
+    lifo: bool = False
+    deduplication: Deduplication | None = None
 
     def to_json(self) -> str:
         """The stored form; computed once per (immutable) options object."""
@@ -111,6 +165,27 @@ class JobOptions:
             d["timeout"] = self.timeout
         d["roc"] = self.remove_on_complete.to_json()
         d["rof"] = self.remove_on_fail.to_json()
+        if self.lifo:
+            d["lifo"] = True
+        if self.deduplication is not None:
+            d["dd"] = self.deduplication.to_json()
+        return json.dumps(d, separators=(",", ":"))
+
+    def ext_json(self) -> str:
+        """add.lua's per-job extension argument: '' when no option that needs the script's
+        attention (lifo, deduplication) is set, which keeps the plain add path as it was."""
+        return self._ext
+
+    @functools.cached_property
+    def _ext(self) -> str:
+        if not self.lifo and self.deduplication is None:
+            return ""
+        d: dict[str, Any] = {}
+        if self.lifo:
+            d["lifo"] = 1
+        if self.deduplication is not None:
+            dd = self.deduplication
+            d["dd"] = [dd.id, dd.ttl, int(dd.extend), int(dd.replace)]
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod
@@ -137,6 +212,11 @@ class JobOptions:
         except ValueError:
             d = {}
         roc, rof = d.get("roc") or {}, d.get("rof") or {}
+        dd = d.get("dd")
+        dedup = None
+        if isinstance(dd, dict) and isinstance(dd.get("id"), str):
+            dedup = Deduplication(dd["id"], int(dd.get("ttl") or 0), bool(dd.get("extend")),
+                                  bool(dd.get("replace")))
         return cls(
             priority=priority,
             attempts=max(1, int(d.get("attempts", 1))),
@@ -146,13 +226,16 @@ class JobOptions:
                                          int(roc.get("age_ms", 0))),
             remove_on_fail=Retention(int(rof.get("count", DEFAULT_KEEP_FAILED)),
                                      int(rof.get("age_ms", 0))),
+            lifo=bool(d.get("lifo")), deduplication=dedup,
         )
 
     def public(self) -> dict[str, Any]:
         """A plain-dict view for users (status, DataFrames)."""
         return {"priority": self.priority, "delay": self.delay, "attempts": self.attempts,
                 "backoff": self.backoff.to_json() if self.backoff else None,
-                "timeout": self.timeout, "job_id": self.job_id}
+                "timeout": self.timeout, "job_id": self.job_id, "lifo": self.lifo,
+                "deduplication": (self.deduplication.to_json()
+                                  if self.deduplication is not None else None)}
 
 
 _STORED_CACHE: dict[tuple[str | None, int], JobOptions] = {}
@@ -212,12 +295,19 @@ def merge_options(defaults: JobOptions, opts: Mapping[str, Any]) -> JobOptions:
             changes["remove_on_complete"] = Retention.parse(value, DEFAULT_KEEP_COMPLETED)
         elif name == "remove_on_fail":
             changes["remove_on_fail"] = Retention.parse(value, DEFAULT_KEEP_FAILED)
+        elif name == "lifo":
+            if not isinstance(value, bool):
+                raise InvalidOptionError(f"lifo must be a bool: {value!r}")
+            changes["lifo"] = value
+        elif name == "deduplication":
+            changes["deduplication"] = Deduplication.parse(value)
     return replace(defaults, **changes)
 
 
 def default_options(opts: Mapping[str, Any] | None) -> JobOptions:
     """A queue's ``default_job_options`` (job_id is per job, so not allowed here)."""
     opts = dict(opts or {})
-    if "job_id" in opts:
-        raise InvalidOptionError("job_id cannot be a default job option")
+    for per_job in ("job_id", "deduplication"):
+        if per_job in opts:
+            raise InvalidOptionError(f"{per_job} cannot be a default job option")
     return merge_options(JobOptions(), opts)

@@ -13,10 +13,10 @@ from .connection import Connection, connect
 from .durations import to_ms
 from .job import Job, JobBase
 from .keys import DEFAULT_PREFIX
-from .ops import QueueOps, RateLimit
+from .ops import QueueOps, RateLimit, validate_global_concurrency
 from .protocol import Op, run_sync, sync_method
 from .records import Event, JobRecord
-from .types import JobStatus, QueueMetrics
+from .types import JobStatus, QueueMetrics, WorkerInfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +33,8 @@ class QueueBase:
                  rate_limiter: Mapping[str, int] | None = None,
                  worker_concurrency: int | None = None,
                  max_payload_bytes: int = serialization.DEFAULT_HARD_LIMIT,
-                 events_maxlen: int = 10_000) -> None:
+                 events_maxlen: int = 10_000,
+                 global_concurrency: int | None = None) -> None:
         self._ops = QueueOps(name, prefix=prefix, default_job_options=default_job_options,
                              max_payload_bytes=max_payload_bytes, events_maxlen=events_maxlen)
         self.name = self._ops.name
@@ -49,8 +50,13 @@ class QueueBase:
         self.worker_concurrency = worker_concurrency or 1
         self.default_job_options = dict(default_job_options or {})
         self._connection: Any = connection
-        # The rate limit lives in Redis (shared by all workers); written before the next op.
-        self._config_pending = self.rate_limiter is not None
+        # At most this many active jobs across all workers (None: no queue-wide limit).
+        self.global_concurrency = (None if global_concurrency is None
+                                   else validate_global_concurrency(global_concurrency))
+        # The rate limit and the global concurrency live in Redis (shared by all workers);
+        # written before the next op.
+        self._config_pending = (self.rate_limiter is not None
+                                or self.global_concurrency is not None)
 
     @property
     def connection(self) -> Connection:
@@ -65,7 +71,10 @@ class QueueBase:
 
     def _with_config(self, op: Op[Any]) -> Op[Any]:
         if self._config_pending:
-            yield from self._ops.set_rate_limit(self.rate_limiter)
+            if self.rate_limiter is not None:
+                yield from self._ops.set_rate_limit(self.rate_limiter)
+            if self.global_concurrency is not None:
+                yield from self._ops.set_global_concurrency(self.global_concurrency)
             self._config_pending = False
         return (yield from op)
 
@@ -133,6 +142,42 @@ class QueueBase:
     def _obliterate(self, force: bool = False) -> Op[int]:
         return (yield from self._ops.obliterate(force))
 
+    # -- control (BullMQ parity) -----------------------------------------------------------
+    def _promote(self, job_id: str) -> Op[None]:
+        """Run delayed job ``job_id`` now: it joins its priority level as if added now.
+        A job that is not delayed raises ``JobStateError``; a missing one JobNotFoundError."""
+        yield from self._ops.promote(job_id)
+
+    def _change_priority(self, job_id: str, priority: Any, lifo: bool = False) -> Op[None]:
+        """Move waiting or delayed job ``job_id`` to another priority level (the back of
+        it; ``lifo=True``: the front). Active or finished jobs raise ``JobStateError``."""
+        yield from self._ops.change_priority(job_id, priority, lifo)
+
+    def _update_data(self, job_id: str, data: Mapping[str, Any]) -> Op[None]:
+        """Replace the data of job ``job_id`` (same rules and size limit as ``add``); a
+        finished job raises ``JobStateError``."""
+        yield from self._ops.update_data(job_id, data)
+
+    def _get_deduplication_job_id(self, dedup_id: str) -> Op[str | None]:
+        """The id of the job deduplication id ``dedup_id`` points to while it is in force
+        (None: adding with it now adds a job)."""
+        return (yield from self._ops.get_deduplication_job_id(dedup_id))
+
+    def _set_global_concurrency(self, limit: int | None) -> Op[None]:
+        """At most ``limit`` active jobs in this queue across all workers and machines
+        (enforced by the fetch script); None removes the limit."""
+        value = None if limit is None else validate_global_concurrency(limit)
+        yield from self._ops.set_global_concurrency(value)
+        self.global_concurrency = value
+
+    def _get_global_concurrency(self) -> Op[int | None]:
+        return (yield from self._ops.global_concurrency())
+
+    def _get_workers(self) -> Op[list[WorkerInfo]]:
+        """The workers serving this queue, from every process and host (the registry their
+        heartbeats keep); a worker that stops heartbeating drops out after its ttl."""
+        return (yield from self._ops.get_workers())
+
     def _read_events(self, last_id: str = "$", block: Any = None,
                      count: int = 500) -> Op[tuple[str, list[Event]]]:
         """Events after ``last_id`` ("0" = from the start of the capped stream)."""
@@ -174,6 +219,13 @@ class Queue(QueueBase):
     remove = sync_method(QueueBase._remove)
     obliterate = sync_method(QueueBase._obliterate)
     read_events = sync_method(QueueBase._read_events)
+    promote = sync_method(QueueBase._promote)
+    change_priority = sync_method(QueueBase._change_priority)
+    update_data = sync_method(QueueBase._update_data)
+    get_deduplication_job_id = sync_method(QueueBase._get_deduplication_job_id)
+    set_global_concurrency = sync_method(QueueBase._set_global_concurrency)
+    get_global_concurrency = sync_method(QueueBase._get_global_concurrency)
+    get_workers = sync_method(QueueBase._get_workers)
 
     def events(self, last_id: str = "$", block: Any = 1000) -> Iterable[Event]:
         """Iterate over events as they come (blocks; break out of the loop to stop)."""

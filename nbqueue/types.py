@@ -76,3 +76,26 @@ class JobStatus:
         d = asdict(self)
         d["state"] = self.state.value
         return d
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One registered worker, as ``Queue.get_workers()`` returns it.
+
+    ``id`` is the worker's token (``<pid>-<hex>`` unless the worker was given a ``name``),
+    ``mode`` is thread, asyncio or process, ``active`` the number of jobs it was running at
+    its last heartbeat. ``started_at`` and ``last_heartbeat`` are epoch milliseconds from the
+    Redis server's clock (as ``JobStatus.processed_on``).
+    """
+
+    id: str
+    host: str
+    pid: int
+    mode: str
+    concurrency: int
+    active: int
+    started_at: int
+    last_heartbeat: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

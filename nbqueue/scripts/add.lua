@@ -1,12 +1,37 @@
 -- add: add one or many jobs atomically; an existing job id is returned, not re-added.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
--- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, then 6 per job:
---   id ('' = next counter value), name, data JSON, opts JSON, priority 1..5, delay ms.
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, then 7 per job:
+--   id ('' = next counter value), name, data JSON, opts JSON, priority 1..5, delay ms,
+--   ext: '' or a JSON object of the options that need this script's attention:
+--     lifo = 1 (first within its priority level: wait score priority * 2^40 - seq),
+--     dd = [id, ttl ms (0 = until the job finishes), extend 0|1, replace 0|1]
+--       (deduplication: key BASE .. 'de:' .. id holds the id of the job it points to).
 -- Returns {s, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which is
 -- also its id when it had none; i1, i2... are the jobs whose given id already existed
--- (a short reply: a bulk add of fresh jobs answers with one number).
+-- (a short reply: a bulk add of fresh jobs answers with one number); a deduplicated job k
+-- appears as the pair -k, <id of the existing job it was deduplicated against>.
 -- @include common
-local n = (#ARGV - 3) / 6
+local STRIDE = 7
+local n = (#ARGV - 3) / STRIDE
+if n < 1 or n ~= math.floor(n) then
+  return redis.error_reply('ERR nbqueue add: ' .. (#ARGV - 3) .. ' job arguments, not a multiple of 7')
+end
+-- Validate every job's extension before the first write (an error after a write would leave
+-- the earlier writes applied). Plain jobs ('') cost one comparison each.
+local exts
+for k = 1, n do
+  local e = ARGV[3 + k * STRIDE]
+  if e ~= '' then
+    local ok, x = pcall(cjson.decode, e)
+    local dd = ok and type(x) == 'table' and x.dd
+    if not ok or type(x) ~= 'table' or (dd ~= nil and (type(dd) ~= 'table'
+        or type(dd[1]) ~= 'string' or dd[1] == '' or type(dd[2]) ~= 'number' or dd[2] < 0)) then
+      return redis.error_reply('ERR nbqueue add: bad options of job ' .. k .. ': ' .. e)
+    end
+    exts = exts or {}
+    exts[k] = x
+  end
+end
 -- One INCRBY reserves a sequence number for every job of the call.
 local seq0 = redis.call('INCRBY', K_CTR, n) - n
 TRIM_EVENTS = n > 1 or seq0 % 32 == 0
@@ -26,10 +51,11 @@ local function idle_taker()
     redis.call('DEL', K_IDLE)  -- the freshest registration has expired: so have all
     return nil
   end
-  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max')
+  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'gc')
   -- jobs already waiting go first (strict priority, FIFO); pause and rate limits are
-  -- the fetch's business
-  if meta[1] == '1' or meta[2] or redis.call('ZCARD', K_WAIT) > 0 then
+  -- the fetch's business, and so is a global concurrency limit that is reached
+  if meta[1] == '1' or meta[2] or redis.call('ZCARD', K_WAIT) > 0
+      or (meta[3] and redis.call('ZCARD', K_ACTIVE) >= (tonumber(meta[3]) or 0)) then
     redis.call('ZADD', K_IDLE, top[2], top[1])
     return nil
   end
@@ -39,28 +65,96 @@ local function idle_taker()
 end
 
 local taker, taker_lock_ms, marker_len
-if n == 1 and ARGV[4] == '' and tonumber(ARGV[9]) == 0 then
+if n == 1 and ARGV[4] == '' and tonumber(ARGV[9]) == 0 and ARGV[10] == '' then
   -- A marker still there means no worker is blocked right now (one would have popped it):
   -- then nobody is parked either, and the registry need not be looked at.
   marker_len = redis.call('LLEN', K_MARKER)
   if marker_len == 0 then taker, taker_lock_ms = idle_taker() end
 end
 
+-- Deduplication (ext.dd): the job the key of `dd` points to, if that key is in force, else
+-- nil. A key with a ttl holds for its ttl (throttle); one without holds while its job
+-- exists and has not finished (a drained or cleaned job does not hold it).
+local function dedup_holder(dkey)
+  local cur = redis.call('GET', dkey)
+  if not cur then return nil end
+  if redis.call('PTTL', dkey) >= 0 then return cur end
+  local st = redis.call('HGET', JOB .. cur, 'state')
+  if not st or st == 'completed' or st == 'failed' then return nil end
+  return cur
+end
+
+-- A deduplicated add: extend the key's ttl, and with `replace` put this job's data and
+-- options into the existing job if it is still delayed (its delay starts again).
+local function deduplicated(dd, cur, k, i, seq)
+  local dkey = BASE .. 'de:' .. dd[1]
+  if dd[3] == 1 and dd[2] > 0 then redis.call('PEXPIRE', dkey, fmt(dd[2])) end
+  local replaced = '0'
+  local key = JOB .. cur
+  if dd[4] == 1 and redis.call('HGET', key, 'state') == 'delayed' then
+    local delay = tonumber(ARGV[i + 5])
+    redis.call('HSET', key, 'name', ARGV[i + 1], 'data', ARGV[i + 2], 'opts', ARGV[i + 3],
+      'prio', ARGV[i + 4], 'delay', ARGV[i + 5])
+    if delay > 0 then
+      redis.call('ZADD', K_DELAYED, delayed_score(NOW + delay, seq), cur)
+    else
+      redis.call('ZREM', K_DELAYED, cur)
+      requeue({cur})
+      emit('waiting', {cur})
+      push_marker()
+    end
+    replaced = '1'
+  end
+  emit('deduplicated', {cur}, {'dedupId', dd[1], 'replaced', replaced})
+  out[#out + 1] = -k
+  out[#out + 1] = cur
+end
+
 for k = 1, n do
-  local i = 4 + (k - 1) * 6
+  local i = 4 + (k - 1) * STRIDE
   local seq = seq0 + k
   local sid = fmt(seq)
   local id, name, data, opts, prio = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local delay = tonumber(ARGV[i + 5])
+  local x = exts and exts[k]
   local existed = false
+  local holder
   if id == '' then
     -- A fresh counter value cannot name an existing job: custom ids are never all digits.
     id = sid
   else
     existed = redis.call('EXISTS', JOB .. id) == 1
   end
+  if not existed and x and x.dd then holder = dedup_holder(BASE .. 'de:' .. x.dd[1]) end
   if existed then
     out[#out + 1] = k
+  elseif holder then
+    deduplicated(x.dd, holder, k, i, seq)
+  elseif x then
+    -- lifo / deduplication: written at once (not batched) so that a later job of the same
+    -- call sees this one
+    local key = JOB .. id
+    local dd = x.dd
+    if dd then
+      local dkey = BASE .. 'de:' .. dd[1]
+      if dd[2] > 0 then redis.call('SET', dkey, id, 'PX', fmt(dd[2]))
+      else redis.call('SET', dkey, id) end
+    end
+    local state = 'waiting'
+    if delay > 0 then state = 'delayed' end
+    local qseq = seq
+    if x.lifo then qseq = -seq end
+    redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+      'prio', prio, 'seq', fmt(qseq), 'state', state, 'delay', ARGV[i + 5])
+    if x.lifo then redis.call('HSET', key, 'lifo', '1') end
+    if dd then redis.call('HSET', key, 'dd', dd[1]) end
+    if delay > 0 then
+      redis.call('ZADD', K_DELAYED, delayed_score(NOW + delay, seq), id)
+      delayed[#delayed + 1] = id
+    else
+      redis.call('ZADD', K_WAIT, wait_score(prio, qseq), id)
+    end
+    added[#added + 1] = id
   else
     local key = JOB .. id
     -- attempts made and a zero delay are left out: absent means 0

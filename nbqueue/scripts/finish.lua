@@ -21,9 +21,12 @@ for i = first_job, #ARGV, 9 do
   local etype, delay, atm = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
   local keep, age = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
   local key = JOB .. id
-  if redis.call('HGET', key, 'lk') ~= lock then
+  -- the lock, and the deduplication id a finished job releases (one read, as before)
+  local held = redis.call('HMGET', key, 'lk', 'dd')
+  if held[1] ~= lock then
     statuses[#statuses + 1] = 0
   else
+    if kind ~= 'r' and held[2] then release_dedup(held[2], id) end
     statuses[#statuses + 1] = 1
     finished[#finished + 1] = id
     if kind == 'c' then

@@ -7,6 +7,7 @@ local id = ARGV[4]
 local key = JOB .. id
 if redis.call('EXISTS', key) == 0 then return 0 end
 if redis.call('ZSCORE', K_ACTIVE, id) then return -1 end
+release_dedup(redis.call('HGET', key, 'dd'), id)
 redis.call('ZREM', K_WAIT, id)
 redis.call('ZREM', K_DELAYED, id)
 redis.call('ZREM', K_COMPLETED, id)

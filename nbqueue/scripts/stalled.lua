@@ -18,6 +18,7 @@ for _, id in ipairs(expired) do
     if count > max_stalled then
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
         'fr', 'job stalled more than allowable limit')
+      release_dedup(redis.call('HGET', key, 'dd'), id)
       redis.call('HINCRBY', key, 'atm', 1)
       failed[#failed + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id

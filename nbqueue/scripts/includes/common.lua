@@ -2,7 +2,7 @@
 -- KEYS[1] is the queue's key prefix "nbq:{q}:" (it carries the hash tag, so a cluster
 -- routes the call to the queue's slot); the keys are built from it, which keeps every call
 -- small (one key instead of twelve to send and convert):
---   wait (ZSET, score = priority * 2^40 + seq)   active (ZSET, score = lock expiry ms)
+--   wait (ZSET, score = priority * 2^40 + seq; - seq for a lifo job)   active (ZSET, score = lock expiry ms)
 --   delayed (ZSET, score = due_ms * 4096 + seq % 4096)  completed / failed (ZSET, finish ms)
 --   meta (HASH)  ctr (id/sequence counter)  events (STREAM)  marker (LIST that idle workers
 --   block on)  limiter  stalled-check (guard)  stats (HASH of running totals)
@@ -95,7 +95,8 @@ local function zrem_many(key, ids)
   end
 end
 
--- Requeue ids into wait with fresh sequence numbers (behind their level), marking them waiting.
+-- Requeue ids into wait with fresh sequence numbers (behind their level, or in front of it
+-- for lifo jobs), marking them waiting.
 local function requeue(ids)
   if #ids == 0 then return end
   local last = redis.call('INCRBY', K_CTR, #ids)
@@ -103,9 +104,12 @@ local function requeue(ids)
   local zargs = {}
   for i = 1, #ids do
     local key = JOB .. ids[i]
-    local prio = redis.call('HGET', key, 'prio') or '3'
+    -- a lifo job (add(..., lifo=True)) goes to the front of its level instead
+    local f = redis.call('HMGET', key, 'prio', 'lifo')
     redis.call('HSET', key, 'state', 'waiting')
-    zargs[#zargs + 1] = wait_score(prio, first + i)
+    local seq = first + i
+    if f[2] == '1' then seq = -seq end
+    zargs[#zargs + 1] = wait_score(f[1] or '3', seq)
     zargs[#zargs + 1] = ids[i]
   end
   for i = 1, #zargs, 1000 do
@@ -136,5 +140,15 @@ local function trim_finished(key, keep, max_age, total, added)
       delete_jobs(old)
       zrem_many(key, old)
     end
+  end
+end
+
+-- A job that finished (or was removed) releases its deduplication key, when that key has no
+-- ttl (it held "until the job finishes") and still points to it. `dd` = the job's dd field.
+local function release_dedup(dd, id)
+  if not dd or dd == '' then return end
+  local dkey = BASE .. 'de:' .. dd
+  if redis.call('GET', dkey) == id and redis.call('PTTL', dkey) == -1 then
+    redis.call('DEL', dkey)
   end
 end

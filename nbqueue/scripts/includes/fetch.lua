@@ -1,5 +1,6 @@
 -- The fetch step (BullMQ's moveToActive), shared by fetch.lua and finish.lua.
--- Promotes due delayed jobs, honours pause and the global rate limit, pops up to `want`
+-- Promotes due delayed jobs, honours pause, the global rate limit and the global concurrency
+-- limit (meta field gc), pops up to `want`
 -- jobs in priority order, locks them for this worker, and returns them.
 -- Returns {next_delay_ms, limit_ttl_ms, id, lock, name, data, opts, attempts_made, ts,
 --          prio, progress, stalled_count, (10 fields per job)...}
@@ -24,9 +25,16 @@ end
 local function fetch_jobs(want, token, lock_ms)
   local next_due = promote_delayed()
   local reply = {-1, 0}
-  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'rl_dur')
+  local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'rl_dur', 'gc')
   if meta[1] == '1' then want = 0 end
   local rl_max = tonumber(meta[2])
+  -- Global concurrency (Queue.set_global_concurrency): at most gc jobs active in the queue,
+  -- whichever workers hold them. Only looked at when set.
+  local gc = tonumber(meta[4])
+  if want > 0 and gc then
+    local running = redis.call('ZCARD', K_ACTIVE)
+    want = math.max(0, math.min(want, gc - running))
+  end
   if want > 0 and rl_max then
     local used = tonumber(redis.call('GET', K_LIMITER) or '0')
     if used >= rl_max then
@@ -68,7 +76,8 @@ local function fetch_jobs(want, token, lock_ms)
       end
     end
     -- Fewer than asked means nothing is left; all asked for, then look.
-    if #popped / 2 == want and redis.call('ZCARD', K_WAIT) > 0 then
+    if #popped / 2 == want and redis.call('ZCARD', K_WAIT) > 0
+        and not (gc and redis.call('ZCARD', K_ACTIVE) >= gc) then
       emit('active', ids)
       -- More wait: wake another blocked worker (a marker already there will do).
       if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
@@ -77,6 +86,12 @@ local function fetch_jobs(want, token, lock_ms)
       -- (parse_events splits it).
       emit('active', ids, {'also', 'drained'})
     end
+  end
+  -- With a global limit, a slot this call leaves free (a finish) must wake another worker:
+  -- one blocked while the limit was reached waits on the marker, not on a timer.
+  if gc and #ids == 0 and reply[2] == 0 and redis.call('ZCARD', K_ACTIVE) < gc and redis.call('ZCARD', K_WAIT) > 0
+      and meta[1] ~= '1' then
+    push_marker()
   end
   if next_due then reply[1] = math.max(0, next_due - NOW) end
   return reply
