@@ -1,4 +1,4 @@
-"""The ``nbqueue`` command: worker, stats, demo, server, metrics."""
+"""The ``nbqueue`` command: worker, stats, workers, demo, server, metrics."""
 
 from __future__ import annotations
 
@@ -37,11 +37,14 @@ def _load_processor(spec: str) -> Any:
     return fn
 
 
-def discover_queues(client: Any, prefix: str = "nbq") -> list[str]:
-    """Names of the queues present in Redis (every queue that ever had a job has a counter)."""
+def discover_queues(client: Any, prefix: str = "nbq", workers: bool = False) -> list[str]:
+    """Names of the queues present in Redis (every queue that ever had a job has a counter;
+    with ``workers=True`` also those with a worker registry)."""
     names = set()
-    for key in client.scan_iter(match=f"{prefix}:{{*}}:ctr", count=1000):
-        names.add(key[len(prefix) + 2:key.rindex("}")])
+    suffixes = ("ctr", "workers") if workers else ("ctr",)
+    for suffix in suffixes:
+        for key in client.scan_iter(match=f"{prefix}:{{*}}:{suffix}", count=1000):
+            names.add(key[len(prefix) + 2:key.rindex("}")])
     return sorted(names)
 
 
@@ -83,6 +86,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
     names = args.queue or discover_queues(conn.sync())
     rows = [Queue(n, conn).get_metrics().to_dict() for n in names]
     print(format_table(rows, METRIC_COLUMNS) if rows else "no queues")
+    return 0
+
+
+WORKER_COLUMNS = ("queue", "id", "host", "pid", "mode", "concurrency", "active", "started",
+                  "heartbeat")
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """The registered workers of the queues (every process and host), one line each."""
+    import datetime as dt
+
+    from .connection import connect
+    from .queue import Queue
+
+    conn = connect(args.url)
+    client = conn.sync()
+    names = args.queue or discover_queues(client, workers=True)
+    t = client.time()
+    now = int(t[0]) * 1000 + int(t[1]) // 1000
+    rows = []
+    for name in names:
+        for w in Queue(name, conn).get_workers():
+            started = dt.datetime.fromtimestamp(w.started_at / 1000, dt.timezone.utc)
+            rows.append({"queue": name, **{k: getattr(w, k) for k in (
+                "id", "host", "pid", "mode", "concurrency", "active")},
+                "started": started.strftime("%Y-%m-%d %H:%M:%SZ"),
+                "heartbeat": f"{max(0, now - w.last_heartbeat) / 1000:.1f}s ago"})
+    print(format_table(rows, WORKER_COLUMNS) if rows else "no workers")
     return 0
 
 
@@ -136,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="print queue metrics")
     s.add_argument("queue", nargs="*")
     s.set_defaults(func=cmd_stats)
+
+    wk = sub.add_parser("workers", help="list the workers registered for queues (any host); "
+                        "a worker drops out when it misses heartbeats for its ttl")
+    wk.add_argument("queue", nargs="*")
+    wk.set_defaults(func=cmd_workers)
 
     d = sub.add_parser("demo", help="a short end-to-end run on the embedded default Redis")
     d.add_argument("--jobs", type=int, default=12)

@@ -13,6 +13,8 @@ gives an empty frame with the same columns and dtypes.
     failed_reason, error_type (str or None), returnvalue, data (the JSON values, objects).
 ``history_frame`` (index ``minute``, ``datetime64[ns, UTC]``, oldest first):
     queue (str), completed, failed, finished (int64; finished = completed + failed).
+``workers_frame`` (index ``id``): queue, host, mode (str), pid, concurrency, active (int64),
+    started_at, last_heartbeat (``datetime64[ns, UTC]``).
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from .errors import NbqueueError
-from .types import JobState, QueueMetrics
+from .types import JobState, QueueMetrics, WorkerInfo
 
 if TYPE_CHECKING:
     from .job import JobBase
 
-__all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS", "export", "history_frame",
-           "jobs_frame", "metrics_frame"]
+__all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS", "WORKER_COLUMNS", "export",
+           "history_frame", "jobs_frame", "metrics_frame", "workers_frame"]
 
 METRICS_COLUMNS: tuple[str, ...] = ("waiting", "active", "completed", "failed", "delayed",
                                     "paused", "total")
@@ -115,6 +117,29 @@ def history_frame(queue_name: str,
         "finished": completed + failed,
     }, columns=list(HISTORY_COLUMNS))
     df.index = pd.DatetimeIndex(_utc([m for m, _, _ in rows]), name="minute")
+    return df
+
+
+WORKER_COLUMNS: tuple[str, ...] = ("queue", "host", "pid", "mode", "concurrency", "active",
+                                   "started_at", "last_heartbeat")
+
+
+def workers_frame(workers: Iterable[tuple[str, WorkerInfo]]) -> pd.DataFrame:
+    """One row per registered worker, indexed by worker ``id``: queue, host, mode (str),
+    pid, concurrency, active (int64), started_at, last_heartbeat (``datetime64[ns, UTC]``).
+    Takes (queue name, ``WorkerInfo``) pairs."""
+    rows = list(workers)
+    df = pd.DataFrame({
+        "queue": pd.Series([q for q, _ in rows], dtype=object),
+        "host": pd.Series([w.host for _, w in rows], dtype=object),
+        "pid": pd.Series([w.pid for _, w in rows], dtype="int64"),
+        "mode": pd.Series([w.mode for _, w in rows], dtype=object),
+        "concurrency": pd.Series([w.concurrency for _, w in rows], dtype="int64"),
+        "active": pd.Series([w.active for _, w in rows], dtype="int64"),
+        "started_at": _utc([w.started_at for _, w in rows]),
+        "last_heartbeat": _utc([w.last_heartbeat for _, w in rows]),
+    }, columns=list(WORKER_COLUMNS))
+    df.index = pd.Index([w.id for _, w in rows], name="id", dtype=object)
     return df
 
 

@@ -527,3 +527,88 @@ def test_plain_add_arguments_are_unchanged(q):
     """No option used: the extension argument is empty and the add is the plain one."""
     args, _ = q._ops.prepare({"type": "t"}, {})
     assert len(args) == 7 and args[-1] == ""
+
+
+# -- %nbqueue and the CLI -----------------------------------------------------------------------
+@pytest.fixture
+def ip(r):
+    from IPython.core.getipython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = get_ipython() or start_ipython()
+    shell.run_line_magic("load_ext", "nbqueue")
+    nbqueue.queue_manager.close()
+    try:
+        yield shell
+    finally:
+        nbqueue.queue_manager.close()
+
+
+def test_magics_promote_priority_workers(ip, r):
+    import pandas as pd
+
+    q = nbqueue.queue_manager.get_queue("mctl")
+    d = q.add({"type": "t"}, delay=3_600_000)
+    w = q.add({"type": "t"})
+    ip.run_line_magic("nbqueue", f"priority mctl {d.id} high")
+    ip.run_line_magic("nbqueue", f"promote mctl {d.id}")
+    st = q.get_job_status(d.id)
+    assert (st.state, st.priority) == (JobState.WAITING, 2)
+    ip.run_line_magic("nbqueue", f"priority mctl {w.id} 1 --lifo")
+    assert _take(q) == [w.id, d.id]
+    q._run(q._ops.heartbeat("wk-1", 60_000, {"host": "h", "pid": 7, "mode": "asyncio",
+                                             "concurrency": 3}, 1))
+    frame = ip.run_line_magic("nbqueue", "workers mctl")
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.index) == ["wk-1"]
+    assert frame.loc["wk-1", "mode"] == "asyncio" and frame.loc["wk-1", "active"] == 1
+    assert str(frame["last_heartbeat"].dtype) == "datetime64[ns, UTC]"
+    everywhere = ip.run_line_magic("nbqueue", "workers")  # queues found in Redis
+    assert list(everywhere.index) == ["wk-1"] and everywhere.loc["wk-1", "queue"] == "mctl"
+    assert ip.run_line_magic("nbqueue", "workers nobody").empty
+
+
+@pytest.mark.parametrize("line, match", [
+    ("promote mctl", "job_id"),
+    ("promote mctl 999", "not found"),
+    ("promote mctl W", "not delayed"),
+    ("priority mctl W", "priority"),
+    ("priority mctl W urgent", "unknown priority"),
+    ("priority mctl W 9", "between 1"),
+    ("priority mctl A 1", "active"),
+])
+def test_magics_control_bad_usage(ip, line, match):
+    from IPython.core.error import UsageError
+
+    q = nbqueue.queue_manager.get_queue("mctl")
+    a = q.add({"type": "t"})
+    assert _take(q) == [a.id]
+    w = q.add({"type": "t"})
+    line = line.replace(" W", f" {w.id}").replace(" A ", f" {a.id} ")
+    with pytest.raises(UsageError, match=match) as info:
+        ip.run_line_magic("nbqueue", line)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_workers(conn, redis_url):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nbqueue", "--url", redis_url, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    assert cli("workers").stdout.strip() == "no workers"
+    q = Queue("cliw", conn)
+    q._run(q._ops.heartbeat("wk-cli", 60_000, {"host": "hostA", "pid": 42, "mode": "thread",
+                                               "concurrency": 5}, 2))
+    Queue("other", conn).add({"type": "t"})
+    for args in (("workers",), ("workers", "cliw")):
+        res = cli(*args)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert lines[0].split() == ["queue", "id", "host", "pid", "mode", "concurrency",
+                                    "active", "started", "heartbeat"]
+        row = next(ln for ln in lines if ln.startswith("cliw")).split()
+        assert row[1:7] == ["wk-cli", "hostA", "42", "thread", "5", "2"]
+    assert cli("workers", "other").stdout.strip() == "no workers"

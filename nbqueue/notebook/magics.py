@@ -20,7 +20,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import HTML, display
 
 from ..durations import to_ms
-from ..errors import InvalidOptionError, UnknownQueueError
+from ..errors import InvalidOptionError, JobNotFoundError, JobStateError, UnknownQueueError
 from ..types import JobState
 
 __all__ = ["JobBatch", "NbqueueMagics"]
@@ -161,6 +161,17 @@ def _nbqueue_parser() -> _Parser:
     for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue"),
                            ("retry", "move failed jobs back to wait")):
         sub.add_parser(name, help=helptext).add_argument("queue")
+    s = sub.add_parser("promote", help="run a delayed job now")
+    s.add_argument("queue")
+    s.add_argument("job_id")
+    s = sub.add_parser("priority", help="change the priority of a waiting or delayed job")
+    s.add_argument("queue")
+    s.add_argument("job_id")
+    s.add_argument("priority", help="critical|high|normal|low|background or 1..5")
+    s.add_argument("--lifo", action="store_true", help="to the front of its new level")
+    s = sub.add_parser("workers", help="registered workers (any process or host) as a "
+                                       "DataFrame")
+    s.add_argument("queues", nargs="*")
     s = sub.add_parser("drain", help="remove waiting jobs")
     s.add_argument("queue")
     s.add_argument("--delayed", action="store_true", help="delayed jobs too")
@@ -263,6 +274,9 @@ class NbqueueMagics(Magics):
                                     [--processor FUNC] [--allow-code]
         %nbqueue worker stop QUEUE | worker list
         %nbqueue pause|resume|retry QUEUE
+        %nbqueue promote QUEUE JOB_ID              run a delayed job now
+        %nbqueue priority QUEUE JOB_ID PRIORITY [--lifo]   re-prioritise a waiting/delayed job
+        %nbqueue workers [QUEUE ...]    registered workers of any process/host (DataFrame)
         %nbqueue drain QUEUE [--delayed]
         %nbqueue clean QUEUE [--state completed|failed] [--grace 1h] [--limit N]
         """
@@ -275,7 +289,8 @@ class NbqueueMagics(Magics):
             raise UsageError(f"%nbqueue: {exc}") from None
         try:
             return getattr(self, f"_cmd_{args.command}")(args)
-        except (InvalidOptionError, UnknownQueueError) as exc:
+        except (InvalidOptionError, UnknownQueueError, JobStateError,
+                JobNotFoundError) as exc:
             raise _usage(exc) from None
 
     # -- %nbqueue subcommands -----------------------------------------------------------
@@ -345,6 +360,30 @@ class NbqueueMagics(Magics):
         return n
 
     _cmd_pause = _cmd_resume = _cmd_retry = _simple
+
+    def _cmd_promote(self, args: argparse.Namespace) -> Any:
+        _manager().get_queue(args.queue).promote(args.job_id)
+        print(f"promoted job {args.job_id} of {args.queue!r}: it waits no longer")
+
+    def _cmd_priority(self, args: argparse.Namespace) -> Any:
+        from ..options import parse_priority
+
+        prio = parse_priority(args.priority)
+        _manager().get_queue(args.queue).change_priority(args.job_id, prio, args.lifo)
+        print(f"job {args.job_id} of {args.queue!r} now has priority {prio}")
+
+    def _cmd_workers(self, args: argparse.Namespace) -> Any:
+        from ..frames import workers_frame
+
+        m = _manager()
+        names = list(args.queues)
+        if not names:
+            from ..cli import discover_queues
+
+            names = sorted(set(m.queues) | set(discover_queues(
+                m.connection.sync(), m.prefix, workers=True)))
+        return workers_frame([(name, w) for name in names
+                              for w in m.get_queue(name).get_workers()])
 
     def _cmd_drain(self, args: argparse.Namespace) -> Any:
         n = _manager().get_queue(args.queue).drain(args.delayed)

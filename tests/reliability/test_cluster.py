@@ -222,3 +222,47 @@ def test_cluster_recurring_jobs(cluster_url):
             nbqueue.remove_scheduler(q, "t")
     finally:
         w.stop()
+
+
+def test_cluster_global_concurrency_and_deduplication(cluster_url):
+    """Issue 13 on a 3-master cluster: the global limit holds for two workers, dedup keys,
+    promote and priority changes live in the queue's slot."""
+    conn = nbqueue.connect(cluster_url)
+    q = Queue("cq-ctl", conn, global_concurrency=2)
+    lock = threading.Lock()
+    running = [0, 0]
+
+    def work(job):  # type: ignore[no-untyped-def]
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        time.sleep(0.03)
+        with lock:
+            running[0] -= 1
+        return job.data["payload"]
+
+    # deduplication: throttle, until-finished, debounce (delayed + extend + replace)
+    first = q.add({"type": "d", "payload": 1}, deduplication={"id": "k", "ttl": 60_000})
+    assert q.add({"type": "d", "payload": 2}, deduplication={"id": "k", "ttl": 60_000}).id \
+        == first.id
+    assert q.get_deduplication_job_id("k") == first.id
+    once = q.add({"type": "d", "payload": 3}, deduplication={"id": "once"})
+    deb = {"id": "deb", "ttl": 60_000, "extend": True, "replace": True}
+    slow = q.add({"type": "d", "payload": "a"}, delay=60_000, deduplication=deb)
+    assert q.add({"type": "d", "payload": "b"}, delay=60_000, deduplication=deb).id == slow.id
+    slow.change_priority(1)
+    slow.promote()
+    lifo = q.add({"type": "d", "payload": "lifo"}, lifo=True)
+    q.add_bulk([{"type": "p", "payload": i} for i in range(20)])
+    workers = [Worker("cq-ctl", work, conn, concurrency=4).start() for _ in range(2)]
+    try:
+        assert slow.result(timeout=30) == "b"
+        assert once.result(timeout=30) == 3
+        assert lifo.result(timeout=30) == "lifo"
+        assert wait_until(lambda: q.get_metrics().completed == 24, 60), q.get_metrics()
+        assert q.get_deduplication_job_id("once") is None  # released when it finished
+        assert q.add({"type": "d"}, deduplication={"id": "once"}).id != once.id
+    finally:
+        for w in workers:
+            w.stop()
+    assert running[1] == 2
