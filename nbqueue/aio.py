@@ -35,7 +35,10 @@ class Job(JobBase):
     promote = async_method(JobBase._promote)
     change_priority = async_method(JobBase._change_priority)
     update_data = async_method(JobBase._update_data)
+    cancel = async_method(JobBase._cancel)
+    get_logs = async_method(JobBase._get_logs)
     _update_progress_now = async_method(JobBase._update_progress)
+    _log_now = async_method(JobBase._log)
 
     async def _run(self, op: Op[Any]) -> Any:
         return await self.queue._run(op)
@@ -45,6 +48,13 @@ class Job(JobBase):
         if self._sink is not None:
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
+
+    def log(self, message: Any) -> Any:
+        """Append a line to the job's log; returns an awaitable (inside a worker the line
+        is batched and awaiting is optional)."""
+        if self._sink is not None:
+            return self._in_worker_log(message)
+        return self._log_now(message)
 
 
 class Queue(QueueBase):
@@ -82,6 +92,8 @@ class Queue(QueueBase):
     retry_failed = async_method(QueueBase._retry_failed)
     remove = async_method(QueueBase._remove)
     obliterate = async_method(QueueBase._obliterate)
+    cancel = async_method(QueueBase._cancel)
+    get_job_logs = async_method(QueueBase._get_job_logs)
     read_events = async_method(QueueBase._read_events)
     promote = async_method(QueueBase._promote)
     change_priority = async_method(QueueBase._change_priority)

@@ -40,13 +40,29 @@ class JobStateError(NbqueueError, ValueError):
 
 
 class JobFailedError(NbqueueError):
-    """Raised by ``job.result()`` when the job ended failed; carries the reason."""
+    """Raised by ``job.result()`` when the job ended failed; carries the reason.
 
-    def __init__(self, job_id: str, reason: str | None, error_type: str | None = None) -> None:
-        super().__init__(f"job {job_id} failed: {reason}")
+    ``remote_traceback`` is the traceback of the job's last failed attempt, as the worker
+    recorded it (None if there was none, e.g. a stall); ``str(error)`` ends with it, so a
+    notebook cell that raises this error shows where the processor failed."""
+
+    def __init__(self, job_id: str, reason: str | None, error_type: str | None = None,
+                 remote_traceback: str | None = None) -> None:
+        message = f"job {job_id} failed: {reason}"
+        if remote_traceback:
+            message += ("\n\nThe processor's traceback, from the worker:\n"
+                        + remote_traceback.rstrip("\n"))
+        super().__init__(message)
         self.job_id = job_id
         self.reason = reason
         self.error_type = error_type
+        self.remote_traceback = remote_traceback
+
+
+class JobCancelledError(NbqueueError):
+    """Raised inside a processor by ``job.raise_if_cancelled()`` once the job's cancel was
+    requested (``job.cancel()``, ``Queue.cancel(id)``...); the attempt then ends failed with
+    error type ``cancelled``, without retry."""
 
 
 class LockLostError(NbqueueError):

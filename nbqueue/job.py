@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,9 +17,12 @@ if TYPE_CHECKING:
 
 
 class ProgressSink(Protocol):
-    """The worker engine: collects progress reports of the jobs it runs (thread-safe)."""
+    """The worker engine: collects progress reports and log lines of the jobs it runs
+    (thread-safe)."""
 
     def report_progress(self, job: JobBase, value: Any) -> None: ...
+
+    def report_log(self, job_id: str, line: str) -> None: ...
 
 
 class _Done:
@@ -40,6 +44,8 @@ class JobBase:
         self.queue = queue
         self._record = record
         self._sink = sink
+        # set by the worker when this job's cancel is requested (job.cancelled)
+        self._cancel_requested = threading.Event() if sink is not None else None
 
     # -- attributes ------------------------------------------------------------------
     @property
@@ -103,6 +109,31 @@ class JobBase:
     def finished_on(self) -> int | None:
         return self._record.finished_on
 
+    @property
+    def error_type(self) -> str | None:
+        return self._record.error_type
+
+    @property
+    def stacktrace(self) -> list[str]:
+        """One traceback per failed attempt (truncated, newest frames kept), newest last."""
+        return self._record.stacktrace
+
+    # -- cancel, seen from inside a processor -------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """True once this job's cancel was requested (inside a worker). Long-running
+        thread-mode processors check it (or call ``raise_if_cancelled()``) to stop early:
+        a thread cannot be stopped from outside. Outside a worker: always False."""
+        return self._cancel_requested is not None and self._cancel_requested.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelledError`` if this job's cancel was requested (inside a
+        worker); the attempt then ends failed with error type ``cancelled``."""
+        if self.cancelled:
+            from .errors import JobCancelledError
+
+            raise JobCancelledError(f"job {self.id} of {self.queue.name!r} was cancelled")
+
     # -- operations (one definition, bound to sync or asyncio below) -------------------
     def _refresh(self) -> Op[JobBase]:
         record = yield from self.queue._ops.get_job(self.id)
@@ -151,6 +182,21 @@ class JobBase:
         yield from self.queue._ops.update_data(self.id, data)
         self._record.data = dict(data)
 
+    def _cancel(self) -> Op[bool]:
+        """Cancel this job (see ``Queue.cancel``)."""
+        return (yield from self.queue._ops.cancel(self.id))
+
+    def _get_logs(self) -> Op[list[str]]:
+        """This job's log lines, oldest first."""
+        return (yield from self.queue._ops.get_logs(self.id))
+
+    def _log(self, message: Any) -> Op[int]:
+        return (yield from self.queue._ops.append_logs({self.id: [str(message)]}))
+
+    def _in_worker_log(self, message: Any) -> _Done:
+        self._sink.report_log(self.id, str(message))  # type: ignore[union-attr]
+        return _Done()
+
     def _update_progress(self, value: Any) -> Op[bool]:
         ok = yield from self.queue._ops.update_progress(self.id, value)
         self._record.progress = value
@@ -197,7 +243,10 @@ class Job(JobBase):
     promote = sync_method(JobBase._promote)
     change_priority = sync_method(JobBase._change_priority)
     update_data = sync_method(JobBase._update_data)
+    cancel = sync_method(JobBase._cancel)
+    get_logs = sync_method(JobBase._get_logs)
     _update_progress_now = sync_method(JobBase._update_progress)
+    _log_now = sync_method(JobBase._log)
 
     def _run(self, op: Op[Any]) -> Any:
         return self.queue._run(op)
@@ -207,3 +256,10 @@ class Job(JobBase):
         if self._sink is not None:
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
+
+    def log(self, message: Any) -> Any:
+        """Append a line to the job's log (inside a worker: batched with the next flush,
+        like progress). Read it with ``get_logs()`` / ``Queue.get_job_logs(id)``."""
+        if self._sink is not None:
+            return self._in_worker_log(message)
+        return self._log_now(message)

@@ -92,6 +92,13 @@ class QueueKeys:
     def worker(self, worker_id: str) -> str:
         """One registered worker's HASH (info, started, hb, active); expires with it."""
         return f"{self.base}worker:{worker_id}"
+    def logs(self, job_id: str) -> str:
+        """A job's log LIST (job.log, captured output); deleted with the job (common.lua)."""
+        return f"{self.base}logs:{job_id}"
+
+    def cancel_list(self, token: str) -> str:
+        """The LIST a worker blocks on for cancel requests of its jobs (cancel.lua)."""
+        return f"{self.base}cancel:{token}"
 
     def minute(self, minute: int) -> str:
         """The per-minute history hash (see finish.lua)."""

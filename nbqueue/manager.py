@@ -249,6 +249,15 @@ class QueueManager:
         """The workers serving ``name`` in any process or host: a list of ``WorkerInfo``."""
         return self.queue(name).get_workers()
 
+    def cancel_job(self, name: str, job_id: str) -> Any:
+        """Cancel a job (see ``Queue.cancel``): True if cancelled or its stop requested,
+        False if it had finished already."""
+        return self.queue(name).cancel(job_id)
+
+    def get_job_logs(self, name: str, job_id: str) -> Any:
+        """The job's log lines (``job.log`` and captured print/logging output)."""
+        return self.queue(name).get_job_logs(job_id)
+
     def metrics_frame(self, names: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per queue (its ``QueueMetrics``), as a DataFrame."""
         from .frames import metrics_frame

@@ -33,10 +33,13 @@ from .records import (
     parse_events,
     parse_fetch,
     parse_job,
+    parse_traces,
 )
 from .types import JobState, QueueMetrics, WorkerInfo
 
 EVENTS_MAXLEN = 10_000
+LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
+LOG_LINE_CHARS = 10_000  # a longer line is cut (its end is kept)
 FINISHED = (JobState.COMPLETED, JobState.FAILED)
 
 
@@ -54,6 +57,7 @@ class Outcome:
     error_type: str = ""
     retry_delay: int = 0
     attempts_made: int | None = None  # None: this attempt counts (job.attempts_made + 1)
+    stacktrace: str = ""  # a failed attempt's traceback ('' = none), kept on the job
 
     @property
     def terminal_failure(self) -> bool:
@@ -367,6 +371,35 @@ class QueueOps:
         text = _wire_text(serialization.dumps(progress, "progress"))
         return bool((yield self.call("progress", job_id, text)))
 
+    # -- logs and cancel ----------------------------------------------------------------
+    def append_logs(self, lines: Mapping[str, Sequence[str]],
+                    cap: int = LOG_CAP_LINES) -> Op[int]:
+        """Append lines to jobs' logs in one call (the newest ``cap`` lines of each are
+        kept; lines of jobs that no longer exist are dropped). Returns jobs written."""
+        args: list[Any] = [cap]
+        for job_id, job_lines in lines.items():
+            args += [str(job_id), len(job_lines), *(_log_line(x) for x in job_lines)]
+        if len(args) == 1:
+            return 0
+        return int((yield self.call("logs", *args)))
+
+    def get_logs(self, job_id: str, start: int = 0, end: int = -1) -> Op[list[str]]:
+        """The job's log lines (oldest first); [] for a job with no log (or none at all)."""
+        return list((yield Call.cmd("LRANGE", self.keys.logs(str(job_id)), start, end)))
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> Op[bool]:
+        """Cancel a job (cancel.lua). True: a waiting/delayed job failed at once, or an
+        active one's worker was told to stop it. False: the job had finished already (a
+        documented no-op). Unknown ids raise ``JobNotFoundError``."""
+        code, state = (yield self.call("cancel", str(job_id), _wire_text(str(reason))))
+        code = int(code)
+        if code == 0:
+            raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
+        if code == -2:
+            raise NbqueueError(f"job {job_id} of {self.name!r} is in state {state!r}, "
+                               "which cancel does not handle")
+        return code > 0
+
     # -- events and results -----------------------------------------------------------
     def last_event_id(self) -> Op[str]:
         r = yield Call.cmd("XREVRANGE", self.keys.events, "+", "-", "COUNT", 1)
@@ -392,13 +425,15 @@ class QueueOps:
         # Read the stream position before the job: a finish after it shows up as an event.
         last = yield from self.last_event_id()
         while True:
-            h = yield Call.cmd("HMGET", self.keys.job(job_id), "state", "rv", "fr", "et", "data")
+            h = yield Call.cmd("HMGET", self.keys.job(job_id), "state", "rv", "fr", "et", "data",
+                               "st")
             if h[4] is None:
                 raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
             if h[0] == "completed":
                 return serialization.loads(h[1])
             if h[0] == "failed":
-                raise JobFailedError(job_id, h[2], h[3])
+                traces = parse_traces(h[5])
+                raise JobFailedError(job_id, h[2], h[3], traces[-1] if traces else None)
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -409,7 +444,8 @@ class QueueOps:
                     # Re-check now and then: the events stream is capped and may have
                     # rolled past our entry under heavy load.
                     break
-                if any(e.job_id == job_id and e.event in ("completed", "failed", "removed")
+                if any(e.job_id == job_id and e.event in ("completed", "failed", "removed",
+                                                          "cancelled")
                        for e in events):
                     break
 
@@ -456,7 +492,8 @@ class QueueOps:
                     else o.job.opts.remove_on_fail)
             atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
             args += [o.job.id, o.job.lock or "", o.kind, _wire_text(o.value),
-                     _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms]
+                     _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms,
+                     _wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield self.call("finish", *args)
         n = len(outcomes)
         return [bool(x) for x in reply[:n]], _parse_fetch_safe(reply[n:])
@@ -522,6 +559,12 @@ def parse_worker(worker_id: str, h: Mapping[str, Any]) -> WorkerInfo | None:
                       mode=str(info.get("mode", "")), concurrency=num(info.get("concurrency")),
                       active=num(h.get("active")), started_at=num(h.get("started")),
                       last_heartbeat=num(h.get("hb")))
+
+def _log_line(line: Any) -> str:
+    text = line if isinstance(line, str) else str(line)
+    if len(text) > LOG_LINE_CHARS:
+        text = f"[{len(text) - LOG_LINE_CHARS} chars cut] " + text[-LOG_LINE_CHARS:]
+    return _wire_text(text)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -139,6 +139,20 @@ class QueueBase:
     def _remove(self, job_id: str) -> Op[bool]:
         return (yield from self._ops.remove(job_id))
 
+    def _cancel(self, job_id: str) -> Op[bool]:
+        """Cancel a job. A waiting or delayed job ends ``failed`` (error type ``cancelled``)
+        at once; an active one is stopped by its worker (asyncio: its task is cancelled;
+        process mode: its child stops it or is replaced; thread mode: cooperatively, see
+        ``job.cancelled``), then ends the same way. Not retried, not dead-lettered; event
+        ``cancelled``. Returns True, or False for a job that had finished already (a
+        no-op); an unknown id raises ``JobNotFoundError``."""
+        return (yield from self._ops.cancel(job_id))
+
+    def _get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> Op[list[str]]:
+        """The job's log lines, oldest first (``job.log`` and the print/logging output its
+        processor wrote); the newest 1000 lines are kept, and the log goes with the job."""
+        return (yield from self._ops.get_logs(job_id, start, end))
+
     def _obliterate(self, force: bool = False) -> Op[int]:
         return (yield from self._ops.obliterate(force))
 
@@ -218,6 +232,8 @@ class Queue(QueueBase):
     retry_failed = sync_method(QueueBase._retry_failed)
     remove = sync_method(QueueBase._remove)
     obliterate = sync_method(QueueBase._obliterate)
+    cancel = sync_method(QueueBase._cancel)
+    get_job_logs = sync_method(QueueBase._get_job_logs)
     read_events = sync_method(QueueBase._read_events)
     promote = sync_method(QueueBase._promote)
     change_priority = sync_method(QueueBase._change_priority)

@@ -46,6 +46,7 @@ class JobRecord:
     stalled_count: int = 0
     delay: int = 0
     lock: str | None = field(default=None, repr=False)
+    stacktrace: list[str] = field(default_factory=list, repr=False)
 
     @property
     def priority(self) -> int:
@@ -59,6 +60,7 @@ class JobRecord:
             returnvalue=self.returnvalue, failed_reason=self.failed_reason,
             timestamp=self.timestamp, priority=self.priority, delay=self.delay,
             error_type=self.error_type, opts=self.opts.public(),
+            stacktrace=list(self.stacktrace),
         )
 
 
@@ -95,7 +97,18 @@ def parse_job(job_id: str, h: dict[str, str], paused: bool = False) -> JobRecord
         stalled_count=_int(h.get("stc")) or 0,
         delay=_int(h.get("delay")) or 0,
         lock=h.get("lk") or None,
+        stacktrace=parse_traces(h.get("st")),
     )
+
+
+def parse_traces(value: str | None) -> list[str]:
+    """The job's ``st`` field (finish.lua): a JSON list of traceback strings."""
+    if not value:
+        return []
+    parsed = _json(value, [])
+    if isinstance(parsed, list):
+        return [str(t) for t in parsed]
+    return [str(parsed)]
 
 
 FETCH_STRIDE = 10

@@ -5,7 +5,11 @@ Nothing nbqueue reads from Redis is ever unpickled: data and results are JSON on
 
 from __future__ import annotations
 
+import datetime as _datetime
 import json
+import math
+import sys
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -20,35 +24,150 @@ class LargePayloadWarning(UserWarning):
     """Job data above 100 KB: store a reference (an id, a path) instead of the data."""
 
 
-def _find_unserialisable(obj: Any, path: str) -> tuple[str, str] | None:
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            here = f"{path}[{k!r}]"
-            if not isinstance(k, str):
-                return here, f"key of type {type(k).__name__} (JSON keys must be str)"
-            found = _find_unserialisable(v, here)
-            if found:
-                return found
-        return None
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            found = _find_unserialisable(v, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return None
-    return path, f"value of type {type(obj).__name__}"
+# -- the conversion table (README "Values a notebook passes") ------------------------------
+# numpy bool/integer/floating scalars -> bool/int/float; numpy arrays, pandas Series and
+# Index -> lists; datetime, date, pd.Timestamp -> ISO 8601 (offset kept); NaN, +-inf, NaT,
+# pd.NA -> null; uuid.UUID -> str. Everything else: TypeError naming key, type and fix.
+# Plain data never meets this code: the C encoder's fast path runs first and the table is
+# only applied when it fails (the ``default`` hook below handles the common scalar cases
+# inside the fast path without a second pass).
+
+_FIX = ("convert it to a JSON type (str, int, float, bool, None, list, dict) first; "
+        "see the README's table of the values nbqueue converts")
+_FIXES = {
+    "set": "pass a list (sorted(...)) instead",
+    "frozenset": "pass a list (sorted(...)) instead",
+    "bytes": "decode it (value.decode()) or pass it base64-encoded",
+    "bytearray": "decode it or pass it base64-encoded",
+    "Decimal": "pass float(value) or str(value)",
+    "complex": "pass [value.real, value.imag]",
+    "Timedelta": "pass value.total_seconds()",
+    "timedelta": "pass value.total_seconds()",
+}
+
+
+class _Refused(TypeError):
+    """A value outside the table (raised by the converter; the walk names the key)."""
+
+
+def _is_dataframe(obj: Any) -> bool:
+    t = type(obj)
+    return t.__name__ == "DataFrame" and t.__module__.startswith("pandas")
+
+
+def _dataframe_message(where: str) -> str:
+    return (f"{where} is a pandas DataFrame, which is not job data: split it into jobs "
+            "with Queue.map(df, chunksize=...) (or queue_manager.map), or pass its rows "
+            'as df.to_dict("records")')
+
+
+def _convert_one(obj: Any) -> Any:
+    """The table for one non-JSON value: its JSON stand-in, or ``_Refused``."""
+    if isinstance(obj, _datetime.datetime):  # pd.Timestamp is a datetime too
+        if obj != obj:  # pd.NaT is a datetime that compares unequal to itself
+            return None
+        return obj.isoformat()
+    if isinstance(obj, _datetime.date):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(obj, (np.bool_, np.integer, np.floating)):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(obj, (pd.Series, pd.Index)):
+            return obj.tolist()
+        if obj is pd.NA or obj is pd.NaT:
+            return None
+    raise _Refused(type(obj).__name__)
+
+
+def _default(obj: Any) -> Any:
+    # The C encoder's hook: converts what the table covers, refuses the rest (the slow
+    # walk then names the key).
+    if _is_dataframe(obj):
+        raise _Refused("DataFrame")
+    return _convert_one(obj)
+
+
+def _type_error(what: str, where: str, obj: Any) -> TypeError:
+    if _is_dataframe(obj):
+        return TypeError(f"{what}: {_dataframe_message(where)}")
+    tname = type(obj).__name__
+    qual = f"{type(obj).__module__}.{tname}" if type(obj).__module__ != "builtins" else tname
+    fix = _FIXES.get(tname, _FIX)
+    return TypeError(f"{what} must be JSON-serialisable: {where} has type {qual}; {fix}")
+
+
+def convert(value: Any, what: str = "job data", root: str = "data",
+            strict: bool = True) -> Any:
+    """``value`` with the table applied everywhere (a new structure; ``value`` is not
+    changed), or ``TypeError`` naming the first key that cannot be stored, its type and
+    the fix. ``strict`` also refuses non-str dict keys (json would turn them into strings,
+    so the data read back would differ)."""
+    seen: set[int] = set()
+
+    def walk(obj: Any, where: str) -> Any:
+        t = type(obj)
+        if obj is None or t is str or t is bool or t is int:
+            return obj
+        if t is float or isinstance(obj, float):
+            f = float(obj)
+            return f if math.isfinite(f) else None
+        if isinstance(obj, str):  # np.str_, StrEnum...
+            return str(obj)
+        if isinstance(obj, int):  # IntEnum... (numpy integers are not ints: table below)
+            return int(obj)
+        if isinstance(obj, Mapping):
+            if id(obj) in seen:
+                raise TypeError(f"{what} must be JSON-serialisable: {where} contains itself")
+            seen.add(id(obj))
+            out: dict[str, Any] = {}
+            for k, v in obj.items():
+                here = f"{where}[{k!r}]"
+                if type(k) is not str:
+                    if strict or (not isinstance(k, (str, int, float, bool)) and k is not None):
+                        raise TypeError(
+                            f"{what} must be JSON-serialisable: {here} has a key of type "
+                            f"{type(k).__name__} (JSON keys must be str); use str keys")
+                    k = _encode(k) if not isinstance(k, str) else str(k)
+                out[k] = walk(v, here)
+            seen.discard(id(obj))
+            return out
+        if isinstance(obj, (list, tuple)):
+            if id(obj) in seen:
+                raise TypeError(f"{what} must be JSON-serialisable: {where} contains itself")
+            seen.add(id(obj))
+            items = [walk(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+            seen.discard(id(obj))
+            return items
+        if _is_dataframe(obj):
+            raise _type_error(what, where, obj)
+        try:
+            stand_in = _convert_one(obj)
+        except _Refused:
+            raise _type_error(what, where, obj) from None
+        return walk(stand_in, where)
+
+    try:
+        return walk(value, root)
+    except RecursionError:
+        raise TypeError(f"{what} must be JSON-serialisable: it is nested too deeply") from None
 
 
 # One C encoder made once: json.dumps builds a new one on every call, which is two thirds
 # of the cost of encoding a small job (0.75 vs 2.2 µs). No circular-reference markers:
 # such data fails with RecursionError, caught below like any unencodable value.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_default)
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _C_ENCODE = None if _c_make_encoder is None else _c_make_encoder(
-    None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False,
-    True)
+    None, _default, json.encoder.encode_basestring, None, ":", ",", False, False,
+    False)  # allow_nan=False: NaN/inf take the slow path, which stores them as null
 
 
 def _encode(value: Any) -> str:
@@ -78,7 +197,8 @@ def _str_keys_only(obj: Any) -> bool:
 
 
 def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
-    """Encode ``value`` as JSON or raise ``TypeError`` naming the key that cannot be.
+    """Encode ``value`` as JSON, applying the conversion table, or raise ``TypeError``
+    naming the key that cannot be stored, its type and the fix.
 
     ``strict`` also refuses non-str dict keys (json would turn them into strings, so the
     data read back would differ); results use ``strict=False``."""
@@ -87,17 +207,15 @@ def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
         if not strict or type(value) not in _CONTAINERS or _str_keys_only(value):
             return text
     except (TypeError, ValueError, RecursionError):
-        pass  # fall through to name the offending key
-    bad = _find_unserialisable(value, "data" if what == "job data" else "value")
-    if bad:
-        where, kind = bad
-        raise TypeError(f"{what} must be JSON-serialisable: {where} is a {kind}")
-    return _ENCODER.encode(value)
+        pass  # the slow path: apply the table, or name the offending key
+    return _encode(convert(value, what, "data" if what == "job data" else "value", strict))
 
 
 def encode_data(data: Any, hard_limit: int = DEFAULT_HARD_LIMIT) -> str:
     """Validate and encode job data: a dict of JSON values within the size limits."""
     if type(data) is not dict and not isinstance(data, Mapping):
+        if _is_dataframe(data):
+            raise TypeError(_dataframe_message("job data"))
         raise TypeError(f"job data must be a dict, not {type(data).__name__}")
     text = dumps(data)
     size = len(text.encode("utf-8")) if len(text) * 4 > SOFT_LIMIT else len(text)

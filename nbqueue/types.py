@@ -71,6 +71,8 @@ class JobStatus:
     delay: int = 0
     error_type: str | None = None
     opts: dict[str, Any] = field(default_factory=dict)
+    # one traceback per failed attempt (truncated, newest frames kept), newest last
+    stacktrace: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -118,7 +118,7 @@ def test_add_bulk_with_per_item_options(q):
 
 
 def test_bad_input_is_refused_before_redis(q, r):
-    with pytest.raises(TypeError, match=r"data\['payload'\]\['when'\] is a value of type"):
+    with pytest.raises(TypeError, match=r"data\['payload'\]\['when'\] has type object"):
         q.add({"type": "t", "payload": {"when": object()}})
     with pytest.raises(TypeError, match="must be a dict"):
         q.add(["not", "a", "dict"])

@@ -117,6 +117,10 @@ def _datas(value: Any, job_type: str | None) -> tuple[list[dict[str, Any]], bool
 
     if isinstance(value, Mapping):
         return [one(value)], True
+    if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
+        raise UsageError("%%enqueue: the cell gave a pandas DataFrame: split it into jobs "
+                         "with %%enqueue QUEUE --chunks N (or Queue.map(df, chunksize=N)), "
+                         'or make the cell give df.to_dict("records") (one job per row)')
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise UsageError("%%enqueue: the cell must evaluate to a dict (one job) or an "
                          f"iterable of dicts (bulk), not {type(value).__name__}")

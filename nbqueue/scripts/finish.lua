@@ -3,36 +3,60 @@
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms,
 --   7 '1' = unpark (see fetch.lua), 8 n = number of stat pairs, then n x (field, increment),
---   then 9 per job: id, lock, kind, value, error type, retry delay ms, attempts made,
---   keep count (-1 = all), keep age ms (0 = no age limit).
+--   then 10 per job: id, lock, kind, value, error type, retry delay ms, attempts made,
+--   keep count (-1 = all), keep age ms (0 = no age limit), traceback ('' = none).
 --   kind: c = completed, f = failed (no retry wanted), x = failed (attempts exhausted),
 --         r = retry (to delayed when delay > 0, else back to wait).
+--   A failed attempt's traceback is appended to the job's `st` field (a JSON list, the
+--   newest MAX_TRACES kept). A retry of a job whose cancel was requested (`cx`, see
+--   cancel.lua) fails it instead with error type 'cancelled'; such failures emit
+--   `cancelled` besides `failed` (and the worker does not dead-letter them).
 -- Returns {status per job (1 done, 0 lock lost or job gone)..., <fetch reply>}.
 -- @include common
 -- @include fetch
 local nstats = tonumber(ARGV[8])
 local first_job = 9 + 2 * nstats
+local MAX_TRACES = 10
 local statuses = {}
+local cancelled = {}
+-- Appends a failed attempt's traceback to the job's list (a corrupt list starts afresh).
+local function add_trace(key, trace)
+  if trace == '' then return end
+  local list = {}
+  local old = redis.call('HGET', key, 'st')
+  if old then
+    local ok, v = pcall(cjson.decode, old)
+    if ok and type(v) == 'table' then list = v end
+  end
+  list[#list + 1] = trace
+  while #list > MAX_TRACES do table.remove(list, 1) end
+  redis.call('HSET', key, 'st', cjson.encode(list))
+end
 local done_ids, failed_ids, exhausted, retry_now, retry_later = {}, {}, {}, {}, {}
 local zdone, zfailed, zdelayed, finished = {}, {}, {}, {}
 local c_keep, c_age, f_keep, f_age = -1, 0, -1, 0
-for i = first_job, #ARGV, 9 do
+for i = first_job, #ARGV, 10 do
   local id, lock, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local etype, delay, atm = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
-  local keep, age = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+  local keep, age, trace = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), ARGV[i + 9]
   local key = JOB .. id
-  -- the lock, and the deduplication id a finished job releases (one read, as before)
-  local held = redis.call('HMGET', key, 'lk', 'dd')
+  -- the lock, the deduplication id a finished job releases, and whether its cancel was
+  -- requested (one read, as before)
+  local held = redis.call('HMGET', key, 'lk', 'dd', 'cx')
   if held[1] ~= lock then
     statuses[#statuses + 1] = 0
   else
+    if kind == 'r' and held[3] == '1' then
+      kind, value, etype = 'f', 'cancelled', 'cancelled'
+    end
+    if kind ~= 'c' then add_trace(key, trace) end
     if kind ~= 'r' and held[2] then release_dedup(held[2], id) end
     statuses[#statuses + 1] = 1
     finished[#finished + 1] = id
     if kind == 'c' then
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id
-      if keep == 0 then redis.call('DEL', key)
+      if keep == 0 then redis.call('DEL', key, logs_key(id))
       else zdone[#zdone + 1] = NOW; zdone[#zdone + 1] = id; c_keep = keep; c_age = age end
     elseif kind == 'r' then
       redis.call('HSET', key, 'fr', value, 'et', etype, 'atm', atm, 'lk', '')
@@ -49,7 +73,8 @@ for i = first_job, #ARGV, 9 do
         'atm', atm, 'lk', '')
       failed_ids[#failed_ids + 1] = id
       if kind == 'x' then exhausted[#exhausted + 1] = id end
-      if keep == 0 then redis.call('DEL', key)
+      if etype == 'cancelled' then cancelled[#cancelled + 1] = id end
+      if keep == 0 then redis.call('DEL', key, logs_key(id))
       else zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id; f_keep = keep; f_age = age end
     end
   end
@@ -68,6 +93,7 @@ if #zdone > 0 then trim_finished(K_COMPLETED, c_keep, c_age, done_total, #done_i
 if #zfailed > 0 then trim_finished(K_FAILED, f_keep, f_age, failed_total, #failed_ids) end
 emit('completed', done_ids)
 emit('failed', failed_ids)
+emit('cancelled', cancelled)
 emit('retries-exhausted', exhausted)
 emit('waiting', retry_now)
 emit('delayed', retry_later)

@@ -12,6 +12,6 @@ redis.call('ZREM', K_WAIT, id)
 redis.call('ZREM', K_DELAYED, id)
 redis.call('ZREM', K_COMPLETED, id)
 redis.call('ZREM', K_FAILED, id)
-redis.call('DEL', key)
+redis.call('DEL', key, logs_key(id))
 emit('removed', {id})
 return 1

@@ -19,7 +19,8 @@ while true do
   if #ids == 0 then break end
   zrem_many(K_FAILED, ids)
   for _, id in ipairs(ids) do
-    redis.call('HSET', JOB .. id, 'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '')
+    redis.call('HSET', JOB .. id, 'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '',
+      'cx', '')
   end
   requeue(ids)
   emit('waiting', ids)

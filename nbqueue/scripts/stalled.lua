@@ -3,19 +3,28 @@
 -- At most one sweep per interval runs, whichever worker gets the guard key first.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 max stalled count, 5 interval ms.
+-- A job whose cancel was requested (cancel.lua) fails as 'cancelled' instead (not in the
+-- failed ids: it is not dead-lettered).
 -- Returns {{requeued ids}, {failed ids}}.
 -- @include common
 if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}} end
 local max_stalled = tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT', 0, 1000)
-local back, failed, zfailed = {}, {}, {}
+local back, failed, zfailed, cancelled = {}, {}, {}, {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', K_ACTIVE, id)
   local key = JOB .. id
   if redis.call('EXISTS', key) == 1 then
     local count = redis.call('HINCRBY', key, 'stc', 1)
     redis.call('HSET', key, 'lk', '')
-    if count > max_stalled then
+    local cancel = redis.call('HGET', key, 'cx') == '1'  -- its cancel was requested
+    if cancel then
+      redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'cancelled',
+        'fr', 'cancelled')
+      redis.call('HINCRBY', key, 'atm', 1)
+      cancelled[#cancelled + 1] = id
+      zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
+    elseif count > max_stalled then
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
         'fr', 'job stalled more than allowable limit')
       release_dedup(redis.call('HGET', key, 'dd'), id)
@@ -33,11 +42,13 @@ for _, id in ipairs(expired) do
 end
 if #zfailed > 0 then
   redis.call('ZADD', K_FAILED, unpack(zfailed))
-  redis.call('HINCRBY', K_STATS, 'failed', #failed)
-  redis.call('HINCRBY', K_STATS, 'error:stalled', #failed)
+  redis.call('HINCRBY', K_STATS, 'failed', #failed + #cancelled)
+  if #failed > 0 then redis.call('HINCRBY', K_STATS, 'error:stalled', #failed) end
 end
 emit('stalled', back)
 emit('waiting', back)
 emit('failed', failed, {'reason', 'stalled'})
+emit('failed', cancelled, {'reason', 'cancelled'})
+emit('cancelled', cancelled)
 if #back > 0 then push_marker() end
 return {back, failed}

@@ -65,10 +65,16 @@ local function push_marker()
   if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
 end
 
+-- A job's log (job.log, captured print/logging output) is a LIST beside its hash; it
+-- goes wherever the hash goes.
+local function logs_key(id) return BASE .. 'logs:' .. id end
+
 local function delete_jobs(ids)
-  for i = 1, #ids, 500 do
+  for i = 1, #ids, 250 do
     local chunk = {}
-    for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = JOB .. ids[j] end
+    for j = i, math.min(i + 249, #ids) do
+      chunk[#chunk + 1] = JOB .. ids[j]; chunk[#chunk + 1] = logs_key(ids[j])
+    end
     redis.call('DEL', unpack(chunk))
   end
 end
@@ -79,11 +85,7 @@ local function delete_set(key)
   while true do
     local ids = redis.call('ZRANGE', key, 0, 999)
     if #ids == 0 then return n end
-    for i = 1, #ids, 500 do
-      local chunk = {}
-      for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = JOB .. ids[j] end
-      redis.call('DEL', unpack(chunk))
-    end
+    delete_jobs(ids)
     redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1)
     n = n + #ids
   end

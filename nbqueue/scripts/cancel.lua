@@ -1,0 +1,39 @@
+-- cancel: stop a job. A waiting or delayed job fails at once; an active one is marked
+-- (`cx` = '1') and its worker is told through its cancel list, which the worker blocks on
+-- (BLPOP, no polling): the worker stops the job and finishes it as failed/'cancelled'
+-- (finish.lua; a retry of a marked job becomes that failure too, and so does a stall, see
+-- stalled.lua). Cancelled jobs are not retried and not dead-lettered.
+-- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id, 5 reason.
+-- Returns {code, state}: 1 cancelled now, 2 requested from the worker that runs it,
+--   0 no such job, -1 finished already (a no-op), -2 in a state cancel does not handle.
+-- Worker cancel lists: BASE .. 'cancel:' .. token, where the lock is token .. ':' .. runs.
+-- @include common
+local id, reason = ARGV[4], ARGV[5]
+local key = JOB .. id
+local f = redis.call('HMGET', key, 'state', 'lk', 'data')
+if not f[3] then return {0, ''} end
+local state = f[1] or ''
+if state == 'completed' or state == 'failed' then return {-1, state} end
+if redis.call('ZSCORE', K_ACTIVE, id) then
+  local token = string.match(f[2] or '', '^(.*):%d+$')
+  redis.call('HSET', key, 'cx', '1')
+  if token then
+    local ckey = BASE .. 'cancel:' .. token
+    redis.call('RPUSH', ckey, id)
+    redis.call('PEXPIRE', ckey, 600000)  -- a dead worker's list goes; its job stalls
+  end
+  return {2, 'active'}
+end
+local from
+if redis.call('ZSCORE', K_WAIT, id) then from = K_WAIT
+elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
+else return {-2, state} end
+redis.call('ZREM', from, id)
+redis.call('HSET', key, 'state', 'failed', 'fr', reason, 'et', 'cancelled', 'fon', NOW,
+  'lk', '')
+redis.call('ZADD', K_FAILED, NOW, id)
+redis.call('HINCRBY', K_STATS, 'failed', 1)
+emit('failed', {id}, {'reason', 'cancelled'})
+emit('cancelled', {id})
+return {1, state}

@@ -1,0 +1,146 @@
+"""Values a notebook passes: the README's conversion table, at add time and for return
+values, identical in thread, asyncio and process mode; clear refusals otherwise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbqueue import Queue, Worker, serialization
+
+TS = pd.Timestamp("2024-03-01 12:30:00", tz="Europe/Berlin")
+UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+def _table_values() -> dict:
+    return {
+        "np_int": np.int64(7), "np_i32": np.int32(-3), "np_float": np.float64(2.5),
+        "np_f32": np.float32(0.5), "np_bool": np.bool_(True),
+        "nan": float("nan"), "np_nan": np.float64("nan"), "inf": float("inf"),
+        "ninf": -np.inf, "array": np.array([[1, 2], [3, 4]]),
+        "series": pd.Series([1.5, np.nan, 3.0]), "ts": TS,
+        "naive": dt.datetime(2024, 1, 2, 3, 4, 5),
+        "date": dt.date(2024, 1, 2), "uuid": UID, "nat": pd.NaT, "tuple": (1, np.int8(2)),
+        "sum": pd.Series([1, 2, 3]).sum(), "cell": pd.DataFrame({"a": [4]})["a"].iloc[0],
+    }
+
+
+EXPECTED = {
+    "np_int": 7, "np_i32": -3, "np_float": 2.5, "np_f32": 0.5, "np_bool": True,
+    "nan": None, "np_nan": None, "inf": None, "ninf": None, "array": [[1, 2], [3, 4]],
+    "series": [1.5, None, 3.0], "ts": "2024-03-01T12:30:00+01:00",
+    "naive": "2024-01-02T03:04:05", "date": "2024-01-02", "uuid": str(UID), "nat": None,
+    "tuple": [1, 2], "sum": 6, "cell": 4,
+}
+
+
+def test_table_applies_to_job_data_at_add(conn, r) -> None:
+    q = Queue("vals", conn)
+    job = q.add({"type": "t", "payload": _table_values()})
+    stored = json.loads(r.hget(f"nbq:{{vals}}:job:{job.id}", "data"))
+    assert stored == {"type": "t", "payload": EXPECTED}
+    assert q.get_job(job.id).data["payload"] == EXPECTED
+    # a bulk add converts the same way
+    jobs = q.add_bulk([{"type": "t", "payload": {"v": np.int64(i)}} for i in range(3)])
+    assert [q.get_job(j.id).data["payload"]["v"] for j in jobs] == [0, 1, 2]
+
+
+def test_plain_data_never_takes_the_conversion_path(monkeypatch) -> None:
+    def boom(*a, **k):
+        raise AssertionError("conversion walk used for plain data")
+
+    monkeypatch.setattr(serialization, "convert", boom)
+    text = serialization.encode_data({"type": "t", "payload": {"a": [1, 2.5, "x", None, True]}})
+    assert json.loads(text)["payload"]["a"] == [1, 2.5, "x", None, True]
+    # numpy scalars inside otherwise plain data are handled inside the C encoder's pass too
+    assert serialization.dumps({"v": np.int64(3), "t": TS}) == \
+        '{"v":3,"t":"2024-03-01T12:30:00+01:00"}'
+
+
+@pytest.mark.parametrize("value, kind, fix", [
+    ({1, 2}, "set", "list"),
+    (b"ab", "bytes", "decode"),
+    (decimal.Decimal("1.5"), "decimal.Decimal", "float(value)"),
+    (object(), "object", "JSON type"),
+    (pd.Timedelta("1s"), "Timedelta", "total_seconds"),
+    (1 + 2j, "complex", "real"),
+])
+def test_refusals_name_key_type_and_fix(conn, r, value, kind, fix) -> None:
+    q = Queue("vals", conn)
+    with pytest.raises(TypeError) as err:
+        q.add({"type": "t", "payload": {"rows": [{"x": 1}, {"x": value}]}})
+    msg = str(err.value)
+    assert "data['payload']['rows'][1]['x']" in msg and kind in msg and fix in msg, msg
+    assert r.dbsize() == 0  # nothing reached Redis
+
+
+def test_dataframe_as_data_points_at_map(conn, r) -> None:
+    q = Queue("vals", conn)
+    df = pd.DataFrame({"a": [1, 2]})
+    for data in (df, {"type": "t", "payload": df}):
+        with pytest.raises(TypeError) as err:
+            q.add(data)  # type: ignore[arg-type]
+        assert "Queue.map" in str(err.value) and 'df.to_dict("records")' in str(err.value)
+    with pytest.raises(TypeError, match=r"data\['payload'\] is a pandas DataFrame"):
+        q.add({"type": "t", "payload": df})
+    assert r.dbsize() == 0
+
+
+def test_non_str_keys_refused_in_data_but_results_keep_jsons_rule() -> None:
+    with pytest.raises(TypeError, match=r"data\['p'\]\[1\] has a key of type int"):
+        serialization.dumps({"p": {1: np.int64(2)}})
+    assert serialization.dumps({1: np.int64(2)}, "value", strict=False) == '{"1":2}'
+
+
+def test_self_containing_and_too_deep_data_are_clear_errors() -> None:
+    d: dict = {"a": 1}
+    d["self"] = d
+    with pytest.raises(TypeError, match="contains itself"):
+        serialization.dumps(d)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested too deeply"):
+        serialization.dumps({"d": deep})
+
+
+def _returns_table(job):
+    values = _table_values()
+    values["from_data"] = job.data["payload"]
+    return values
+
+
+async def _returns_table_async(job):
+    return _returns_table(job)
+
+
+@pytest.mark.parametrize("mode", ["thread", "asyncio", "process"])
+def test_return_values_converted_identically_in_every_mode(conn, mode) -> None:
+    q = Queue(f"ret-{mode}", conn)
+    proc = _returns_table_async if mode == "asyncio" else _returns_table
+    with Worker(q.name, proc, conn, mode=mode):
+        job = q.add({"type": "t", "payload": {"n": np.int64(5)}})
+        result = job.result(timeout=60)
+    assert result == {**EXPECTED, "from_data": {"n": 5}}
+    assert not any(isinstance(v, float) and math.isnan(v) for v in result.values())
+
+
+def test_enqueue_magic_with_a_dataframe_points_at_chunks(r) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.getipython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = get_ipython() or start_ipython()
+    ip.run_line_magic("load_ext", "nbqueue")
+    ip.user_ns["frame"] = pd.DataFrame({"a": [1, 2]})
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("enqueue", "vals", "frame")
+    assert "--chunks" in str(err.value) and "Queue.map" in str(err.value)
+    assert r.dbsize() == 0
