@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,9 +44,25 @@ LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
 LOG_LINE_CHARS = 10_000  # a longer line is cut (its end is kept)
 FINISHED = (JobState.COMPLETED, JobState.FAILED)
 
+#: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
+#: Redis busy (every other client waits meanwhile) for more than a few tens of ms.
+BULK_CHUNK_JOBS = 2000
+#: ... and about this many bytes of job data and options per call.
+BULK_CHUNK_BYTES = 2_000_000
+#: How long Redis remembers an add call's idempotency token (ms). It must outlast the
+#: client's whole retry sequence (``connection.SOCKET_TIMEOUT`` x (``RETRIES`` + 1) plus
+#: back-off and connect time, ~2 min); a re-send after that would add the jobs again.
+#: Cost: one key of ~100 bytes per add call (not per job of a bulk) while it lives.
+ADD_TOKEN_TTL_MS = 180_000
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def new_token() -> str:
+    """A fresh idempotency token: 96 random bits (fork-safe: from the OS, not a counter)."""
+    return os.urandom(12).hex()
 
 
 @dataclass
@@ -92,8 +110,10 @@ class QueueOps:
     def __init__(self, name: str, *, prefix: str = DEFAULT_PREFIX,
                  default_job_options: Mapping[str, Any] | JobOptions | None = None,
                  max_payload_bytes: int = serialization.DEFAULT_HARD_LIMIT,
-                 events_maxlen: int = EVENTS_MAXLEN) -> None:
+                 events_maxlen: int = EVENTS_MAXLEN,
+                 add_token_ttl_ms: int = ADD_TOKEN_TTL_MS) -> None:
         self.keys = QueueKeys(name, prefix)
+        self.add_token_ttl_ms = add_token_ttl_ms
         self.name = self.keys.name
         self.defaults = (default_job_options if isinstance(default_job_options, JobOptions)
                          else default_options(default_job_options))
@@ -143,40 +163,77 @@ class QueueOps:
         return jobs[0]
 
     def add_bulk(self, items: Iterable[Any]) -> Op[list[JobRecord]]:
-        """Add many jobs in one script call (one round trip). Items: data or (data, opts)."""
-        args: list[Any] = []
+        """Add many jobs. Items: data or (data, opts).
+
+        One script call (one round trip) per chunk of at most :data:`BULK_CHUNK_JOBS` jobs
+        and about :data:`BULK_CHUNK_BYTES` of arguments, so that no call keeps Redis busy
+        for long whatever the size of the bulk; each chunk is atomic. Every call carries a
+        fresh idempotency token: a call the client re-sends (socket timeout, reconnect)
+        returns the jobs the first one made instead of storing them twice.
+        """
         records: list[JobRecord] = []
-        defaults, ts, prepare = self.defaults, now_ms(), self._prepare_into
+        defaults, prepare = self.defaults, self._prepare_into
+        args: list[Any] = []
+        # Every job is validated and encoded before anything is sent (a bad item raises
+        # with nothing written); chunk boundaries: (first arg, first record) per chunk.
+        bounds = [(0, 0)]
+        first_rec, size = 0, 0
         for item in items:
             if type(item) is tuple:
                 data, opts = item
                 options = merge_options(defaults, opts) if opts else defaults
             else:
                 data, options = item, defaults
-            records.append(prepare(args, data, options, ts))
-        if not records:
-            return []
-        reply = yield self.call("add", *args)
-        seq0 = int(reply[0])
-        for k, record in enumerate(records, 1):
+            before = len(args)
+            records.append(prepare(args, data, options, 0))
+            size += len(args[before + 2]) + len(args[before + 3])
+            if len(records) - first_rec >= BULK_CHUNK_JOBS or size >= BULK_CHUNK_BYTES:
+                first_rec, size = len(records), 0
+                bounds.append((len(args), first_rec))
+        bounds.append((len(args), len(records)))
+        for (a0, r0), (a1, r1) in itertools.pairwise(bounds):
+            if r1 > r0:
+                chunk_args = args if a1 - a0 == len(args) else args[a0:a1]
+                yield from self._add_chunk(chunk_args, records, r0, r1)
+        return records
+
+    def _add_chunk(self, args: list[Any], records: list[JobRecord], first: int,
+                   end: int) -> Op[None]:
+        """Run add.lua for ``records[first:end]`` (their arguments ``args``); fills in ids
+        and the server's timestamp."""
+        reply = yield self.call("add", new_token(), self.add_token_ttl_ms, *args)
+        seq0, ts = int(reply[0]), int(reply[1])
+        chunk = records[first:end]
+        for k, record in enumerate(chunk, 1):
             if not record.id:
                 record.id = str(seq0 + k)
-        if len(reply) > 1:
+            record.timestamp = ts
+        if len(reply) > 2:
             # a re-added job_id (k), or a deduplicated job (-k, then the id of the job it
-            # was deduplicated against): hand back the job as it is, not as we sent it
+            # was deduplicated against): hand back the job as it is, not as we sent it;
+            # -k, '' : job k's key was held by a foreign value and the job was not added
             existing: list[tuple[int, str]] = []
-            rest = iter(reply[1:])
+            taken: list[str] = []
+            rest = iter(reply[2:])
             for k in rest:
                 k = int(k)
                 if k > 0:
-                    existing.append((k - 1, records[k - 1].id))
+                    existing.append((first + k - 1, chunk[k - 1].id))
                 else:
-                    existing.append((-k - 1, _text(next(rest))))
+                    other = _text(next(rest))
+                    if other:
+                        existing.append((first - k - 1, other))
+                    else:
+                        taken.append(chunk[-k - 1].id)
+            if taken:
+                raise NbqueueError(
+                    f"queue {self.name!r}: the key of job id(s) {', '.join(taken)} is held by "
+                    "something that is not an nbqueue job (hand-made, or the id counter was "
+                    "reset); those jobs were not added, the others of the call were")
             found = yield from self.get_jobs_by_id([jid for _, jid in existing])
             for (i, _), rec in zip(existing, found):
                 if rec is not None:
                     records[i] = rec
-        return records
 
     # -- reading -----------------------------------------------------------------------
     def get_jobs_by_id(self, ids: Sequence[str]) -> Op[list[JobRecord | None]]:

@@ -62,7 +62,9 @@ def test_lane_error_reply_raises_and_keeps_the_connection_usable(conn: Connectio
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         q.add({"type": "b"})
     r.delete("nbq:{lane}:wait")
-    assert q.add({"type": "c"}).id == "3"  # same pooled connection, replies in step
+    # same pooled connection, replies in step (the refused add wrote nothing, not even the
+    # id counter: add.lua validates before its first write)
+    assert q.add({"type": "c"}).id == "2"
 
 
 def test_lane_reports_redis_down() -> None:

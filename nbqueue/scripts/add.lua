@@ -1,26 +1,37 @@
 -- add: add one or many jobs atomically; an existing job id is returned, not re-added.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
--- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, then 7 per job:
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 idempotency token of this call ('' =
+--   none), 5 how long the token is remembered (ms), then 7 per job:
 --   id ('' = next counter value), name, data JSON, opts JSON, priority 1..5, delay ms,
 --   ext: '' or a JSON object of the options that need this script's attention:
 --     lifo = 1 (first within its priority level: wait score priority * 2^40 - seq),
 --     dd = [id, ttl ms (0 = until the job finishes), extend 0|1, replace 0|1]
 --       (deduplication: key BASE .. 'de:' .. id holds the id of the job it points to).
--- Returns {s, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which is
--- also its id when it had none; i1, i2... are the jobs whose given id already existed
--- (a short reply: a bulk add of fresh jobs answers with one number); a deduplicated job k
--- appears as the pair -k, <id of the existing job it was deduplicated against>.
+-- Returns {s, t, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which
+-- is also its id when it had none; t is the server time (ms) the jobs were stamped with;
+-- i1, i2... are the jobs whose given id already existed (a short reply: a bulk add of fresh
+-- jobs answers with two numbers); a deduplicated job k appears as the pair -k, <id of the
+-- existing job it was deduplicated against>, and a job whose fresh id's key is held by a
+-- foreign value (hand-made; that job was not added) as the pair -k, ''.
+-- Exactly-once: the reply is kept under add:<token> for ARGV[5] ms; the same call again (a
+-- client re-sending after a socket timeout or a reconnect) gets that reply and writes nothing.
 -- @include common
-local STRIDE = 7
-local n = (#ARGV - 3) / STRIDE
+local TOKEN, TOKEN_KEY = ARGV[4], nil
+if TOKEN ~= '' then
+  TOKEN_KEY = BASE .. 'add:' .. TOKEN
+  local seen = redis.call('GET', TOKEN_KEY)
+  if seen then return cjson.decode(seen) end
+end
+local STRIDE, ARG0 = 7, 5  -- ARG0: the ARGV index before the first job's fields
+local n = (#ARGV - ARG0) / STRIDE
 if n < 1 or n ~= math.floor(n) then
-  return redis.error_reply('ERR nbqueue add: ' .. (#ARGV - 3) .. ' job arguments, not a multiple of 7')
+  return redis.error_reply('ERR nbqueue add: ' .. (#ARGV - ARG0) .. ' job arguments, not a multiple of 7')
 end
 -- Validate every job's extension before the first write (an error after a write would leave
 -- the earlier writes applied). Plain jobs ('') cost one comparison each.
 local exts
 for k = 1, n do
-  local e = ARGV[3 + k * STRIDE]
+  local e = ARGV[ARG0 + k * STRIDE]
   if e ~= '' then
     local ok, x = pcall(cjson.decode, e)
     local dd = ok and type(x) == 'table' and x.dd
@@ -30,14 +41,33 @@ for k = 1, n do
     end
     exts = exts or {}
     exts[k] = x
+    -- the deduplication key is read (GET) after the first write: check its type now
+    if dd then check_types(BASE .. 'de:' .. dd[1], 'string') end
   end
+end
+-- Validation before the first write (see common.lua): the sets the jobs go to. INCRBY,
+-- the first write, checks the counter itself.
+local any_wait, any_delayed = false, false
+for i = ARG0 + 6, #ARGV, STRIDE do
+  if ARGV[i] == '0' then any_wait = true else any_delayed = true end
+end
+if any_wait then check_types(K_WAIT, 'zset') end
+if any_delayed then check_types(K_DELAYED, 'zset') end
+local marker_len
+if n == 1 and ARGV[ARG0 + 1] == '' and not any_delayed and ARGV[ARG0 + 7] == '' then
+  -- A single fresh job due now. A marker still there means no worker is blocked right now
+  -- (one would have popped it): then nobody is parked either, and the registry need not be
+  -- looked at.
+  marker_len = redis.pcall('LLEN', K_MARKER)
+  if type(marker_len) ~= 'number' then marker_len = 1 end
+  if marker_len == 0 then check_types(K_ACTIVE, 'zset', K_IDLE, 'zset') end
 end
 -- One INCRBY reserves a sequence number for every job of the call.
 local seq0 = redis.call('INCRBY', K_CTR, n) - n
 TRIM_EVENTS = n > 1 or seq0 % 32 == 0
-local out, added, delayed, zwait, zdelayed = {seq0}, {}, {}, {}, {}
 -- Numbers passed to redis.call are formatted by Redis: hand it strings made once instead.
 local now_s = fmt(NOW)
+local out, added, delayed, zwait, zdelayed = {fmt(seq0), now_s}, {}, {}, {}, {}
 local prio_base = {}
 
 -- A single fresh job due now, while a worker is parked (idle, blocked on its hand-off list:
@@ -64,13 +94,8 @@ local function idle_taker()
   return token, tonumber(lock_ms)
 end
 
-local taker, taker_lock_ms, marker_len
-if n == 1 and ARGV[4] == '' and tonumber(ARGV[9]) == 0 and ARGV[10] == '' then
-  -- A marker still there means no worker is blocked right now (one would have popped it):
-  -- then nobody is parked either, and the registry need not be looked at.
-  marker_len = redis.call('LLEN', K_MARKER)
-  if marker_len == 0 then taker, taker_lock_ms = idle_taker() end
-end
+local taker, taker_lock_ms
+if marker_len == 0 then taker, taker_lock_ms = idle_taker() end
 
 -- Deduplication (ext.dd): the job the key of `dd` points to, if that key is in force, else
 -- nil. A key with a ttl holds for its ttl (throttle); one without holds while its job
@@ -79,8 +104,8 @@ local function dedup_holder(dkey)
   local cur = redis.call('GET', dkey)
   if not cur then return nil end
   if redis.call('PTTL', dkey) >= 0 then return cur end
-  local st = redis.call('HGET', JOB .. cur, 'state')
-  if not st or st == 'completed' or st == 'failed' then return nil end
+  local st = redis.pcall('HGET', JOB .. cur, 'state')  -- pcall: not a job hash = no job
+  if type(st) ~= 'string' or st == 'completed' or st == 'failed' then return nil end
   return cur
 end
 
@@ -111,7 +136,7 @@ local function deduplicated(dd, cur, k, i, seq)
 end
 
 for k = 1, n do
-  local i = 4 + (k - 1) * STRIDE
+  local i = ARG0 + 1 + (k - 1) * STRIDE
   local seq = seq0 + k
   local sid = fmt(seq)
   local id, name, data, opts, prio = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -144,47 +169,66 @@ for k = 1, n do
     if delay > 0 then state = 'delayed' end
     local qseq = seq
     if x.lifo then qseq = -seq end
-    redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+    -- pcall: see fresh_hset below
+    local ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
       'prio', prio, 'seq', fmt(qseq), 'state', state, 'delay', ARGV[i + 5])
-    if x.lifo then redis.call('HSET', key, 'lifo', '1') end
-    if dd then redis.call('HSET', key, 'dd', dd[1]) end
-    if delay > 0 then
-      redis.call('ZADD', K_DELAYED, delayed_score(NOW + delay, seq), id)
-      delayed[#delayed + 1] = id
+    if type(ok) ~= 'number' then
+      out[#out + 1] = -k; out[#out + 1] = ''
     else
-      redis.call('ZADD', K_WAIT, wait_score(prio, qseq), id)
+      if x.lifo then redis.call('HSET', key, 'lifo', '1') end
+      if dd then redis.call('HSET', key, 'dd', dd[1]) end
+      if delay > 0 then
+        redis.call('ZADD', K_DELAYED, delayed_score(NOW + delay, seq), id)
+        delayed[#delayed + 1] = id
+      else
+        redis.call('ZADD', K_WAIT, wait_score(prio, qseq), id)
+      end
+      added[#added + 1] = id
     end
-    added[#added + 1] = id
   else
     local key = JOB .. id
+    -- fresh_hset: pcall, because a key held by a foreign value (hand-made) at a job's id
+    -- makes HSET fail; that job is then left out (-k, '' in the reply) instead of the call
+    -- stopping half-way with the jobs before it in no state set.
+    local ok
     -- attempts made and a zero delay are left out: absent means 0
     if delay > 0 then
-      redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+      ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
         'prio', prio, 'seq', sid, 'state', 'delayed', 'delay', ARGV[i + 5])
-      zdelayed[#zdelayed + 1] = delayed_score(NOW + delay, seq); zdelayed[#zdelayed + 1] = id
-      delayed[#delayed + 1] = id
+      if type(ok) == 'number' then
+        zdelayed[#zdelayed + 1] = delayed_score(NOW + delay, seq); zdelayed[#zdelayed + 1] = id
+        delayed[#delayed + 1] = id
+      end
     elseif taker then
       local lock = taker .. ':1'
-      redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+      ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
         'prio', prio, 'seq', sid, 'state', 'active', 'pon', now_s, 'lk', lock, 'ats', '1')
-      redis.call('ZADD', K_ACTIVE, fmt(NOW + taker_lock_ms), id)
-      -- the fields of a fetch reply entry (includes/fetch.lua)
-      local hkey = BASE .. 'h:' .. taker
-      redis.call('RPUSH', hkey, cjson.encode({id, lock, name, data, opts, '0', now_s, prio,
-        '', '0'}))
-      redis.call('PEXPIRE', hkey, taker_lock_ms)  -- a worker that died parked: gone with it
-      emit('added', {id}, {'then', 'active', 'also', 'drained'})
-    else
-      redis.call('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
-        'prio', prio, 'seq', sid, 'state', 'waiting')
-      local base = prio_base[prio]
-      if not base then
-        base = (tonumber(prio) or 3) * PRIO_SHIFT
-        prio_base[prio] = base
+      if type(ok) == 'number' then
+        redis.call('ZADD', K_ACTIVE, fmt(NOW + taker_lock_ms), id)
+        -- the fields of a fetch reply entry (includes/fetch.lua)
+        local hkey = BASE .. 'h:' .. taker
+        redis.pcall('RPUSH', hkey, cjson.encode({id, lock, name, data, opts, '0', now_s, prio,
+          '', '0'}))
+        redis.pcall('PEXPIRE', hkey, taker_lock_ms)  -- a worker that died parked: gone with it
+        emit('added', {id}, {'then', 'active', 'also', 'drained'})
       end
-      zwait[#zwait + 1] = fmt(base + seq); zwait[#zwait + 1] = id
+    else
+      ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+        'prio', prio, 'seq', sid, 'state', 'waiting')
+      if type(ok) == 'number' then
+        local base = prio_base[prio]
+        if not base then
+          base = (tonumber(prio) or 3) * PRIO_SHIFT
+          prio_base[prio] = base
+        end
+        zwait[#zwait + 1] = fmt(base + seq); zwait[#zwait + 1] = id
+      end
     end
-    if not taker then added[#added + 1] = id end
+    if type(ok) ~= 'number' then
+      out[#out + 1] = -k; out[#out + 1] = ''
+    elseif not taker then
+      added[#added + 1] = id
+    end
   end
 end
 for i = 1, #zwait, 1000 do
@@ -197,6 +241,7 @@ if #added > 0 then
   emit('added', added)
   emit('delayed', delayed)
   if marker_len == nil then push_marker()
-  elseif marker_len == 0 then redis.call('RPUSH', K_MARKER, '1') end
+  elseif marker_len == 0 then redis.pcall('RPUSH', K_MARKER, '1') end
 end
+if TOKEN_KEY then redis.call('SET', TOKEN_KEY, cjson.encode(out), 'PX', ARGV[5]) end
 return out

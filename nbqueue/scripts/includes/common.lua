@@ -25,6 +25,40 @@ if not NOW then
 end
 local MAXEV = ARGV[3]
 
+-- The durability rule (DESIGN.md "Durability rules"; README "Reliability"): a script that
+-- can stop with an error must do so before its first write that creates, moves or deletes a
+-- job. Redis keeps the writes a script made before an error, so an error after such a write
+-- could leave a job in no state set, or in two. Every script therefore:
+--   1. reads and checks everything it will rely on first: check_types() for the keys it
+--      writes after its first job write, check_int() for counters it increments, and
+--      tonumber(...) or a default for every number read from a job hash (a hand-edited
+--      field must not make arithmetic fail half-way);
+--   2. then writes. Writes whose failure cannot misplace a job (events, wake-up markers)
+--      go through redis.pcall (emit, push_marker) and never abort the script.
+-- New scripts: call check_types/check_int before the first write; tests/reliability/
+-- test_script_validation.py must get a case for the script (it fails when one is missing).
+local function check_types(...)
+  local spec = {...}
+  for i = 1, #spec, 2 do
+    local t = redis.call('TYPE', spec[i])['ok']
+    if t ~= 'none' and t ~= spec[i + 1] then
+      error('WRONGTYPE nbqueue: key ' .. spec[i] .. ' holds a ' .. t .. ' where a ' .. spec[i + 1] ..
+        ' belongs; nothing was changed')
+    end
+  end
+end
+
+-- The integer value of a counter key (0 when absent); refuses a non-integer before any write.
+local function check_int(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then return 0 end
+  local v = t == 'string' and tonumber(redis.call('GET', key))
+  if not v or v ~= math.floor(v) then
+    error('nbqueue: key ' .. key .. ' is not an integer counter; nothing was changed')
+  end
+  return v
+end
+
 -- Scores are formatted by hand: Redis turns Lua numbers into strings with %.14g,
 -- which would round the 16-digit delayed scores.
 local function fmt(n) return string.format('%.0f', n) end
@@ -57,12 +91,14 @@ local function emit(event, ids, extra)
     args[#args + 1] = 'ids'; args[#args + 1] = cjson.encode(ids)
   end
   if extra then for i = 1, #extra do args[#args + 1] = extra[i] end end
-  redis.call(unpack(args))
+  -- pcall: a broken events key must not stop a transition half-way (see check_types)
+  redis.pcall(unpack(args))
 end
 
 -- Wake one blocked worker; the list never holds more than one marker.
+-- pcall: like events, a wake-up is never worth stopping a transition half-way for.
 local function push_marker()
-  if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
+  if redis.pcall('LLEN', K_MARKER) == 0 then redis.pcall('RPUSH', K_MARKER, '1') end
 end
 
 -- A job's log (job.log, captured print/logging output) is a LIST beside its hash; it
