@@ -336,9 +336,9 @@ def test_dedup_script_validates_before_writing(q, r):
     good = list(args)
     bad = [*list(args[:-1]), '{"dd":[5,0,0,0]}']
     with pytest.raises(Exception, match="bad options of job 2"):
-        q._run(_raw(q, "add", *good, *bad))
+        q._run(_raw(q, "add", "", 0, *good, *bad))  # no idempotency token
     with pytest.raises(Exception, match="not a multiple of 7"):
-        q._run(_raw(q, "add", *good[:-1]))
+        q._run(_raw(q, "add", "", 0, *good[:-1]))
     assert _dump(r) == before
 
 
