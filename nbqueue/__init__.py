@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .batch import JobBatch, chunk_frame
 from .connection import Connection, connect
 from .errors import (
     InvalidOptionError,
@@ -70,3 +71,6 @@ __all__ = [
 # -- recurring jobs and the seed's predefined queues (nbqueue.scheduler, nbqueue.predefined)
 __all__ += ["list_schedulers", "queue_llm_request", "queue_notification", "queue_service",
             "queue_workflow", "remove_scheduler", "schedule_recurring_job"]
+
+# -- map, gather, flows (nbqueue.batch)
+__all__ += ["JobBatch", "chunk_frame"]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from . import worker as _worker
+from .batch import AsyncJobBatch
 from .connection import Connection, connect
 from .errors import *  # noqa: F403  (the same exceptions as nbqueue)
 from .job import JobBase
@@ -19,7 +20,9 @@ from .queue import QueueBase
 from .records import Event
 from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 
-__all__ = ["Job", "JobPriority", "JobState", "JobStatus", "Queue", "QueueManager",
+JobBatch = AsyncJobBatch
+
+__all__ = ["Job", "JobBatch", "JobPriority", "JobState", "JobStatus", "Queue", "QueueManager",
            "QueueMetrics", "Worker", "WorkerInfo", "connect", "queue_manager"]
 
 
@@ -61,6 +64,7 @@ class Queue(QueueBase):
     """A queue with awaitable methods (one client per event loop)."""
 
     job_class = Job
+    batch_class = AsyncJobBatch
     _aclient: Any = None
     _aloop: asyncio.AbstractEventLoop | None = None
 
@@ -78,6 +82,7 @@ class Queue(QueueBase):
 
     add = async_method(QueueBase._add)
     add_bulk = async_method(QueueBase._add_bulk)
+    map = async_method(QueueBase._map)
     get_job = async_method(QueueBase._get_job)
     get_job_status = async_method(QueueBase._get_job_status)
     get_jobs = async_method(QueueBase._get_jobs)

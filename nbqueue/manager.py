@@ -200,6 +200,12 @@ class QueueManager:
     def add_jobs(self, name: str, jobs: Iterable[Any], **options: Any) -> Any:
         return self.queue(name).add_bulk(jobs, **options)
 
+    def map(self, name: str, items: Any, *, chunksize: int | None = None,
+            job_type: str | None = None, **options: Any) -> Any:
+        """``Queue.map`` on the queue ``name``: one job per data dict, per ``chunksize``
+        dicts or per ``chunksize`` DataFrame rows; returns their ``JobBatch``."""
+        return self.queue(name).map(items, chunksize=chunksize, job_type=job_type, **options)
+
     def get_queue_metrics(self, name: str) -> Any:
         return self.queue(name).get_metrics()
 

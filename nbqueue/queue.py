@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from . import serialization
+from .batch import MAP_ADD_CHUNK, MAP_RETENTION, JobBatch, JobBatchBase, map_items
 from .connection import Connection, connect
 from .durations import to_ms
+from .errors import InvalidOptionError
 from .job import Job, JobBase
 from .keys import DEFAULT_PREFIX
 from .ops import QueueOps, RateLimit, validate_global_concurrency
+from .options import merge_options
 from .protocol import Op, run_sync, sync_method
 from .records import Event, JobRecord
 from .types import JobStatus, QueueMetrics, WorkerInfo
@@ -26,6 +29,7 @@ class QueueBase:
     """Everything a queue does, defined once; ``Queue`` and ``aio.Queue`` bind it to I/O."""
 
     job_class: type[JobBase] = JobBase
+    batch_class: type[JobBatchBase] = JobBatchBase
 
     def __init__(self, name: str, connection: Connection | str | redis.Redis | None = None, *,
                  prefix: str = DEFAULT_PREFIX,
@@ -43,8 +47,6 @@ class QueueBase:
         if worker_concurrency is not None and (
                 isinstance(worker_concurrency, bool) or not isinstance(worker_concurrency, int)
                 or worker_concurrency < 1):
-            from .errors import InvalidOptionError
-
             raise InvalidOptionError(f"worker_concurrency must be an int >= 1: "
                                      f"{worker_concurrency!r}")
         self.worker_concurrency = worker_concurrency or 1
@@ -90,10 +92,45 @@ class QueueBase:
         """Add one job; ``job_id`` of an existing job returns that job (idempotent)."""
         return self._job((yield from self._ops.add(data, opts)))
 
-    def _add_bulk(self, jobs: Iterable[Any], **opts: Any) -> Op[list[JobBase]]:
-        """Add many jobs in one round trip. Items: data dicts, or (data, options) pairs."""
+    def _add_bulk(self, jobs: Iterable[Any], **opts: Any) -> Op[JobBatchBase]:
+        """Add many jobs in one round trip. Items: data dicts, or (data, options) pairs.
+
+        Returns a ``JobBatch`` (a list of the jobs, with wait/results/... methods)."""
         items = [(j[0], {**opts, **j[1]}) if isinstance(j, tuple) else (j, opts) for j in jobs]
-        return [self._job(r) for r in (yield from self._ops.add_bulk(items))]
+        return self.batch_class(self._job(r) for r in (yield from self._ops.add_bulk(items)))
+
+    def _map(self, items: Any, *, chunksize: int | None = None, job_type: str | None = None,
+             **job_options: Any) -> Op[JobBatchBase]:
+        """Add one job per data dict, per ``chunksize`` dicts, or per ``chunksize`` rows of a
+        DataFrame (payloads: ``nbqueue.batch.map_items``); returns their ``JobBatch``.
+
+        Unless given (here or in the queue's ``default_job_options``), ``remove_on_complete``
+        and ``remove_on_fail`` are ``{"age": 86400}``: the jobs are kept a day, so that the
+        batch's results can be gathered whatever their number.
+
+        Jobs go in bulk calls of up to ``MAP_ADD_CHUNK`` jobs (one round trip each). Every
+        item and option is checked before the first call, so bad input adds nothing; an
+        empty input adds nothing and returns an empty batch."""
+        for bad in ("job_id", "depends_on"):
+            if job_options.get(bad) is not None:
+                raise InvalidOptionError(f"Queue.map does not take {bad} (it applies to one "
+                                         "job: use Queue.add)")
+        datas = map_items(items, chunksize, job_type)
+        for keep in ("remove_on_complete", "remove_on_fail"):
+            # a map's results are gathered later: keep its jobs a day, whatever their number
+            # (the queue's default keeps only the newest 1000), unless told otherwise
+            if job_options.get(keep) is None and keep not in self.default_job_options:
+                job_options[keep] = MAP_RETENTION
+        merge_options(self._ops.defaults, job_options)  # bad options: refused before writing
+        if len(datas) > MAP_ADD_CHUNK:
+            for d in datas:  # a bad item further on must not leave the first calls added
+                serialization.encode_data(d, self._ops.max_payload_bytes)
+        batch = self.batch_class()
+        for i in range(0, len(datas), MAP_ADD_CHUNK):
+            records = yield from self._ops.add_bulk(
+                [(d, job_options) for d in datas[i:i + MAP_ADD_CHUNK]])
+            batch.extend(self._job(r) for r in records)
+        return batch
 
     def _get_job(self, job_id: str) -> Op[JobBase | None]:
         record = yield from self._ops.get_job(job_id)
@@ -212,12 +249,14 @@ class Queue(QueueBase):
     """A queue with blocking methods. ``nbqueue.aio.Queue`` has the same ones, awaitable."""
 
     job_class = Job
+    batch_class = JobBatch
 
     def _run(self, op: Op[Any]) -> Any:
         return run_sync(self.connection.sync(), self._with_config(op))
 
     add = sync_method(QueueBase._add)
     add_bulk = sync_method(QueueBase._add_bulk)
+    map = sync_method(QueueBase._map)
     get_job = sync_method(QueueBase._get_job)
     get_job_status = sync_method(QueueBase._get_job_status)
     get_jobs = sync_method(QueueBase._get_jobs)

@@ -19,27 +19,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import HTML, display
 
+from ..batch import JobBatch, _is_dataframe
 from ..durations import to_ms
 from ..errors import InvalidOptionError, JobNotFoundError, JobStateError, UnknownQueueError
 from ..types import JobState
 
-__all__ = ["JobBatch", "NbqueueMagics"]
+__all__ = ["JobBatch", "NbqueueMagics"]  # JobBatch: nbqueue.batch, kept importable here
 
 _FINISHED = (JobState.COMPLETED, JobState.FAILED)
 POLL_S = 0.2
-
-
-class JobBatch(list[Any]):
-    """The jobs of a bulk ``%%enqueue``: a list of ``Job`` with a compact HTML view."""
-
-    def _repr_html_(self) -> str:
-        if not self:
-            return "<div class='nbqueue-jobs'>no jobs added</div>"
-        q = html.escape(self[0].queue_name)
-        ids = ", ".join(html.escape(j.id) for j in self[:10])
-        more = f" and {len(self) - 10} more" if len(self) > 10 else ""
-        return (f"<div class='nbqueue-jobs'>{len(self)} job(s) added to <b>{q}</b>: "
-                f"{ids}{more}</div>")
 
 
 def _manager() -> Any:
@@ -208,6 +196,9 @@ class NbqueueMagics(Magics):
     @argument("--attempts", "-a", type=int, default=None, help="runs in total (retries + 1)")
     @argument("--job-id", default=None, help="custom id; re-running returns the existing job")
     @argument("--name", "-n", default=None, help="store the job handle(s) in this variable")
+    @argument("--chunks", "-c", type=int, default=None,
+              help="Queue.map: one job per N rows of a DataFrame value (default 1000) or "
+                   "per N dicts of a list")
     @argument("--wait", "-w", action="store_true",
               help="block with a live progress display and return the result")
     @argument("--timeout", default=None, help="with --wait/--out: give up after this (e.g. 30s)")
@@ -249,6 +240,10 @@ class NbqueueMagics(Magics):
                 raise UsageError("%%enqueue: the cell is empty; write a dict (or a list of "
                                  "dicts) to enqueue")
             value = self.shell.ev(cell.strip()) if self.shell is not None else eval(cell)
+            if args.chunks is not None and args.chunks < 1:
+                raise UsageError("%%enqueue: --chunks must be >= 1 (rows or items per job)")
+            if _is_dataframe(value) or args.chunks is not None:
+                return self._map(args, queue, value, opts, timeout_s)
             datas, single = _datas(value, args.job_type)
         if not single and args.job_id is not None:
             raise UsageError("%%enqueue: --job-id applies to one job, not a bulk add")
@@ -256,16 +251,44 @@ class NbqueueMagics(Magics):
             jobs = [queue.add(datas[0], **opts)] if single else queue.add_bulk(datas, **opts)
         except InvalidOptionError as exc:
             raise _usage(exc) from None
-        handle: Any = jobs[0] if single else JobBatch(jobs)
+        if not single:
+            return self._bulk_done(args, jobs, timeout_s)
+        handle: Any = jobs[0]
         if args.name:
             self._ns[args.name] = handle
         if args.out:
             self._ns[args.out] = wait_for(jobs, timeout_s)[0]
             return None
         if args.wait:
-            results = wait_for(jobs, timeout_s)
-            return results[0] if single else results
+            return wait_for(jobs, timeout_s)[0]
         return handle
+
+    def _map(self, args: argparse.Namespace, queue: Any, value: Any, opts: dict[str, Any],
+             timeout_s: float | None) -> Any:
+        """``%%enqueue QUEUE --chunks N``: ``Queue.map`` over a DataFrame or a list."""
+        if args.job_id is not None:
+            raise UsageError("%%enqueue: --job-id applies to one job, not a map")
+        if isinstance(value, Mapping):
+            raise UsageError("%%enqueue: --chunks takes a DataFrame or a list of dicts, not "
+                             "one dict")
+        job_type = args.job_type
+        if not _is_dataframe(value):
+            value, _ = _datas(value, job_type)
+            if args.chunks is None:
+                job_type = None
+        try:
+            batch = queue.map(value, chunksize=args.chunks, job_type=job_type, **opts)
+        except (InvalidOptionError, TypeError) as exc:
+            raise _usage(exc) from None
+        return self._bulk_done(args, batch, timeout_s)
+
+    def _bulk_done(self, args: argparse.Namespace, batch: Any,
+                   timeout_s: float | None) -> Any:
+        if args.name:
+            self._ns[args.name] = batch
+        if args.wait:
+            return batch.wait(timeout_s, progress=True).results()
+        return batch
 
     @line_magic
     def nbqueue(self, line: str) -> Any:
