@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import InvalidOptionError, JobFailedError, JobNotFoundError
 from .protocol import Batch, Call, Op
+from .records import parse_traces
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -413,17 +414,16 @@ class JobBatchBase(list["JobBase"]):
         return moved
 
     def _cancel(self) -> Op[int]:
-        """Cancel every job of the batch that has not finished; how many were cancelled."""
+        """Cancel every job of the batch that has not finished (``Queue.cancel`` each, in
+        pipelined chunks); returns how many were cancelled or asked to stop."""
         outs = yield from self._read_outcomes()
+        todo = [j for j, o in zip(self, outs) if o.state not in FINAL]
         n = 0
-        for j, o in zip(self, outs):
-            if o.state in FINAL:
-                continue
-            cancel = getattr(j.queue._ops, "cancel", None)
-            if cancel is None:  # pragma: no cover - cancel is H-exec's ops.cancel
-                raise NotImplementedError("this nbqueue has no cancel operation")
-            if (yield from cancel(j.id)):
-                n += 1
+        for c in range(0, len(todo), READ_CHUNK):
+            part = todo[c:c + READ_CHUNK]
+            replies = yield Batch([j.queue._ops.call("cancel", j.id, "cancelled")
+                                   for j in part])
+            n += sum(1 for code, _ in replies if int(code) > 0)
         return n
 
     def _newly_finished(self, deadline: float | None) -> Op[list[JobBase]]:
@@ -477,9 +477,9 @@ def read_outcomes(queues: Mapping[str, QueueBase],
                   keys: Sequence[tuple[str, str]]) -> Op[list[_Outcome]]:
     """The outcome of each (queue name, job id) as it is now (one pipelined round trip)."""
     replies = yield Batch([Call.cmd("HMGET", queues[name]._ops.keys.job(i), "state", "rv",
-                                    "fr", "et") for name, i in keys])
+                                    "fr", "et", "st") for name, i in keys])
     outs: list[_Outcome] = []
-    for (name, i), (state, rv, fr, et) in zip(keys, replies):
+    for (name, i), (state, rv, fr, et, st) in zip(keys, replies):
         if state is None:
             outs.append(_Outcome("missing", error=JobNotFoundError(
                 f"job {i} of queue {name!r} is gone (removed, or trimmed by retention "
@@ -487,7 +487,9 @@ def read_outcomes(queues: Mapping[str, QueueBase],
         elif state == "completed":
             outs.append(_Outcome(state, json.loads(rv) if rv else None))
         elif state == "failed":
-            outs.append(_Outcome(state, error=JobFailedError(i, fr, et)))
+            traces = parse_traces(st)
+            outs.append(_Outcome(state, error=JobFailedError(i, fr, et,
+                                                             traces[-1] if traces else None)))
         else:
             outs.append(_Outcome(state))
     return outs

@@ -247,6 +247,18 @@ def test_batch_sees_removed_jobs_and_many_jobs_with_few_round_trips(conn, r) -> 
     assert used < 3000 * 12
 
 
+def test_cancel_a_batch(conn) -> None:
+    q = Queue("cx", conn)
+    batch = q.map([{"type": "t", "payload": i} for i in range(5)])
+    late = q.map([{"type": "t"}], delay=60_000)
+    assert batch.cancel() == 5 and late.cancel() == 1
+    values = batch.results(timeout=30, return_exceptions=True)
+    assert all(isinstance(v, JobFailedError) and v.error_type == "cancelled" for v in values)
+    assert batch.cancel() == 0  # all finished: a no-op
+    assert [j.id for j in batch.failed()] == [j.id for j in batch]
+    assert q.get_metrics().failed == 6 and q.get_metrics().total == 0
+
+
 def test_results_seen_while_waiting_survive_trimming(conn) -> None:
     """Results read as jobs were seen ending are kept by the batch: a job trimmed by
     retention afterwards (removed here) still has its result in results()."""
@@ -316,8 +328,9 @@ def test_enqueue_chunks_magic_with_a_dataframe(conn, monkeypatch) -> None:
     assert [j.name for j in batch] == ["part"] * 3
     assert [j.payload["stop"] for j in batch] == [10, 20, 25]
     assert "3 job(s) added to <b>mag</b>" in batch._repr_html_()
-    # a DataFrame without --chunks: chunks of the default size; a list with --chunks: map
-    assert len(ip.run_cell_magic("enqueue", "mag", "df")) == 1
+    # a DataFrame without --chunks is refused (pointing at --chunks); a list with it: map
+    with pytest.raises(UsageError, match="--chunks"):
+        ip.run_cell_magic("enqueue", "mag", "df")
     listed = ip.run_cell_magic("enqueue", "mag --chunks 2 --type it", "[{'v': i} for i in "
                                "range(5)]")
     assert [len(j.payload["items"]) for j in listed] == [2, 2, 1]

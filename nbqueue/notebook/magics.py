@@ -197,8 +197,8 @@ class NbqueueMagics(Magics):
     @argument("--job-id", default=None, help="custom id; re-running returns the existing job")
     @argument("--name", "-n", default=None, help="store the job handle(s) in this variable")
     @argument("--chunks", "-c", type=int, default=None,
-              help="Queue.map: one job per N rows of a DataFrame value (default 1000) or "
-                   "per N dicts of a list")
+              help="Queue.map: one job per N rows of a DataFrame value, or per N dicts "
+                   "of a list")
     @argument("--wait", "-w", action="store_true",
               help="block with a live progress display and return the result")
     @argument("--timeout", default=None, help="with --wait/--out: give up after this (e.g. 30s)")
@@ -242,7 +242,7 @@ class NbqueueMagics(Magics):
             value = self.shell.ev(cell.strip()) if self.shell is not None else eval(cell)
             if args.chunks is not None and args.chunks < 1:
                 raise UsageError("%%enqueue: --chunks must be >= 1 (rows or items per job)")
-            if _is_dataframe(value) or args.chunks is not None:
+            if args.chunks is not None:  # a DataFrame without --chunks: _datas says so
                 return self._map(args, queue, value, opts, timeout_s)
             datas, single = _datas(value, args.job_type)
         if not single and args.job_id is not None:
@@ -271,13 +271,10 @@ class NbqueueMagics(Magics):
         if isinstance(value, Mapping):
             raise UsageError("%%enqueue: --chunks takes a DataFrame or a list of dicts, not "
                              "one dict")
-        job_type = args.job_type
         if not _is_dataframe(value):
-            value, _ = _datas(value, job_type)
-            if args.chunks is None:
-                job_type = None
+            value, _ = _datas(value, args.job_type)
         try:
-            batch = queue.map(value, chunksize=args.chunks, job_type=job_type, **opts)
+            batch = queue.map(value, chunksize=args.chunks, job_type=args.job_type, **opts)
         except (InvalidOptionError, TypeError) as exc:
             raise _usage(exc) from None
         return self._bulk_done(args, batch, timeout_s)
