@@ -160,23 +160,24 @@ for k = 1, n do
     -- call sees this one
     local key = JOB .. id
     local dd = x.dd
-    if dd then
-      local dkey = BASE .. 'de:' .. dd[1]
-      if dd[2] > 0 then redis.call('SET', dkey, id, 'PX', fmt(dd[2]))
-      else redis.call('SET', dkey, id) end
-    end
     local state = 'waiting'
     if delay > 0 then state = 'delayed' end
     local qseq = seq
     if x.lifo then qseq = -seq end
+    local fields = {'HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
+      'prio', prio, 'seq', fmt(qseq), 'state', state, 'delay', ARGV[i + 5]}
+    if x.lifo then fields[#fields + 1] = 'lifo'; fields[#fields + 1] = '1' end
+    if dd then fields[#fields + 1] = 'dd'; fields[#fields + 1] = dd[1] end
     -- pcall: see fresh_hset below
-    local ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
-      'prio', prio, 'seq', fmt(qseq), 'state', state, 'delay', ARGV[i + 5])
+    local ok = redis.pcall(unpack(fields))
     if type(ok) ~= 'number' then
       out[#out + 1] = -k; out[#out + 1] = ''
     else
-      if x.lifo then redis.call('HSET', key, 'lifo', '1') end
-      if dd then redis.call('HSET', key, 'dd', dd[1]) end
+      if dd then  -- the key points to the job only once the job exists
+        local dkey = BASE .. 'de:' .. dd[1]
+        if dd[2] > 0 then redis.call('SET', dkey, id, 'PX', fmt(dd[2]))
+        else redis.call('SET', dkey, id) end
+      end
       if delay > 0 then
         redis.call('ZADD', K_DELAYED, delayed_score(NOW + delay, seq), id)
         delayed[#delayed + 1] = id
