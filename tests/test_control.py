@@ -612,3 +612,22 @@ def test_cli_workers(conn, redis_url):
         row = next(ln for ln in lines if ln.startswith("cliw")).split()
         assert row[1:7] == ["wk-cli", "hostA", "42", "thread", "5", "2"]
     assert cli("workers", "other").stdout.strip() == "no workers"
+
+
+def test_readme_control_examples_run(r, capsys):
+    """The python blocks of the README's "Job control" section run as written."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "README.md"
+    text = doc.read_text()
+    section = text[text.index("<!-- control-doc:start"):text.index("<!-- control-doc:end -->")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    nbqueue.queue_manager.close()
+    namespace: dict = {"__name__": "control_doc"}
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), namespace)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["waiting 2 {'day': 'tue'}", "JobStateError"]
+    assert out[2:] == ["True", "nbq 1", "2"]
