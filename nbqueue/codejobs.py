@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from .errors import SignatureError, UnrecoverableError
+from .processor import is_async
 
 __all__ = ["CODE_JOB_TYPE", "CodeSignatureError", "get_secret", "make_code_job",
            "run_code", "sign", "verify", "wrap_processor"]
@@ -166,14 +167,12 @@ def wrap_processor(processor: Any, secret: str | bytes | None = None) -> CodeJob
         raise TypeError(f"processor must be callable or None, not {type(processor).__name__}")
     if isinstance(processor, CodeJobProcessor):
         processor = processor.processor
-    from .worker import _is_async
-
     key = _key(secret)
     with _lock:  # the same wrapper for the same processor: re-run cells reuse the worker
         cached = _wrappers.get((id(processor), key))
         if cached is not None and cached.processor is processor:
             return cached
-        cls = AsyncCodeJobProcessor if processor is not None and _is_async(processor) \
+        cls = AsyncCodeJobProcessor if processor is not None and is_async(processor) \
             else CodeJobProcessor
         wrapper = cls(processor, key)
         _wrappers[(id(processor), key)] = wrapper

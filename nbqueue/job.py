@@ -8,7 +8,7 @@ from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import JobNotFoundError
-from .protocol import Op, sync_method
+from .protocol import Op, async_method, sync_method
 from .records import JobRecord
 from .types import JobState, JobStatus
 
@@ -257,9 +257,36 @@ class Job(JobBase):
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
 
+
+class AsyncJob(JobBase):
+    """A job handle whose methods are awaitable (``nbqueue.aio.Job``)."""
+
+    refresh = async_method(JobBase._refresh)
+    status = async_method(JobBase._status)
+    get_state = async_method(JobBase._get_state)
+    result = async_method(JobBase._result)
+    remove = async_method(JobBase._remove)
+    retry = async_method(JobBase._retry)
+    promote = async_method(JobBase._promote)
+    change_priority = async_method(JobBase._change_priority)
+    update_data = async_method(JobBase._update_data)
+    cancel = async_method(JobBase._cancel)
+    get_logs = async_method(JobBase._get_logs)
+    _update_progress_now = async_method(JobBase._update_progress)
+    _log_now = async_method(JobBase._log)
+
+    async def _run(self, op: Op[Any]) -> Any:
+        return await self.queue._run(op)
+
+    def update_progress(self, value: Any) -> Any:
+        """Report progress; returns an awaitable (inside a worker, awaiting is optional)."""
+        if self._sink is not None:
+            return self._in_worker_progress(value)
+        return self._update_progress_now(value)
+
     def log(self, message: Any) -> Any:
-        """Append a line to the job's log (inside a worker: batched with the next flush,
-        like progress). Read it with ``get_logs()`` / ``Queue.get_job_logs(id)``."""
+        """Append a line to the job's log; returns an awaitable (inside a worker the line
+        is batched and awaiting is optional)."""
         if self._sink is not None:
             return self._in_worker_log(message)
         return self._log_now(message)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .errors import InvalidOptionError
 
 DEFAULT_PREFIX = "nbq"
+DEAD_LETTER_QUEUE = "dead_letter"  # where workers record terminal failures
 MAX_NAME_LEN = 200
 
 
@@ -99,6 +100,14 @@ class QueueKeys:
     def cancel_list(self, token: str) -> str:
         """The LIST a worker blocks on for cancel requests of its jobs (cancel.lua)."""
         return f"{self.base}cancel:{token}"
+
+    def wake(self, token: str) -> str:
+        """The list a worker's idle BLPOP also watches, so a stop can wake it."""
+        return f"{self.base}wake:{token}"
+
+    def handoff(self, token: str) -> str:
+        """The list a parked worker BLPOPs: jobs handed over by ``add.lua`` land here."""
+        return f"{self.base}h:{token}"
 
     def minute(self, minute: int) -> str:
         """The per-minute history hash (see finish.lua)."""

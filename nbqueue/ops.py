@@ -512,7 +512,7 @@ class QueueOps:
                                                   int(unpark))))
 
     def handoff_key(self, token: str) -> str:
-        return f"{self.keys.base}h:{token}"
+        return self.keys.handoff(token)
 
     def block_and_fetch(self, wake_key: str, secs: float, want: int, token: str,
                         lock_ms: int) -> Op[tuple[Fetched, bool]]:

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from . import serialization
-from .batch import MAP_ADD_CHUNK, MAP_RETENTION, JobBatch, JobBatchBase, map_items
+from .batch import (
+    MAP_ADD_CHUNK,
+    MAP_RETENTION,
+    AsyncJobBatch,
+    JobBatch,
+    JobBatchBase,
+    map_items,
+)
 from .connection import Connection, connect
 from .durations import to_ms
 from .errors import InvalidOptionError
-from .job import Job, JobBase
+from .job import AsyncJob, Job, JobBase
 from .keys import DEFAULT_PREFIX
 from .ops import QueueOps, RateLimit, validate_global_concurrency
 from .options import merge_options
-from .protocol import Op, run_sync, sync_method
+from .protocol import Op, async_method, run_async, run_sync, sync_method
 from .records import Event, JobRecord
 from .types import JobStatus, QueueMetrics, WorkerInfo
 
@@ -298,3 +306,69 @@ class Queue(QueueBase):
         from .frames import history_frame
 
         return history_frame(self.name, self.get_history(minutes))
+
+
+class AsyncQueue(QueueBase):
+    """A queue with awaitable methods (``nbqueue.aio.Queue``; one client per event loop)."""
+
+    job_class = AsyncJob
+    batch_class = AsyncJobBatch
+    _aclient: Any = None
+    _aloop: asyncio.AbstractEventLoop | None = None
+
+    async def _run(self, op: Op[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            self._aclient = self.connection.new_async()
+            self._aloop = loop
+        return await run_async(self._aclient, self._with_config(op))
+
+    async def close(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+
+    add = async_method(QueueBase._add)
+    add_bulk = async_method(QueueBase._add_bulk)
+    map = async_method(QueueBase._map)
+    get_job = async_method(QueueBase._get_job)
+    get_job_status = async_method(QueueBase._get_job_status)
+    get_jobs = async_method(QueueBase._get_jobs)
+    get_metrics = async_method(QueueBase._get_metrics)
+    get_stats = async_method(QueueBase._get_stats)
+    get_history = async_method(QueueBase._get_history)
+    pause = async_method(QueueBase._pause)
+    resume = async_method(QueueBase._resume)
+    is_paused = async_method(QueueBase._is_paused)
+    drain = async_method(QueueBase._drain)
+    clean = async_method(QueueBase._clean)
+    retry_failed = async_method(QueueBase._retry_failed)
+    remove = async_method(QueueBase._remove)
+    obliterate = async_method(QueueBase._obliterate)
+    cancel = async_method(QueueBase._cancel)
+    get_job_logs = async_method(QueueBase._get_job_logs)
+    read_events = async_method(QueueBase._read_events)
+    promote = async_method(QueueBase._promote)
+    change_priority = async_method(QueueBase._change_priority)
+    update_data = async_method(QueueBase._update_data)
+    get_deduplication_job_id = async_method(QueueBase._get_deduplication_job_id)
+    set_global_concurrency = async_method(QueueBase._set_global_concurrency)
+    get_global_concurrency = async_method(QueueBase._get_global_concurrency)
+    get_workers = async_method(QueueBase._get_workers)
+
+    async def events(self, last_id: str = "$", block: Any = 1000) -> AsyncIterator[Event]:
+        """Iterate over events as they come."""
+        while True:
+            last_id, batch = await self.read_events(last_id, block)
+            for event in batch:
+                yield event
+
+    async def jobs_frame(self, states: Any = None, limit: int = 100) -> Any:
+        from .frames import jobs_frame
+
+        return jobs_frame(await self.get_jobs(states, 0, limit))
+
+    async def metrics_history_frame(self, minutes: int = 60) -> Any:
+        from .frames import history_frame
+
+        return history_frame(self.name, await self.get_history(minutes))

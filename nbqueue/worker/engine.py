@@ -1,0 +1,270 @@
+"""The engine: one asyncio loop that coordinates a worker's parts.
+
+- :class:`~.execution.Execution` runs jobs (slots, async/thread runners, deadlines);
+- :class:`~.outbox.Outbox` gathers outcomes, progress, counters and dead letters;
+- :class:`~.fetching.Fetcher` fetches (alone or with a flush) and parks when idle;
+- :class:`~.upkeep.Upkeep` renews locks and sweeps stalled jobs.
+
+The loop here decides *when*: flush finished work and fetch more, wait (parked) for work,
+stop within the grace period, back off after Redis errors. All Redis work of a worker runs
+on this one loop; sync processors run on job threads and report back to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from ..backoff import BackoffStrategy
+from ..connection import Connection
+from ..errors import RedisUnavailableError
+from ..job import JobBase, ProgressSink
+from ..keys import DEAD_LETTER_QUEUE, DEFAULT_PREFIX
+from ..ops import QueueOps
+from ..processor import Processor, is_async
+from ..queue import AsyncQueue, Queue
+from ..records import JobRecord
+from .execution import Execution, JobFactory
+from .fetching import Fetcher
+from .outbox import Outbox
+from .upkeep import Upkeep
+
+log = logging.getLogger("nbqueue.worker")
+
+COALESCE_S = 0.0005  # a busy thread-mode worker gathers finished jobs this long before a flush
+_REDIS_ERRORS = (RedisUnavailableError, redis.RedisError, OSError)
+
+
+def queue_job_factory(queue_name: str, connection: Connection, prefix: str,
+                      asynchronous: bool) -> JobFactory:
+    """Handles bound to a ``Queue`` (sync processors) or an ``AsyncQueue`` (async ones)."""
+    queue = (AsyncQueue if asynchronous else Queue)(queue_name, connection, prefix=prefix)
+    cls = queue.job_class
+
+    def make(record: JobRecord, sink: ProgressSink) -> JobBase:
+        return cls(queue, record, sink=sink)
+
+    return make
+
+
+class Engine:
+    """The loop of one worker (see the module docstring). Not thread-safe except where said."""
+
+    def __init__(self, queue_name: str, processor: Processor, connection: Connection, *,
+                 prefix: str = DEFAULT_PREFIX, concurrency: int = 1,
+                 lock_duration: int = 30_000, stalled_interval: int = 30_000,
+                 max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
+                 dead_letter: bool = True, grace: float = 30.0, prefetch: int = 0,
+                 worker_name: str | None = None,
+                 job_factory: JobFactory | None = None) -> None:
+        self.queue_name = queue_name
+        self.processor = processor
+        self.connection = connection
+        self.prefix = prefix
+        self.concurrency = concurrency
+        self.lock_ms = lock_duration
+        self.grace = grace
+        self.prefetch = prefetch
+        self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.ops = QueueOps(queue_name, prefix=prefix)
+        self.is_async = is_async(processor)
+        if job_factory is None:
+            job_factory = queue_job_factory(queue_name, connection, prefix, self.is_async)
+        self.outbox = Outbox(self.ops, prefix=prefix,
+                             dead_letter=dead_letter and queue_name != DEAD_LETTER_QUEUE)
+        self.jobs = Execution(processor, concurrency, is_async=self.is_async,
+                              job_factory=job_factory, outbox=self.outbox,
+                              backoff_strategy=backoff_strategy)
+        self.fetcher = Fetcher(self.ops, self.token, self.lock_ms, self.jobs, self.outbox)
+        self.upkeep = Upkeep(self.ops, self.token, lock_ms=self.lock_ms,
+                             stalled_ms=stalled_interval, max_stalled=max_stalled_count,
+                             jobs=self.jobs, outbox=self.outbox)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._client: Any = None
+
+    @property
+    def processed(self) -> int:
+        return self.jobs.processed
+
+    @property
+    def failed(self) -> int:
+        return self.jobs.failed
+
+    # -- thread-safe entry points -------------------------------------------------------
+    def request_stop(self, grace: float | None = None) -> None:
+        """Ask the loop to finish its active jobs and return (callable from any thread).
+
+        Jobs still running after ``grace`` seconds go back to the queue."""
+        if grace is not None:
+            self.grace = grace
+        self.jobs.stopping = True
+        if self.loop is not None and self._wake is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass  # the loop is already closed
+
+    def describe(self) -> str:
+        """A one-line state dump, for logs when a stop takes longer than it should."""
+        return (f"engine {self.token} of {self.queue_name!r}: stopping={self.jobs.stopping} "
+                f"{self.jobs.describe()} {self.outbox.describe()}")
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._client = client = self.connection.new_async()
+        self.fetcher.client = client
+        self.outbox.open(client, self._wake)
+        self.jobs.open(self._wake)
+        self.upkeep.start(client)
+        try:
+            await self._main()
+        finally:
+            await self.upkeep.stop()
+            await self._release_leftovers()
+            self.jobs.close()
+            await client.aclose()
+
+    def _want(self) -> int:
+        jobs = self.jobs
+        if jobs.stopping:
+            return 0
+        return self.concurrency + self.prefetch - len(jobs.running) - len(jobs.ready)
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        wake, jobs, outbox, fetcher = self._wake, self.jobs, self.outbox, self.fetcher
+        # An idle worker's BLPOP on the marker is pipelined with a fetch: when a job arrives
+        # Redis runs the fetch right away, saving a round trip of latency.
+        block: asyncio.Task[None] | None = None
+        failures = 0
+        stop_deadline: float | None = None
+        while True:
+            # Cleared before looking at the state it guards, so no wake-up is lost.
+            wake.clear()
+            jobs.expire_deadlines()
+            stopping = jobs.stopping
+            if stopping:
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + self.grace
+                if block is not None:
+                    await fetcher.interrupt(block)
+                    block = None
+                if not jobs.running and not outbox.pending:
+                    break  # prefetched jobs never started: _release_leftovers hands them back
+                if time.monotonic() > stop_deadline:
+                    break  # grace is over: what still runs is released in run()'s finally
+            if block is not None and block.done():
+                try:
+                    block.result()  # its jobs are started already (block_and_accept)
+                    failures = 0
+                except _REDIS_ERRORS as exc:
+                    failures += 1
+                    await self._pause_after_error(exc, failures)
+                block = None
+            want = self._want()
+            if outbox.done and jobs.running and len(outbox.done) < self.concurrency // 2:
+                # Jobs are finishing one by one: let the ones about to finish join this
+                # batch, so a flush carries more. Async jobs need one pass of the event loop;
+                # thread jobs report through call_soon_threadsafe, so give them a moment.
+                await asyncio.sleep(0 if self.is_async else COALESCE_S)
+                want = self._want()
+            if outbox.pending or (want > 0 and not fetcher.idle):
+                try:
+                    await self._flush(want)
+                    failures = 0
+                except _REDIS_ERRORS as exc:
+                    failures += 1
+                    await self._pause_after_error(exc, failures)
+                    continue
+                if not fetcher.idle and self._want() > 0:
+                    continue  # more room and the queue is not empty: fetch again at once
+                want = self._want()
+            if jobs.stopping and not jobs.running and not outbox.pending:
+                continue  # all finished and flushed: stop now, not at the end of the grace
+            # Wait for a finished job, a stop request, new work, or a due time.
+            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(wake.wait())}
+            now = time.monotonic()
+            timeout: float | None = None
+            if not jobs.stopping and want > 0 and fetcher.idle:
+                if fetcher.limit_until > now:
+                    timeout = fetcher.limit_until - now
+                else:
+                    if block is None and outbox.stats:
+                        # going idle: send the counters now, not with the next job
+                        try:
+                            await self._flush(0, stats_now=True)
+                        except _REDIS_ERRORS:
+                            pass  # kept; sent with a later flush
+                    if block is None:
+                        secs = fetcher.block_secs()
+                        if secs <= 0.001:
+                            fetcher.idle = False
+                            waits.pop().cancel()
+                            continue
+                        block = asyncio.ensure_future(fetcher.block_and_accept(secs, want))
+                    waits.add(block)
+            elif stop_deadline is not None:
+                timeout = max(0.0, stop_deadline - now)
+            first = jobs.next_deadline()
+            if first is not None:
+                first = max(0.0, first - now)
+                timeout = first if timeout is None else min(timeout, first)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                if w is not block:
+                    w.cancel()
+            if fetcher.idle and 0 < fetcher.limit_until <= time.monotonic():
+                fetcher.idle = False  # the rate-limit window has passed: fetch again
+                fetcher.limit_until = 0.0
+        if block is not None:
+            await fetcher.interrupt(block)
+
+    async def _pause_after_error(self, exc: BaseException, failures: int) -> None:
+        pause = min(5.0, 0.1 * 2 ** min(failures, 6))
+        log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.token, exc, pause)
+        await asyncio.sleep(pause)
+
+    async def _flush(self, want: int, stats_now: bool = False) -> None:
+        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip."""
+        outbox, fetcher = self.outbox, self.fetcher
+        parcel = outbox.take(stats_now)
+        done, progress, logs, stats = parcel
+        try:
+            if progress or logs:
+                await outbox.send_extras(progress, logs)
+            if done or stats:
+                oks, fetched = await fetcher.finish(done, stats, want)
+            elif want > 0:
+                fetched = await fetcher.fetch(want)
+            else:
+                return
+        except BaseException:
+            outbox.restore(parcel)
+            raise
+        if done:
+            outbox.settle(oks, done)
+            if outbox.has_dead_letters:
+                await outbox.send_dead_letters()
+        await fetcher.accept(fetched, want)
+
+    async def _release_leftovers(self) -> None:
+        """After the grace period: hand jobs still held back to the queue (not an attempt)."""
+        await self.fetcher.leave()
+        outbox = self.outbox
+        outcomes = outbox.done + self.jobs.release_all()
+        outbox.done = []
+        if outcomes or outbox.stats:
+            try:
+                await self.fetcher.finish(outcomes, outbox.stats, 0)
+            except Exception as exc:
+                log.error("worker %s could not hand back %d jobs at shutdown (%s); the "
+                          "stalled check will recover them", self.token, len(outcomes), exc)

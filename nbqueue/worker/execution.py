@@ -1,0 +1,257 @@
+"""Job execution: the slots, the async and thread runners, deadlines, and ``classify``.
+
+``Execution`` owns the jobs a worker holds, by id: ``running`` (started) and ``ready``
+(prefetched: locked for this worker, not started yet). A finished attempt is classified
+into an :class:`~nbqueue.ops.Outcome`, booked in the outbox, and its slot goes to the next
+ready job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..backoff import BackoffStrategy
+from ..errors import JobTimeoutError, UnrecoverableError
+from ..job import JobBase, ProgressSink
+from ..ops import Outcome
+from ..processor import Processor
+from ..records import JobRecord
+from ..serialization import dumps
+from .outbox import Outbox
+from .threads import JobThreads
+
+log = logging.getLogger("nbqueue.worker")
+
+JobFactory = Callable[[JobRecord, ProgressSink], JobBase]
+"""Builds the handle a processor receives for a fetched job (bound to the outbox)."""
+
+
+def classify(job: JobRecord, result: Any = None, error: BaseException | None = None,
+             backoff_strategy: BackoffStrategy | None = None,
+             job_handle: Any = None) -> Outcome:
+    """Turn how an attempt ended into an outcome (the retry rules live here)."""
+    if error is None:
+        if isinstance(result, Mapping) and result.get("success") is False:
+            # The seed's "mark as failed": a structured failure, never retried.
+            reason = str(result.get("error") or "processor returned success=False")
+            return Outcome(job, "f", reason, "returned_failure")
+        try:
+            return Outcome(job, "c", dumps(result, "the processor's return value",
+                                           strict=False))
+        except Exception as exc:  # not JSON (or too deep, or circular): the job fails
+            return Outcome(job, "f", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+    if isinstance(error, UnrecoverableError):
+        return Outcome(job, "f", str(error) or "unrecoverable error", "unrecoverable")
+    etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
+    reason = str(error) or type(error).__name__
+    attempts_made = job.attempts_made + 1
+    if attempts_made < job.opts.attempts:
+        delay = 0
+        if job.opts.backoff is not None:
+            try:
+                delay = job.opts.backoff.compute(attempts_made, error, job_handle,
+                                                 backoff_strategy)
+            except Exception as exc:  # a broken custom strategy must not lose the job
+                log.warning("backoff strategy failed (%s); retrying without delay", exc)
+        return Outcome(job, "r", reason, etype, delay)
+    return Outcome(job, "x", reason, etype)
+
+
+def safe_classify(record: JobRecord, result: Any, error: BaseException | None,
+                  strategy: BackoffStrategy | None, job: Any) -> Outcome:
+    """``classify`` that cannot raise: a hostile exception (one whose ``str()`` raises, say)
+    must fail its job, not kill the thread or task that ran it."""
+    try:
+        return classify(record, result, error, strategy, job)
+    except Exception as exc:
+        return Outcome(record, "f", f"could not record the outcome: {type(exc).__name__}",
+                       type(exc).__name__)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _shutdown_outcome(record: JobRecord) -> Outcome:
+    return Outcome(record, "r", "released at worker shutdown", "shutdown",
+                   attempts_made=record.attempts_made)
+
+
+class Execution:
+    """The jobs of one worker: slots, runners, deadlines. Lives on the engine's loop."""
+
+    def __init__(self, processor: Processor, concurrency: int, *, is_async: bool,
+                 job_factory: JobFactory, outbox: Outbox,
+                 backoff_strategy: BackoffStrategy | None = None) -> None:
+        self.processor = processor
+        self.concurrency = concurrency
+        self.is_async = is_async
+        self.job_factory = job_factory
+        self.outbox = outbox
+        self.backoff_strategy = backoff_strategy
+        # job id -> (record, its task; None for a sync processor running on a thread)
+        self.running: dict[str, tuple[JobRecord, asyncio.Task[None] | None]] = {}
+        # Prefetched jobs (locked for us, not started yet): a slot that frees up starts the
+        # next one at once instead of waiting for the finish/fetch round trip.
+        self.ready: collections.deque[JobRecord] = collections.deque()
+        self.deadlines: dict[str, float] = {}  # sync jobs with a timeout: monotonic deadline
+        # Sync jobs finished on their threads, handed to the loop in batches (one wake-up).
+        self._finished: collections.deque[tuple[JobRecord, Outcome, float]] = \
+            collections.deque()
+        self._drain_scheduled = False
+        self.stopping = False  # set by Engine.request_stop: start nothing new
+        self.processed = 0
+        self.failed = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._pool: JobThreads | None = None
+
+    def open(self, wake: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._wake = wake
+        if not self.is_async:
+            self._pool = JobThreads(self.concurrency, "nbqueue-job")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    # -- slots -----------------------------------------------------------------------------
+    def take(self, record: JobRecord) -> None:
+        """A job fetched for us: start it if a slot is free, else keep it ready."""
+        if len(self.running) < self.concurrency and not self.stopping:
+            self.start(record)
+        else:
+            self.ready.append(record)
+
+    def start(self, record: JobRecord) -> None:
+        job = self.job_factory(record, self.outbox)
+        if self.is_async:
+            task = asyncio.ensure_future(self._run_async(record, job))
+            self.running[record.id] = (record, task)
+            return
+        assert self._pool is not None
+        self.running[record.id] = (record, None)
+        if record.opts.timeout:
+            self.deadlines[record.id] = time.monotonic() + record.opts.timeout / 1000
+        self._pool.submit(functools.partial(self._run_thread, record, job))
+
+    def complete(self, record: JobRecord, outcome: Outcome, duration: float) -> None:
+        """Book a finished attempt; it is sent with the next flush. Its slot goes to the
+        next ready job at once."""
+        if outcome.kind == "c":
+            self.processed += 1
+        elif outcome.terminal_failure:
+            self.failed += 1
+        self.outbox.book(outcome, duration)
+        self.deadlines.pop(record.id, None)
+        self.running.pop(record.id, None)
+        if self.ready and not self.stopping:
+            self.start(self.ready.popleft())
+        assert self._wake is not None
+        self._wake.set()
+
+    def held_locks(self) -> dict[str, str]:
+        """job id -> lock token of every job we hold (running or ready)."""
+        held = [rec for rec, _ in self.running.values()] + list(self.ready)
+        return {rec.id: rec.lock for rec in held if rec.lock}
+
+    def release_all(self) -> list[Outcome]:
+        """Stop holding every job (cancel tasks; threads cannot be stopped): each becomes an
+        outcome that puts it back in the queue without counting an attempt."""
+        outcomes = []
+        for record, task in list(self.running.values()):
+            if task is not None:
+                task.cancel()
+            outcomes.append(_shutdown_outcome(record))
+        outcomes.extend(_shutdown_outcome(record) for record in self.ready)
+        self.running.clear()
+        self.ready.clear()
+        self.deadlines.clear()
+        return outcomes
+
+    # -- async runner ----------------------------------------------------------------------
+    async def _run_async(self, record: JobRecord, job: JobBase) -> None:
+        started = time.monotonic()
+        timeout = record.opts.timeout / 1000 if record.opts.timeout else None
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            work = self.processor(job)
+            if timeout is None:
+                result = await work
+            else:
+                try:
+                    result = await asyncio.wait_for(work, timeout)
+                except asyncio.TimeoutError:
+                    raise JobTimeoutError(
+                        f"job exceeded its timeout of {record.opts.timeout} ms") from None
+        except asyncio.CancelledError:
+            self.running.pop(record.id, None)
+            raise
+        except BaseException as exc:  # the processor's failure is the job's, not ours
+            error = exc
+        self.complete(record, safe_classify(record, result, error, self.backoff_strategy,
+                                            job), time.monotonic() - started)
+
+    # -- thread runner ---------------------------------------------------------------------
+    def _run_thread(self, record: JobRecord, job: JobBase) -> None:
+        """On a job thread: run a sync processor, classify, hand the outcome to the loop."""
+        started = time.monotonic()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self.processor(job)
+            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+                assert self.loop is not None
+                result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
+        except BaseException as exc:  # the processor's failure is the job's, not ours
+            error = exc
+        outcome = safe_classify(record, result, error, self.backoff_strategy, job)
+        self._finished.append((record, outcome, time.monotonic() - started))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            assert self.loop is not None
+            try:
+                self.loop.call_soon_threadsafe(self._drain_finished)
+            except RuntimeError:
+                pass  # the engine is gone: the job was handed back at shutdown
+
+    def _drain_finished(self) -> None:
+        """On the loop: collect what the job threads finished since the last call."""
+        self._drain_scheduled = False
+        while self._finished:
+            record, outcome, duration = self._finished.popleft()
+            entry = self.running.get(record.id)
+            if entry is None or entry[0] is not record:
+                continue  # timed out or handed back meanwhile: this result is void
+            self.complete(record, outcome, duration)
+
+    # -- deadlines (sync jobs) -------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return min(self.deadlines.values()) if self.deadlines else None
+
+    def expire_deadlines(self) -> None:
+        """Fail sync jobs past their timeout (their threads cannot be stopped; see README)."""
+        if not self.deadlines:
+            return
+        now = time.monotonic()
+        for job_id, deadline in list(self.deadlines.items()):
+            if now < deadline:
+                continue
+            record = self.running[job_id][0]
+            error = JobTimeoutError(f"job exceeded its timeout of {record.opts.timeout} ms")
+            if self._pool is not None:
+                self._pool.size += 1  # the stuck thread runs on; keep our concurrency
+            self.complete(record, classify(record, None, error, self.backoff_strategy),
+                          (record.opts.timeout or 0) / 1000)
+
+    def describe(self) -> str:
+        return f"running={sorted(self.running)} ready={[r.id for r in self.ready]}"

@@ -1,0 +1,207 @@
+"""``Worker``: the public front. Validates options and runs an engine in a thread, on the
+caller's event loop, in the foreground, or in child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import threading
+from typing import Any
+
+from ..backoff import BackoffStrategy
+from ..connection import Connection, connect
+from ..durations import to_ms
+from ..errors import InvalidOptionError, NbqueueError
+from ..keys import DEFAULT_PREFIX, validate_queue_name
+from ..processor import Processor
+from . import process
+from .engine import Engine
+
+log = logging.getLogger("nbqueue.worker")
+
+MODES = ("thread", "asyncio", "process")
+
+
+class Worker:
+    """Processes the jobs of one queue with ``processor(job)`` (sync or async).
+
+    ``start()`` returns at once (thread/asyncio/process modes); ``run()`` blocks until
+    ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
+    seconds, whatever still runs then goes back to the queue.
+
+    ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
+    a slot that frees up starts the next job without a round trip; it trades strict
+    priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
+    """
+
+    def __init__(self, queue_name: str, processor: Processor | None,
+                 connection: Connection | str | None = None, *, concurrency: int = 1,
+                 mode: str = "thread", prefix: str = DEFAULT_PREFIX,
+                 lock_duration: Any = 30_000, stalled_interval: Any = 30_000,
+                 max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
+                 dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
+                 name: str | None = None, allow_code: bool = False,
+                 secret: str | bytes | None = None, prefetch: int = 0) -> None:
+        queue_name = validate_queue_name(queue_name)
+        if allow_code:
+            # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
+            from ..codejobs import wrap_processor
+
+            processor = wrap_processor(processor, secret)
+        if not callable(processor):
+            raise TypeError(f"processor must be callable, not {type(processor).__name__}")
+        if mode not in MODES:
+            raise InvalidOptionError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidOptionError(f"concurrency must be an int >= 1: {concurrency!r}")
+        if isinstance(max_stalled_count, bool) or not isinstance(max_stalled_count, int) \
+                or max_stalled_count < 0:
+            raise InvalidOptionError(f"max_stalled_count must be an int >= 0: "
+                                     f"{max_stalled_count!r}")
+        self.queue_name = queue_name
+        self.processor: Processor = processor
+        self._connection_arg = connection
+        self.concurrency = concurrency
+        self.mode = mode
+        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        self.name = name
+        self._engine_kwargs: dict[str, Any] = dict(
+            prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
+            stalled_interval=to_ms(stalled_interval, "stalled_interval", allow_zero=False),
+            max_stalled_count=max_stalled_count, backoff_strategy=backoff_strategy,
+            dead_letter=dead_letter, grace=grace, prefetch=prefetch)
+        self.engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._children: list[Any] = []
+        self._error: BaseException | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if not isinstance(self._connection_arg, Connection):
+            self._connection_arg = connect(self._connection_arg)
+        return self._connection_arg
+
+    def _new_engine(self, concurrency: int) -> Engine:
+        return Engine(self.queue_name, self.processor, self.connection,
+                      concurrency=concurrency, worker_name=self.name, **self._engine_kwargs)
+
+    @property
+    def is_running(self) -> bool:
+        if self._thread is not None:
+            return self._thread.is_alive()
+        if self._task is not None:
+            return not self._task.done()
+        return any(p.is_alive() for p in self._children)
+
+    @property
+    def processed(self) -> int:
+        return self.engine.processed if self.engine else 0
+
+    def start(self) -> Worker:
+        """Start in the background and return at once."""
+        if self.is_running:
+            return self
+        _ = self.connection  # resolve (and check) the connection in the caller's thread
+        if self.mode == "process":
+            self._start_processes()
+        elif self.mode == "asyncio" and _running_loop() is not None:
+            self.engine = self._new_engine(self.concurrency)
+            self._task = asyncio.ensure_future(self.engine.run())
+        else:
+            self.engine = self._new_engine(self.concurrency)
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._thread_main, args=(ready,),
+                                            name=f"nbqueue-worker-{self.queue_name}",
+                                            daemon=True)
+            self._thread.start()
+            ready.wait(5)
+        return self
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        assert self.engine is not None
+        engine = self.engine
+
+        async def main() -> None:
+            task = asyncio.ensure_future(engine.run())
+            await asyncio.sleep(0)
+            ready.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by stop() and logged here
+            self._error = exc
+            log.exception("worker for %s died", self.queue_name)
+        finally:
+            ready.set()
+
+    def _start_processes(self) -> None:
+        per_child = math.ceil(self.concurrency / self.processes)
+        specs = [dict(self._engine_kwargs, url=self.connection.url,
+                      cluster=self.connection.cluster, queue_name=self.queue_name,
+                      processor=self.processor, concurrency=per_child,
+                      worker_name=f"{self.name}-{i}" if self.name else None)
+                 for i in range(self.processes)]
+        self._children.extend(process.start_children(specs, self.queue_name))
+
+    def run(self) -> None:
+        """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this)."""
+        if self.mode == "process":
+            self._start_processes()
+            try:
+                for p in self._children:
+                    p.join()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self.stop()
+            return
+        self.engine = self._new_engine(self.concurrency)
+        engine = self.engine
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, engine.request_stop)
+            await engine.run()
+
+        asyncio.run(main())
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
+        wait = (timeout if timeout is not None else self._engine_kwargs["grace"]) + 10
+        if self.engine is not None:
+            self.engine.request_stop(timeout)
+        if self._thread is not None:
+            self._thread.join(wait)
+            if self._thread.is_alive() and self.engine is not None:
+                log.error("worker did not stop within %.0fs: %s", wait, self.engine.describe())
+            self._thread = None
+        process.stop_children(self._children, wait)
+        self._children = []
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise NbqueueError(f"the worker of {self.queue_name!r} had died: {err}") from err
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return (f"<Worker {self.queue_name!r} mode={self.mode} "
+                f"concurrency={self.concurrency} {state}>")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
