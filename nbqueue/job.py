@@ -257,6 +257,13 @@ class Job(JobBase):
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
 
+    def log(self, message: Any) -> Any:
+        """Append a line to the job's log (inside a worker: batched with the next flush,
+        like progress). Read it with ``get_logs()`` / ``Queue.get_job_logs(id)``."""
+        if self._sink is not None:
+            return self._in_worker_log(message)
+        return self._log_now(message)
+
 
 class AsyncJob(JobBase):
     """A job handle whose methods are awaitable (``nbqueue.aio.Job``)."""
