@@ -37,17 +37,6 @@ def _load_processor(spec: str) -> Any:
     return fn
 
 
-def discover_queues(client: Any, prefix: str = "nbq", workers: bool = False) -> list[str]:
-    """Names of the queues present in Redis (every queue that ever had a job has a counter;
-    with ``workers=True`` also those with a worker registry)."""
-    names = set()
-    suffixes = ("ctr", "workers") if workers else ("ctr",)
-    for suffix in suffixes:
-        for key in client.scan_iter(match=f"{prefix}:{{*}}:{suffix}", count=1000):
-            names.add(key[len(prefix) + 2:key.rindex("}")])
-    return sorted(names)
-
-
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c)
               for c in columns}
@@ -80,11 +69,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from .connection import connect
-    from .queue import Queue
+    from .keys import validate_queue_name
+    from .metrics import discover_queues, read_queues
+    from .protocol import run_sync
 
     conn = connect(args.url)
-    names = args.queue or discover_queues(conn.sync())
-    rows = [Queue(n, conn).get_metrics().to_dict() for n in names]
+    client = conn.sync()
+    # the registry of queue names, then one pipeline: O(queues), not a SCAN of all keys
+    names = args.queue or discover_queues(client)
+    for name in names:
+        validate_queue_name(name)
+    data = run_sync(client, read_queues(names))
+    rows = []
+    for name in names:
+        st = data[name]["states"]
+        rows.append({"queue_name": name, **st, "paused": data[name]["paused"],
+                     "total": st["waiting"] + st["active"] + st["delayed"]})
     print(format_table(rows, METRIC_COLUMNS) if rows else "no queues")
     return 0
 
@@ -98,11 +98,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from .connection import connect
+    from .metrics import discover_queues
     from .queue import Queue
 
     conn = connect(args.url)
     client = conn.sync()
-    names = args.queue or discover_queues(client, workers=True)
+    names = args.queue or discover_queues(client)
     t = client.time()
     now = int(t[0]) * 1000 + int(t[1]) // 1000
     rows = []

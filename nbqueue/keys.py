@@ -12,6 +12,15 @@ DEAD_LETTER_QUEUE = "dead_letter"  # where workers record terminal failures
 MAX_NAME_LEN = 200
 
 
+def registry_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """The SET of queue names (``nbq:queues``) that scrapes and ``nbqueue stats`` read.
+
+    It is the one key outside every queue's ``{name}`` slot: on Redis Cluster it lives in
+    another slot, so no queue script can write it. Clients add a queue's name from Python,
+    once per queue object, in the same pipeline as its first add (see ``QueueOps``)."""
+    return f"{prefix}:queues"
+
+
 def validate_queue_name(name: object) -> str:
     """Queue names are non-empty strings without braces (they would break the hash tag)."""
     if isinstance(name, enum.Enum):  # QueueName members

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from .errors import (
     JobStateError,
     NbqueueError,
 )
-from .keys import DEFAULT_PREFIX, QueueKeys
+from .keys import DEFAULT_PREFIX, QueueKeys, registry_key
 from .options import JobOptions, default_options, merge_options
 from .protocol import Batch, Call, Op
 from .records import (
@@ -39,9 +40,11 @@ from .records import (
 )
 from .types import JobState, QueueMetrics, WorkerInfo
 
+_log = logging.getLogger("nbqueue.ops")
 EVENTS_MAXLEN = 10_000
 LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
 LOG_LINE_CHARS = 10_000  # a longer line is cut (its end is kept)
+REGISTER_EVERY_S = 60.0  # how often a queue object re-adds its name to the registry
 FINISHED = (JobState.COMPLETED, JobState.FAILED)
 
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
@@ -123,6 +126,10 @@ class QueueOps:
                                      f"{max_payload_bytes!r}")
         self.max_payload_bytes = max_payload_bytes
         self.events_maxlen = events_maxlen
+        # When this object last put the queue's name in the registry (keys.registry_key):
+        # the SADD rides in the pipeline of an add (no extra round trip), at most once a
+        # minute, so a queue obliterated elsewhere and added to again comes back.
+        self.registered_at = -REGISTER_EVERY_S
 
     # -- building blocks -------------------------------------------------------------
     def call(self, script: str, *args: Any) -> Call:
@@ -201,7 +208,8 @@ class QueueOps:
                    end: int) -> Op[None]:
         """Run add.lua for ``records[first:end]`` (their arguments ``args``); fills in ids
         and the server's timestamp."""
-        reply = yield self.call("add", new_token(), self.add_token_ttl_ms, *args)
+        reply = yield from self.registering(
+            self.call("add", new_token(), self.add_token_ttl_ms, *args))
         seq0, ts = int(reply[0]), int(reply[1])
         chunk = records[first:end]
         for k, record in enumerate(chunk, 1):
@@ -234,6 +242,35 @@ class QueueOps:
             for (i, _), rec in zip(existing, found):
                 if rec is not None:
                     records[i] = rec
+
+    # -- the registry of queue names -----------------------------------------------------
+    def register_call(self) -> Call:
+        """Add this queue's name to the registry that scrapes and ``nbqueue stats`` read.
+        Optional: an ACL user without access to the registry key still adds jobs."""
+        return Call(command=("SADD", registry_key(self.keys.prefix), self.name),
+                    optional=True)
+
+    def note_registration(self, reply: Any) -> None:
+        """Note a registration's reply (a refused one is logged once per object)."""
+        if isinstance(reply, Exception) and self.registered_at < 0:
+            _log.warning("queue %r: could not add its name to %s (%s); scrapes and "
+                         "`nbqueue stats` of this Redis need the queue names given "
+                         "explicitly", self.name, registry_key(self.keys.prefix), reply)
+        self.registered_at = time.monotonic()
+
+    def registering(self, call: Call) -> Op[Any]:
+        """``call``'s reply; the queue's registration rides in the same pipeline when due
+        (once a minute per object: no extra round trip, the direct lane otherwise)."""
+        if time.monotonic() - self.registered_at < REGISTER_EVERY_S:
+            return (yield call)
+        reply, registered = yield Batch([call, self.register_call()])
+        self.note_registration(registered)
+        return reply
+
+    def ensure_registered(self) -> Op[None]:
+        """One SADD unless this object registered the queue in the last minute."""
+        if time.monotonic() - self.registered_at >= REGISTER_EVERY_S:
+            self.note_registration((yield self.register_call()))
 
     # -- reading -----------------------------------------------------------------------
     def get_jobs_by_id(self, ids: Sequence[str]) -> Op[list[JobRecord | None]]:
@@ -298,6 +335,7 @@ class QueueOps:
 
     # -- control -----------------------------------------------------------------------
     def set_rate_limit(self, limit: RateLimit | None) -> Op[None]:
+        yield from self.ensure_registered()
         if limit is None:
             yield Call.cmd("HDEL", self.keys.meta, "rl_max", "rl_dur")
         else:
@@ -340,6 +378,10 @@ class QueueOps:
         if r < 0:
             raise NbqueueError(f"queue {self.name!r} has active jobs; stop its workers or "
                                "pass force=True")
+        # Out of the registry too (another slot on a cluster, hence a second call). A
+        # process still adding to this queue registers it again within a minute.
+        yield Call(command=("SREM", registry_key(self.keys.prefix), self.name), optional=True)
+        self.registered_at = -REGISTER_EVERY_S
         return r
 
     # -- job control (BullMQ parity) ----------------------------------------------------
@@ -406,8 +448,10 @@ class QueueOps:
     def heartbeat(self, worker_id: str, ttl_ms: int, info: Mapping[str, Any],
                   active: int) -> Op[None]:
         """Register or renew a worker (one call per worker per heartbeat interval)."""
-        yield self.call("heartbeat", worker_id, ttl_ms,
-                        json.dumps(dict(info), separators=(",", ":")), active, "0")
+        # the queue's name rides along (registry of queue names): scrapes see its workers
+        yield from self.registering(self.call(
+            "heartbeat", worker_id, ttl_ms, json.dumps(dict(info), separators=(",", ":")),
+            active, "0"))
 
     def deregister(self, worker_id: str) -> Op[None]:
         yield self.call("heartbeat", worker_id, 1, "{}", 0, "1")

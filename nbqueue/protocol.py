@@ -33,6 +33,9 @@ class Call:
     keys: Sequence[str] = ()
     args: Sequence[Any] = ()
     command: tuple[Any, ...] | None = None
+    # optional: an error reply (e.g. NOPERM for an ACL user) is handed to the op as the
+    # reply (a ``redis.ResponseError``) instead of raised: for bookkeeping an op can do without
+    optional: bool = False
 
     @staticmethod
     def cmd(*command: Any) -> Call:
@@ -93,15 +96,21 @@ def _pipe(client: Any, batch: Batch) -> Any:
     return pipe
 
 
-def _raise_errors(results: Sequence[Any]) -> list[Any]:
-    for res in results:
-        if isinstance(res, Exception):
+def _raise_errors(results: Sequence[Any], calls: Sequence[Call] = ()) -> list[Any]:
+    for i, res in enumerate(results):
+        if isinstance(res, Exception) and not (
+                i < len(calls) and calls[i].optional and isinstance(res, redis.ResponseError)):
             raise res
     return list(results)
 
 
 def _exec_sync(client: redis.Redis, call: Call) -> Any:
     if call.command is not None:
+        if call.optional:
+            try:
+                return client.execute_command(*call.command)
+            except redis.ResponseError as exc:
+                return exc
         return client.execute_command(*call.command)
     plan = _direct_plan(client, (call,))
     try:
@@ -123,7 +132,7 @@ def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
             results[i] = _exec_sync(client, call)
-    return _raise_errors(results)
+    return _raise_errors(results, batch.calls)
 
 
 def run_sync(client: redis.Redis, op: Op[T]) -> T:
@@ -146,6 +155,11 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
 
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
     if call.command is not None:
+        if call.optional:
+            try:
+                return await client.execute_command(*call.command)
+            except redis.ResponseError as exc:
+                return exc
         return await client.execute_command(*call.command)
     plan = _direct_plan(client, (call,))
     try:
@@ -173,7 +187,7 @@ async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
     for i, (call, res) in enumerate(zip(batch.calls, results)):
         if isinstance(res, NoScriptError):
             results[i] = await _exec_async(client, call)
-    return _raise_errors(results)
+    return _raise_errors(results, batch.calls)
 
 
 async def run_async(client: aredis.Redis, op: Op[T]) -> T:

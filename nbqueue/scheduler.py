@@ -282,6 +282,7 @@ class SchedulerOps:
                 after = int(tick) + schedule.every
         else:  # pragma: no cover - the scheduler keeps moving under us
             raise InvalidOptionError(f"could not place the first tick of {sid!r}")
+        yield from self.ops.ensure_registered()  # its ticks are added by Lua, not by add()
         h = yield Call.cmd("HGETALL", self.hash_prefix + sid)
         return _info(self.ops.name, sid, h, str(status))
 

@@ -14,6 +14,18 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0
                               2.5, 5.0, 7.5, 10.0)
 
 
+# Wait-time (added, or due, to first start) histogram buckets, seconds. finish.lua counts
+# them (server clock) into ``wait:<le>`` / ``wait:inf`` / ``wait_sum``; keep both lists equal
+# (tests/test_metrics.py checks).
+WAIT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                   10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def wait_field(le: float) -> str:
+    """The stats field of wait bucket ``le`` (``wait:0.005`` ... ``wait:3600``)."""
+    return f"wait:{le:g}"
+
+
 def bucket_field(duration_s: float) -> str:
     """The (non-cumulative) bucket a duration falls in: ``dur:<le>`` or ``dur:inf``."""
     for le in BUCKETS:

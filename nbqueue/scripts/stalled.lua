@@ -44,6 +44,10 @@ if #zfailed > 0 then
   redis.call('ZADD', K_FAILED, unpack(zfailed))
   redis.call('HINCRBY', K_STATS, 'failed', #failed + #cancelled)
   if #failed > 0 then redis.call('HINCRBY', K_STATS, 'error:stalled', #failed) end
+  -- the per-minute history counts these failures too (as finish.lua does its own)
+  local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
+  local nf = #failed + #cancelled
+  if redis.call('HINCRBY', mkey, 'failed', nf) == nf then redis.call('PEXPIRE', mkey, 86400000) end
 end
 emit('stalled', back)
 emit('waiting', back)
