@@ -402,10 +402,9 @@ class NbqueueMagics(Magics):
         m = _manager()
         names = list(args.queues)
         if not names:
-            from ..cli import discover_queues
+            from ..metrics import discover_queues
 
-            names = sorted(set(m.queues) | set(discover_queues(
-                m.connection.sync(), m.prefix, workers=True)))
+            names = sorted(set(m.queues) | set(discover_queues(m.connection.sync(), m.prefix)))
         return workers_frame([(name, w) for name in names
                               for w in m.get_queue(name).get_workers()])
 
