@@ -255,12 +255,14 @@ def test_depth_per_priority_and_oldest_waiting_age(conn: Connection, r: redis.Re
     q = Queue("prio", connection=conn)
     q.add_bulk([({"type": "t"}, {"priority": p}) for p in (1, 2, 2, 5, 5, 5)])
     q.add({"type": "t"}, delay=3_600_000)  # delayed: not waiting
+    q.add({"type": "t"}, priority=2, lifo=True)  # scores below its level's FIFO jobs
+    q.add({"type": "t"}, priority=5, lifo=True)
     registry = CollectorRegistry()
     registry.register(QueueCollector(conn, ["prio"]))
     s = parse(generate_latest(registry).decode())
     w = "nbqueue_queue_waiting_jobs"
     assert [get(s, w, queue="prio", priority=p)
-            for p in ("critical", "high", "normal", "low", "background")] == [1, 2, 0, 0, 3]
+            for p in ("critical", "high", "normal", "low", "background")] == [1, 3, 0, 0, 4]
     assert get(s, "nbqueue_queue_oldest_waiting_seconds", queue="prio") < 60
     # the job next in line at BACKGROUND was added two hours ago (server clock)
     head = r.zrangebyscore("nbq:{prio}:wait", 5 * 2**40, 6 * 2**40, start=0, num=1)[0]
@@ -268,6 +270,13 @@ def test_depth_per_priority_and_oldest_waiting_age(conn: Connection, r: redis.Re
     r.hset(f"nbq:{{prio}}:job:{head}", "ts", (sec - 7200) * 1000)
     s = parse(generate_latest(registry).decode())
     assert 7200 <= get(s, "nbqueue_queue_oldest_waiting_seconds", queue="prio") < 7300
+    # an older lifo job (the last of its level's lifo part) counts too
+    lifo = r.zrevrangebyscore("nbq:{prio}:wait", "(" + str(2 * 2**40), 1.5 * 2**40,
+                              start=0, num=1)[0]
+    assert r.hget(f"nbq:{{prio}}:job:{lifo}", "lifo") == "1"
+    r.hset(f"nbq:{{prio}}:job:{lifo}", "ts", (sec - 9000) * 1000)
+    s = parse(generate_latest(registry).decode())
+    assert 9000 <= get(s, "nbqueue_queue_oldest_waiting_seconds", queue="prio") < 9100
     q.drain()
     s = parse(generate_latest(registry).decode())
     assert get(s, "nbqueue_queue_oldest_waiting_seconds", queue="prio") == 0
