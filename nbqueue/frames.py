@@ -5,12 +5,15 @@ gives an empty frame with the same columns and dtypes.
 
 ``metrics_frame`` (index ``queue``):
     waiting, active, completed, failed, delayed (int64), paused (bool), total (int64).
-``jobs_frame`` (index ``job_id``):
-    queue, name (str), state (Categorical of :class:`~nbqueue.JobState` values), priority,
-    attempts_made, attempts (int64), progress (float 0-1; NaN when not a number),
-    created, processed, finished (``datetime64[ns, UTC]``, NaT when not yet),
-    wait_time (processed - created) and run_time (finished - processed) (``timedelta64``),
-    failed_reason, error_type (str or None), returnvalue, data (the JSON values, objects).
+``jobs_frame`` (index ``job_id``), the concise default set ``JOB_COLUMNS``:
+    name (str), state (Categorical of :class:`~nbqueue.JobState` values), progress
+    (float64, percent 0-100 as everywhere in nbqueue; 100 for a completed job; NaN when the
+    job reported something other than a number), attempts_made (int64), created
+    (``datetime64[ns, UTC]``), wait_s (processed - created) and run_s (finished -
+    processed) (float64 seconds, NaN when not yet), returnvalue, failed_reason.
+    ``columns="all"`` (``ALL_JOB_COLUMNS``) adds queue, priority, attempts (int64),
+    processed, finished (``datetime64[ns, UTC]``, NaT when not yet), error_type and data;
+    a list of names picks those columns in that order.
 ``history_frame`` (index ``minute``, ``datetime64[ns, UTC]``, oldest first):
     queue (str), completed, failed, finished (int64; finished = completed + failed).
 ``workers_frame`` (index ``id``): queue, host, mode (str), pid, concurrency, active (int64),
@@ -33,14 +36,20 @@ from .types import JobState, QueueMetrics, WorkerInfo
 if TYPE_CHECKING:
     from .job import JobBase
 
-__all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS", "WORKER_COLUMNS", "export",
-           "history_frame", "jobs_frame", "metrics_frame", "workers_frame"]
+__all__ = ["ALL_JOB_COLUMNS", "HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS",
+           "WORKER_COLUMNS", "export", "history_frame", "jobs_frame", "metrics_frame",
+           "progress_percent", "workers_frame"]
 
 METRICS_COLUMNS: tuple[str, ...] = ("waiting", "active", "completed", "failed", "delayed",
                                     "paused", "total")
+#: The default (concise) columns of ``jobs_frame``.
 JOB_COLUMNS: tuple[str, ...] = (
+    "name", "state", "progress", "attempts_made", "created", "wait_s", "run_s",
+    "returnvalue", "failed_reason")
+#: Every column ``jobs_frame(columns="all")`` has.
+ALL_JOB_COLUMNS: tuple[str, ...] = (
     "queue", "name", "state", "priority", "attempts_made", "attempts", "progress",
-    "created", "processed", "finished", "wait_time", "run_time", "failed_reason",
+    "created", "processed", "finished", "wait_s", "run_s", "failed_reason",
     "error_type", "returnvalue", "data")
 HISTORY_COLUMNS: tuple[str, ...] = ("queue", "completed", "failed", "finished")
 
@@ -66,18 +75,46 @@ def metrics_frame(metrics: Iterable[QueueMetrics]) -> pd.DataFrame:
     return df
 
 
-def _progress(value: Any) -> float:
-    """A job's progress as a fraction: numbers are percentages (0-100), clipped."""
+def progress_percent(value: Any, state: Any = None) -> float:
+    """A job's progress in percent (0-100, clipped), the one unit nbqueue shows everywhere:
+    a number reported with ``update_progress``, or a dict's ``"percent"``; 100 for a
+    completed job; NaN when the job reported something else (a str, a list...)."""
+    if state == JobState.COMPLETED or state == "completed":
+        return 100.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, dict) and isinstance(value.get("percent"), (int, float)):
+        if isinstance(value, dict) and isinstance(value.get("percent"), (int, float)) \
+                and not isinstance(value.get("percent"), bool):
             value = value["percent"]
         else:
             return float("nan")
-    return max(0.0, min(1.0, float(value) / 100.0))
+    return max(0.0, min(100.0, float(value)))
 
 
-def jobs_frame(jobs: Iterable[JobBase]) -> pd.DataFrame:
-    """One row per job, indexed by job id (see the module docstring for columns)."""
+def _seconds(later: pd.Series, earlier: pd.Series) -> pd.Series:
+    return ((later - earlier).dt.total_seconds()).round(3).astype("float64")
+
+
+def _columns(columns: str | Sequence[str] | None) -> list[str]:
+    if columns is None:
+        return list(JOB_COLUMNS)
+    if isinstance(columns, str):
+        if columns != "all":
+            raise ValueError(f"columns must be None, 'all' or a list of names, not "
+                             f"{columns!r}")
+        return list(ALL_JOB_COLUMNS)
+    picked = list(columns)
+    unknown = [c for c in picked if c not in ALL_JOB_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown jobs_frame column(s) {unknown}; the columns are "
+                         f"{', '.join(ALL_JOB_COLUMNS)}")
+    return picked
+
+
+def jobs_frame(jobs: Iterable[JobBase],
+               columns: str | Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per job, indexed by job id: the concise ``JOB_COLUMNS`` by default,
+    ``columns="all"`` for every column, or a list of names (see the module docstring)."""
+    picked = _columns(columns)
     jobs = list(jobs)
     created = _utc([j.timestamp or None for j in jobs])
     processed = _utc([j.processed_on for j in jobs])
@@ -89,17 +126,18 @@ def jobs_frame(jobs: Iterable[JobBase]) -> pd.DataFrame:
         "priority": pd.Series([j.priority for j in jobs], dtype="int64"),
         "attempts_made": pd.Series([j.attempts_made for j in jobs], dtype="int64"),
         "attempts": pd.Series([j.opts.get("attempts", 1) for j in jobs], dtype="int64"),
-        "progress": pd.Series([_progress(j.progress) for j in jobs], dtype="float64"),
+        "progress": pd.Series([progress_percent(j.progress, j.state) for j in jobs],
+                              dtype="float64"),
         "created": created,
         "processed": processed,
         "finished": finished,
-        "wait_time": processed - created,
-        "run_time": finished - processed,
+        "wait_s": _seconds(processed, created),
+        "run_s": _seconds(finished, processed),
         "failed_reason": pd.Series([j.failed_reason for j in jobs], dtype="object"),
         "error_type": pd.Series([j._record.error_type for j in jobs], dtype="object"),
         "returnvalue": pd.Series([j.returnvalue for j in jobs], dtype="object"),
         "data": pd.Series([j.data for j in jobs], dtype="object"),
-    }, columns=list(JOB_COLUMNS))
+    }, columns=picked)
     df.index = pd.Index([j.id for j in jobs], dtype="object", name="job_id")
     return df
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -216,19 +215,14 @@ class JobBase:
                 f"state={self._record.state.value}>")
 
     def _repr_html_(self) -> str:
-        r = self._record
-        e = html.escape
-        progress = r.progress if isinstance(r.progress, (int, float)) else 0
-        rows = [("queue", self.queue.name), ("id", r.id), ("type", r.name),
-                ("state", r.state.value), ("priority", str(r.priority)),
-                ("attempts", f"{r.attempts_made}/{r.opts.attempts}")]
-        if r.failed_reason:
-            rows.append(("failed reason", r.failed_reason))
-        cells = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(str(v))}</td></tr>"
-                        for k, v in rows)
-        bar = (f"<progress value='{max(0, min(100, float(progress)))}' max='100'></progress>"
-               if r.state in (JobState.ACTIVE, JobState.COMPLETED) else "")
-        return f"<div class='nbqueue-job'><table>{cells}</table>{bar}</div>"
+        from .display import job_html
+
+        return job_html(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        from .display import job_text
+
+        p.text(job_text(self))
 
 
 class Job(JobBase):
@@ -237,7 +231,6 @@ class Job(JobBase):
     refresh = sync_method(JobBase._refresh)
     status = sync_method(JobBase._status)
     get_state = sync_method(JobBase._get_state)
-    result = sync_method(JobBase._result)
     remove = sync_method(JobBase._remove)
     retry = sync_method(JobBase._retry)
     promote = sync_method(JobBase._promote)
@@ -250,6 +243,31 @@ class Job(JobBase):
 
     def _run(self, op: Op[Any]) -> Any:
         return self.queue._run(op)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job's return value (raises ``JobFailedError`` if it failed,
+        ``TimeoutError`` after ``timeout`` s). In a notebook, dashboard clicks are handled
+        while it waits (``nbqueue.notebook.kernel``)."""
+        from .notebook.kernel import cooperative
+
+        return self._run(cooperative(self._result(timeout)))
+
+    def _repr_html_(self) -> str:
+        self._refresh_for_display()
+        return super()._repr_html_()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        self._refresh_for_display()
+        super()._repr_pretty_(p, cycle)
+
+    def _refresh_for_display(self) -> None:
+        """A displayed handle shows the job as it is now (one round trip), not as it was
+        when the handle was made; inside a processor, or with Redis away, the last read."""
+        if self._sink is None:
+            try:
+                self.refresh()
+            except Exception:
+                pass
 
     def update_progress(self, value: Any) -> Any:
         """Report progress (a number 0-100 or any JSON value); inside a worker it is batched."""

@@ -176,6 +176,11 @@ class QueueManager:
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop every worker this manager started (also run at interpreter exit)."""
+        import sys
+
+        panels = sys.modules.get("nbqueue.notebook.dashboard")
+        if panels is not None:  # dashboards of this manager stop polling Redis
+            panels.close_panels(self)
         with self._lock:
             workers, self._workers = list(self._workers.values()), {}
         for w in workers:

@@ -252,6 +252,20 @@ class QueueBase:
     def _repr_html_(self) -> str:
         return f"<div class='nbqueue-queue'>nbqueue queue <b>{html.escape(self.name)}</b></div>"
 
+    def _display_workers(self) -> list[Any]:
+        """Workers to show with this queue: the registry (every host) where the queue has
+        ``get_workers``, else the workers this process started."""
+        from . import queue_manager
+
+        get_workers = getattr(self, "get_workers", None)
+        if get_workers is not None:
+            try:
+                return list(get_workers())
+            except Exception:
+                pass
+        return [w for w in queue_manager.workers.values()
+                if getattr(w, "queue_name", None) == self.name]
+
 
 class Queue(QueueBase):
     """A queue with blocking methods. ``nbqueue.aio.Queue`` has the same ones, awaitable."""
@@ -290,17 +304,41 @@ class Queue(QueueBase):
     get_global_concurrency = sync_method(QueueBase._get_global_concurrency)
     get_workers = sync_method(QueueBase._get_workers)
 
+    def _repr_html_(self) -> str:
+        """Counts by state, paused, and workers (one round trip for the counts)."""
+        from .display import queue_html
+
+        try:
+            return queue_html(self.get_metrics(), self._display_workers())
+        except Exception as exc:  # Redis away: the name and why there is nothing more
+            return (f"<div class='nbqueue-queue'><b>{html.escape(self.name)}</b>: "
+                    f"{html.escape(str(exc))}</div>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        from .display import queue_text
+
+        try:
+            p.text(queue_text(self.get_metrics(), self._display_workers()))
+        except Exception as exc:
+            p.text(f"Queue {self.name!r}: {exc}")
+
     def events(self, last_id: str = "$", block: Any = 1000) -> Iterable[Event]:
         """Iterate over events as they come (blocks; break out of the loop to stop)."""
         while True:
             last_id, batch = self.read_events(last_id, block)
             yield from batch
 
-    def jobs_frame(self, states: Iterable[str] | str | None = None,
-                   limit: int = 100) -> pd.DataFrame:
+    def jobs_frame(self, states: Iterable[str] | str | None = None, limit: int = 100,
+                   columns: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """Up to ``limit`` jobs in total (0: all; active, waiting, delayed first, then
+        failed and completed, newest first) as a DataFrame: concise columns by default,
+        ``columns="all"`` for every one (``nbqueue.frames``)."""
         from .frames import jobs_frame
 
-        return jobs_frame(self.get_jobs(states, 0, limit))
+        jobs = self.get_jobs(states, 0, limit)
+        return jobs_frame(jobs[:limit] if limit and limit > 0 else jobs,
+                          columns if columns is None or isinstance(columns, str)
+                          else list(columns))
 
     def metrics_history_frame(self, minutes: int = 60) -> pd.DataFrame:
         from .frames import history_frame
@@ -363,10 +401,15 @@ class AsyncQueue(QueueBase):
             for event in batch:
                 yield event
 
-    async def jobs_frame(self, states: Any = None, limit: int = 100) -> Any:
+    async def jobs_frame(self, states: Any = None, limit: int = 100,
+                         columns: Any = None) -> Any:
+        """As ``nbqueue.Queue.jobs_frame``: ``limit`` jobs in total, concise columns."""
         from .frames import jobs_frame
 
-        return jobs_frame(await self.get_jobs(states, 0, limit))
+        jobs = await self.get_jobs(states, 0, limit)
+        return jobs_frame(jobs[:limit] if limit and limit > 0 else jobs,
+                          columns if columns is None or isinstance(columns, str)
+                          else list(columns))
 
     async def metrics_history_frame(self, minutes: int = 60) -> Any:
         from .frames import history_frame

@@ -1,4 +1,8 @@
-"""The ipywidgets dashboard, without a frontend: build it, click its buttons, check Redis."""
+"""The dashboard panel without a frontend: build it, send it clicks, check Redis.
+
+The browser checks (layout, clicks while a cell runs, screenshots) are in
+``test_dashboard_browser.py``; the kernel-level click path in ``test_dashboard_kernel.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import pytest
 
 import nbqueue
 from nbqueue import Worker
+from nbqueue.notebook import dashboard as dashmod
 from nbqueue.notebook.dashboard import Dashboard
 
 
@@ -29,6 +34,10 @@ def _wait(cond, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+def _panel_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "nbqueue-dashboard" and t.is_alive()]
+
+
 def test_rows_show_counts(mgr) -> None:
     q = mgr.get_queue("dash-a")
     mgr.get_queue("dash-b")
@@ -38,31 +47,37 @@ def test_rows_show_counts(mgr) -> None:
     try:
         assert list(panel.rows) == ["dash-a", "dash-b"]
         row = panel.rows["dash-a"]
-        assert row.metrics.waiting == 3 and row.metrics.delayed == 1
-        assert "waiting&nbsp;<b>3</b>" in row.counts.value
-        assert "delayed&nbsp;<b>1</b>" in row.counts.value
-        assert row.progress.description == "0 active"
-        assert row.resume_button.disabled and not row.pause_button.disabled
+        assert row["counts"] == {"waiting": 3, "active": 0, "delayed": 1, "completed": 0,
+                                 "failed": 0}
+        assert row["paused"] is False and row["progress"] is None
+        assert len(row["spark"]) == dashmod.SPARK_MINUTES
         assert not panel.is_refreshing
-        assert "none started here" in panel.workers.value
+        assert panel.data["workers"] == []
+        assert "dash-a: waiting 3, active 0, delayed 1" in panel.text()
+        snap = panel.snapshot_html()
+        assert "nbqueue-snapshot" in snap and "dash-a" in snap
+        bundle = panel._repr_mimebundle_()
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        assert "application/vnd.jupyter.widget-view+json" in data
+        assert "nbqueue-snapshot" in data["text/html"]  # static fallback in the output
     finally:
         panel.close()
 
 
-def test_buttons_act_on_redis(mgr, r) -> None:
+def test_actions_act_on_redis_and_destructive_ones_need_confirmation(mgr) -> None:
     q = mgr.get_queue("dash-btn")
     q.add_bulk([{"type": "t", "payload": i} for i in range(4)])
     panel = Dashboard(["dash-btn"], refresh=None, manager=mgr)
-    row = panel.rows["dash-btn"]
     try:
-        row.pause_button.click()
-        assert q.is_paused() and "PAUSED" in row.counts.value
-        assert row.pause_button.disabled and not row.resume_button.disabled
-        assert "paused dash-btn" in panel.status.value
-        row.resume_button.click()
+        assert panel.act("pause", "dash-btn") == (True, "paused dash-btn")
+        assert q.is_paused() and panel.rows["dash-btn"]["paused"]
+        assert panel.data["message"] == "paused dash-btn"
+        panel.act("resume", "dash-btn")
         assert not q.is_paused()
-        row.drain_button.click()
-        assert q.get_metrics().waiting == 0 and "drained 4" in panel.status.value
+        ok, text = panel.act("drain", "dash-btn")  # not confirmed: refused, nothing deleted
+        assert not ok and "confirmation" in text and q.get_metrics().waiting == 4
+        ok, text = panel.act("drain", "dash-btn", confirmed=True)
+        assert ok and "drained 4" in text and q.get_metrics().waiting == 0
 
         def fail(job):
             raise nbqueue.UnrecoverableError("bad")
@@ -70,33 +85,129 @@ def test_buttons_act_on_redis(mgr, r) -> None:
         q.add_bulk([{"type": "t", "payload": i} for i in range(2)])
         with Worker("dash-btn", fail, mgr.connection, dead_letter=False):
             _wait(lambda: q.get_metrics().failed == 2)
-        panel.refresh()
-        assert not row.retry_button.disabled
-        row.retry_button.click()
+        ok, text = panel.act("retry", "dash-btn")
+        assert ok and "2 failed job(s)" in text
         m = q.get_metrics()
-        assert m.failed == 0 and m.waiting == 2 and "2 failed job(s)" in panel.status.value
+        assert m.failed == 0 and m.waiting == 2
         with Worker("dash-btn", lambda job: "ok", mgr.connection):
             _wait(lambda: q.get_metrics().completed == 2)
-        row.clean_button.click()
-        assert q.get_metrics().completed == 0 and "cleaned 2" in panel.status.value
+        assert not panel.act("clean", "dash-btn")[0] and q.get_metrics().completed == 2
+        ok, text = panel.act("clean", "dash-btn", confirmed=True)
+        assert ok and "cleaned 2" in text and q.get_metrics().completed == 0
+        assert not panel.act("obliterate", "dash-btn")[0]
+        assert panel.act("pause", "not-shown")[0] is False
     finally:
         panel.close()
 
 
-def test_button_errors_are_shown_not_raised(mgr, redis_server) -> None:
-    q = mgr.get_queue("dash-err")
-    panel = Dashboard([q], refresh=None, manager=mgr)
+def test_errors_are_shown_not_raised(mgr) -> None:
+    panel = Dashboard(["dash-err"], refresh=None, manager=mgr)
     try:
-        row = panel.rows["dash-err"]
-        row.queue = type("Broken", (), {"name": "dash-err",
-                                        "pause": lambda self: 1 / 0})()
-        row.pause_button.click()  # must not raise
-        assert "pause failed" in panel.status.value
+        st = panel._queues["dash-err"]
+        st.queue = type("Broken", (), {"name": "dash-err", "pause": lambda self: 1 / 0})()
+        ok, text = panel.act("pause", "dash-err")  # must not raise
+        assert not ok and "pause failed" in text and panel.data["message_ok"] is False
     finally:
         panel.close()
 
 
-def test_background_refresh_sets_values_and_stops_on_close(mgr) -> None:
+def test_drill_down_lists_jobs_and_shows_a_failed_job(mgr) -> None:
+    q = mgr.get_queue("dash-drill")
+
+    def proc(job):
+        if job.payload == "bad":
+            raise ValueError("broken input")
+        return {"ok": job.payload}
+
+    q.add({"type": "t", "payload": "good"}, job_id="g1")
+    q.add({"type": "t", "payload": "bad"}, job_id="b1", attempts=1)
+    q.add({"type": "t", "payload": "later"}, job_id="d1", delay=600_000)
+    with Worker("dash-drill", proc, mgr.connection):
+        _wait(lambda: q.get_metrics().failed == 1 and q.get_metrics().completed == 1)
+    panel = Dashboard(["dash-drill"], refresh=None, manager=mgr)
+    try:
+        panel.act("list", "dash-drill", state="failed")
+        d = panel.detail
+        assert d["queue"] == "dash-drill" and d["state"] == "failed"
+        assert [j["id"] for j in d["jobs"]] == ["b1"] and "broken input" in d["jobs"][0]["summary"]
+        panel.act("job", "dash-drill", job_id="b1")
+        job = panel.detail["job"]
+        assert job["state"] == "failed" and "broken input" in job["error"]
+        assert job["can"]["retry"] and job["can"]["remove"] and not job["can"]["promote"]
+        assert '"payload": "bad"' in job["data"]
+        panel.act("job", "dash-drill", job_id="g1")
+        assert panel.detail["job"]["result"] is not None and '"ok": "good"' in \
+            panel.detail["job"]["result"]
+        panel.act("list", "dash-drill", state="delayed")
+        assert [j["id"] for j in panel.detail["jobs"]] == ["d1"]
+        assert not panel.act("job_remove", "dash-drill", job_id="d1")[0]  # asks first
+        assert panel.act("job_remove", "dash-drill", job_id="d1", confirmed=True)[0]
+        assert q.get_job("d1") is None
+        assert panel.act("job_retry", "dash-drill", job_id="b1")[0]
+        assert q.get_job("b1").get_state() == "waiting"
+        panel.act("list", "dash-drill", state="dead_letter")  # no dead letters: empty list
+        assert panel.detail["state"] == "dead_letter"
+    finally:
+        panel.close()
+
+
+def test_dead_letter_tab_lists_the_queues_dead_jobs(mgr) -> None:
+    q = mgr.get_queue("dash-dl")
+    q.add({"type": "t", "payload": {}}, job_id="x1", attempts=1)
+    with Worker("dash-dl", lambda job: 1 / 0, mgr.connection):
+        _wait(lambda: mgr.get_queue("dead_letter").get_metrics().waiting >= 1)
+    panel = Dashboard(["dash-dl"], refresh=None, manager=mgr)
+    try:
+        panel.act("list", "dash-dl", state="dead_letter")
+        rows = panel.detail["jobs"]
+        assert [r["id"] for r in rows] == ["x1"] and "division" in rows[0]["summary"]
+    finally:
+        panel.close()
+
+
+def test_refresh_is_one_round_trip_for_all_queues(mgr) -> None:
+    names = [f"dash-many-{i}" for i in range(50)]
+    for n in names:
+        mgr.get_queue(n).add({"type": "t", "payload": {}})
+    panel = Dashboard(names, refresh=None, manager=mgr)
+    try:
+        before = panel.round_trips
+        panel.refresh()
+        panel.refresh()
+        assert panel.round_trips - before == 2
+        assert all(r["counts"]["waiting"] == 1 for r in panel.rows.values())
+        assert len(panel.rows) == 50
+    finally:
+        panel.close()
+
+
+def test_smoothed_rate_and_stopped_workers(mgr) -> None:
+    q = mgr.get_queue("dash-rate")
+    panel = Dashboard(["dash-rate"], refresh=None, manager=mgr)
+    try:
+        st = panel._queues["dash-rate"]
+        # A steady 0.5 jobs/s seen by 1 s refreshes: the window smooths it (no 0.0/2.0 flips).
+        for i in range(12):
+            rate = st.rate(100.0 + i, i / 2)
+        assert rate == pytest.approx(0.5)
+        mgr.register_processor("dash-rate", lambda job: 1)
+        mgr.start_worker("dash-rate")
+        q.add({"type": "t", "payload": 0}).result(timeout=20)  # the worker is up
+        panel.refresh()
+        assert panel.data["workers"][0]["state"] == "running"
+        mgr.workers["dash-rate"].stop()
+        panel.refresh()
+        assert panel.data["workers"][0]["state"] == "stopped"
+        with Worker("dash-rate", lambda job: 1, mgr.connection):
+            for j in q.add_bulk([{"type": "t", "payload": i} for i in range(5)]):
+                j.result(timeout=20)
+        panel.refresh()
+        assert sum(c for c, _ in panel.rows["dash-rate"]["spark"]) == 6
+    finally:
+        panel.close()
+
+
+def test_background_refresh_stops_on_close_stop_and_manager_close(mgr) -> None:
     q = mgr.get_queue("dash-live")
     started, release = threading.Event(), threading.Event()
 
@@ -108,43 +219,59 @@ def test_background_refresh_sets_values_and_stops_on_close(mgr) -> None:
 
     mgr.register_processor("dash-live", slow)
     panel = nbqueue.dashboard(["dash-live"], refresh=0.05, manager=mgr)
-    row = panel.rows["dash-live"]
     try:
         assert panel.is_refreshing
         mgr.start_worker("dash-live")
         q.add({"type": "t", "payload": {}})
         assert started.wait(20)
-        _wait(lambda: row.progress.description == "1 active" and row.progress.value == 40)
-        assert "dash-live (thread x1, running)" in panel.workers.value
+        _wait(lambda: panel.rows["dash-live"]["counts"]["active"] == 1
+              and panel.rows["dash-live"]["progress"] == 40)
         release.set()
-        _wait(lambda: row.metrics.completed == 1)
-        _wait(lambda: row.progress.description == "0 active")
+        _wait(lambda: panel.rows["dash-live"]["counts"]["completed"] == 1)
         thread = panel._thread
+        panel.stop()
+        assert not panel.live and thread is not None and not thread.is_alive()
+        trips = panel.round_trips
+        time.sleep(0.3)
+        assert panel.round_trips == trips  # nothing polls after stop()
     finally:
         release.set()
         panel.close()
-    assert thread is not None and not thread.is_alive()
-    assert not panel.is_refreshing
+    other = nbqueue.dashboard(["dash-live"], refresh=0.05, manager=mgr)
+    assert other.is_refreshing
+    mgr.close()  # closes the manager's panels too
+    _wait(lambda: not other.is_refreshing)
 
 
-def test_throughput_is_computed_between_refreshes(mgr) -> None:
-    q = mgr.get_queue("dash-rate")
-    panel = Dashboard(["dash-rate"], refresh=None, manager=mgr)
+def test_widget_close_all_stops_polling(mgr) -> None:
+    """ipywidgets' Widget.close_all() (and any close) ends the refresher."""
+    import ipywidgets
+
+    panel = nbqueue.dashboard(["dash-gc"], refresh=0.05, manager=mgr)
+    thread = panel._thread
+    assert thread is not None and thread.is_alive()
+    ipywidgets.Widget.close_all()
+    thread.join(5)
+    assert not thread.is_alive() and panel.comm is None
+
+
+def test_rerunning_a_cell_closes_its_previous_panel(mgr, monkeypatch) -> None:
+    monkeypatch.setattr(dashmod, "_current_cell_id", lambda: "cell-1")
+    first = nbqueue.dashboard(["dash-cell"], refresh=0.05, manager=mgr)
+    second = nbqueue.dashboard(["dash-cell"], refresh=0.05, manager=mgr)
     try:
-        row = panel.rows["dash-rate"]
-        with Worker("dash-rate", lambda job: 1, mgr.connection):
-            jobs = q.add_bulk([{"type": "t", "payload": i} for i in range(20)])
-            for j in jobs:
-                j.result(timeout=20)
-        panel.refresh()
-        assert row.throughput > 0 and row.rate.value.endswith("jobs/s")
+        assert first._closed and not first.is_refreshing and second.is_refreshing
+        monkeypatch.setattr(dashmod, "_current_cell_id", lambda: "cell-2")
+        third = nbqueue.dashboard(["dash-cell"], refresh=0.05, manager=mgr)
+        assert second.is_refreshing and third.is_refreshing  # another cell: both live
+        third.close()
     finally:
-        panel.close()
+        second.close()
 
 
 def test_no_queues_message(mgr) -> None:
     panel = Dashboard(refresh=None, manager=mgr)
     try:
-        assert panel.rows == {} and "no queues yet" in panel.children[0].value
+        assert panel.rows == {} and panel.data["queues"] == []
     finally:
         panel.close()

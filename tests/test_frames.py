@@ -12,6 +12,7 @@ import nbqueue
 from nbqueue import Queue, Worker
 from nbqueue.errors import NbqueueError
 from nbqueue.frames import (
+    ALL_JOB_COLUMNS,
     HISTORY_COLUMNS,
     JOB_COLUMNS,
     METRICS_COLUMNS,
@@ -30,7 +31,15 @@ def test_empty_inputs_keep_columns_and_dtypes() -> None:
     assert list(j.columns) == list(JOB_COLUMNS) and j.index.name == "job_id"
     assert isinstance(j["state"].dtype, pd.CategoricalDtype)
     assert str(j["created"].dtype) == "datetime64[ns, UTC]"
-    assert pd.api.types.is_timedelta64_dtype(j["run_time"])
+    assert j["run_s"].dtype == "float64" and j["progress"].dtype == "float64"
+    a = jobs_frame([], columns="all")
+    assert list(a.columns) == list(ALL_JOB_COLUMNS)
+    assert str(a["finished"].dtype) == "datetime64[ns, UTC]"
+    assert len(JOB_COLUMNS) <= 9  # concise by default (issue 14: 16 columns were ~1,700 px)
+    with pytest.raises(ValueError, match="unknown jobs_frame column"):
+        jobs_frame([], columns=["nope"])
+    with pytest.raises(ValueError, match="'all'"):
+        jobs_frame([], columns="everything")
     h = history_frame("q", [])
     assert list(h.columns) == list(HISTORY_COLUMNS) and h.index.name == "minute"
     assert str(h.index.dtype) == "datetime64[ns, UTC]"
@@ -61,22 +70,37 @@ def test_jobs_frame_from_a_real_queue(conn) -> None:
         deadline = time.monotonic() + 20
         while q.get_job("job-bad").get_state() != "failed" and time.monotonic() < deadline:
             time.sleep(0.05)
-    df = q.jobs_frame()
+    df = q.jobs_frame(columns="all")
     assert set(df.index) == {"job-ok", "job-bad", "job-later"}
     ok, bad, later = df.loc["job-ok"], df.loc["job-bad"], df.loc["job-later"]
     assert ok["state"] == "completed" and ok["returnvalue"] == {"got": 1}
-    assert ok["progress"] == pytest.approx(0.5) or ok["progress"] == pytest.approx(1.0)
+    assert ok["progress"] == 100.0  # percent, as everywhere; a completed job is done
+    assert bad["progress"] == pytest.approx(50.0)
     assert ok["created"] <= ok["processed"] <= ok["finished"]
     assert ok["created"].tzinfo is not None
-    assert ok["run_time"] >= pd.Timedelta(0)
+    assert ok["run_s"] >= 0 and ok["wait_s"] >= 0
+    assert ok["run_s"] == pytest.approx(
+        (ok["finished"] - ok["processed"]).total_seconds(), abs=0.001)
     assert bad["state"] == "failed" and "boom" in bad["failed_reason"]
     assert bad["error_type"] == "ValueError"
     assert later["state"] == "delayed" and pd.isna(later["processed"])
-    assert pd.isna(later["run_time"])
+    assert pd.isna(later["run_s"])
     assert df["state"].cat.categories.tolist()[:5] == ["waiting", "active", "delayed",
                                                         "completed", "failed"]
     only_failed = q.jobs_frame("failed")
     assert list(only_failed.index) == ["job-bad"]
+    assert list(only_failed.columns) == list(JOB_COLUMNS)
+    assert list(q.jobs_frame(columns=["state", "run_s"]).columns) == ["state", "run_s"]
+
+
+def test_jobs_frame_limit_is_a_total(conn) -> None:
+    """limit=10 returned 18 rows (10 per state) before; it is a total now."""
+    q = Queue("frames-limit", conn)
+    q.add_bulk([{"type": "t", "payload": {"i": i}} for i in range(8)])
+    q.add_bulk([{"type": "t", "payload": {"i": i}} for i in range(8)], delay=60_000)
+    assert len(q.jobs_frame(limit=10)) == 10
+    assert len(q.jobs_frame(limit=0)) == 16
+    assert (q.jobs_frame(limit=10)["state"] == "waiting").sum() == 8  # run order first
 
 
 def test_history_and_manager_frames(conn) -> None:

@@ -64,7 +64,7 @@ def test_enqueue_bulk_and_full_data(ip) -> None:
     assert nbqueue.queue_manager.get_queue_metrics("bulkq").waiting == 5
     job = ip.run_cell_magic("enqueue", "bulkq", "{'type': 'full', 'payload': {'k': 1}}")
     assert job.name == "full" and job.payload == {"k": 1}
-    assert "<table>" in job._repr_html_()
+    assert "<table" in job._repr_html_() and "waiting" in job._repr_html_()
 
 
 @pytest.mark.parametrize("line, cell, match", [

@@ -93,16 +93,16 @@ def test_02_dashboard(embedded_env: dict[str, str], tmp_path: Path) -> None:
     assert "poison: failed - poison message" in out
     assert "paused: True" in out and "paused: False" in out
     assert "1 failed job(s) moved back to wait" in out
+    assert "drain needs a confirmation" in out and "drained" in out
+    assert "error: poison message" in out  # the drill-down's job detail
     assert "workers running: 0" in out and "dashboard refreshing: False" in out
     states = widget_states(nb)
-    htmls = [s.get("value", "") for s in states.values() if s.get("_model_name") == "HTMLModel"]
-    assert any("<b>reports</b>" in h for h in htmls)
-    assert any("completed&nbsp;<b>11</b>" in h for h in htmls)  # 10 low + 1 urgent
-    buttons = {s.get("description") for s in states.values()
-               if s.get("_model_name") == "ButtonModel"}
-    assert {"Pause", "Resume", "Retry failed", "Drain", "Clean"} <= buttons
-    bars = [s for s in states.values() if s.get("_model_name") == "FloatProgressModel"]
-    assert len(bars) == 3
+    panels = [s for s in states.values() if "data" in s and "queues" in s.get("data", {})]
+    assert len(panels) == 1
+    rows = {r["name"]: r for r in panels[0]["data"]["queues"]}
+    assert list(rows) == ["reports", "flaky", "dead_letter"]
+    assert rows["reports"]["counts"]["completed"] == 11  # 10 low + 1 urgent
+    assert panels[0]["live"] is False  # stopped at the end, and shown as stopped
 
 
 _scheduler = pytest.mark.skipif(not hasattr(nbqueue, "schedule_recurring_job"),

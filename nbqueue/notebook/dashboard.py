@@ -1,227 +1,571 @@
-"""``nbqueue.dashboard()``: a live ipywidgets panel, one row per queue.
+"""``nbqueue.dashboard()``: the live panel of queues (an anywidget custom widget).
 
-Each row shows the queue's counts, a progress bar of its active jobs (their mean progress),
-its throughput (jobs/s finished over the last refresh interval) and Pause / Resume /
-Retry failed / Drain / Clean buttons. Buttons make one quick Redis call and return (click
-handlers run only while the kernel is idle, so they never wait on workers).
+Why a custom widget (anywidget) rather than composed ipywidgets: the browser side must know
+things the kernel cannot tell a stock ``Button`` — that a click would only run when the
+running cell ends (then it shows the click as pending and lets the user cancel it before it
+is sent), and it must lay out counts, a sparkline, icon buttons with tooltips, confirmations
+and a drill-down in ~850 px (JupyterLab at 1366x768 with the file browser open). One model
+holding one JSON snapshot also means one comm message per refresh instead of a dozen trait
+updates per queue. anywidget is small, typed, and runs in JupyterLab, Notebook 7, VS Code
+and Colab.
 
-Threading (see NOTES): the panel is built and displayed by the caller's (main) thread; a
-daemon thread refreshes it every ``refresh`` seconds and only sets trait values. It stops
-when the panel is closed (``panel.close()``) or garbage-collected.
+Threading and cost: the panel is displayed by the caller's (main) thread; one daemon thread
+per panel refreshes it every ``refresh`` seconds, reading every queue shown in **one Redis
+round trip** (a pipeline: counts, paused flag, totals for the rate, the current minute of the
+history, the progress of the active jobs) and setting one trait. It stops on ``stop()``,
+``close()``, ``queue_manager.close()``, when the panel is garbage-collected, and when the
+cell that displayed it is re-run (that closes the previous panel of the cell).
+
+Clicks: see :mod:`nbqueue.notebook.kernel`. Destructive actions (drain, clean, remove,
+obliterate) are confirmed in the panel first; the kernel refuses them unconfirmed too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import json
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-import ipywidgets as widgets
+import anywidget
+import traitlets
 
-from ..types import JobState, QueueMetrics
+from ..display import fmt_duration, fmt_time, progress_percent
+from ..keys import QueueKeys
+from ..protocol import Batch, Call, run_sync
+from . import kernel as _kernel
 
-__all__ = ["Dashboard", "QueueRow"]
+__all__ = ["RATE_WINDOW_S", "SPARK_MINUTES", "Dashboard"]
 
-_STATES = ("waiting", "active", "delayed", "completed", "failed")
-_COLORS = {"waiting": "#1f77b4", "active": "#ff7f0e", "delayed": "#9467bd",
-           "completed": "#2ca02c", "failed": "#d62728"}
+_STATIC = Path(__file__).with_name("static")
+STATES = ("waiting", "active", "delayed", "completed", "failed")
+#: The window of the jobs/s rate (seconds): finished jobs over the last RATE_WINDOW_S.
+RATE_WINDOW_S = 10.0
+#: Minutes of completed/failed history in each row's chart.
+SPARK_MINUTES = 30
+#: Actions that delete jobs: asked to confirm in the panel, refused unconfirmed.
+DESTRUCTIVE = frozenset({"drain", "clean", "remove", "obliterate"})
+DEAD_LETTER = "dead_letter"
+_LIST_LIMIT = 20
+
+# Panels by the notebook cell that displayed them: re-running the cell closes the old one.
+_by_cell: dict[str, weakref.ref[Dashboard]] = {}
+_all_panels: weakref.WeakSet[Dashboard] = weakref.WeakSet()
 
 
-def _button(description: str, icon: str, tooltip: str, style: str = "") -> widgets.Button:
-    return widgets.Button(description=description, icon=icon, tooltip=tooltip,
-                          button_style=style, layout=widgets.Layout(width="auto"))
+def _current_cell_id() -> str | None:
+    """The id of the notebook cell being executed (JupyterLab, Notebook 7 and nbclient send
+    it in the request's metadata), or None."""
+    k = _kernel._kernel()
+    if k is None:
+        return None
+    try:
+        parent = k.get_parent()
+    except Exception:
+        return None
+    meta = (parent or {}).get("metadata") or {}
+    cell = meta.get("cellId") or meta.get("cell_id")
+    return str(cell) if cell else None
 
 
-class QueueRow:
-    """The widgets of one queue. ``metrics`` holds the last counts read from Redis."""
+class _QueueState:
+    """What the panel remembers of one queue between refreshes."""
 
-    def __init__(self, queue: Any, on_status: Any) -> None:
+    def __init__(self, queue: Any) -> None:
         self.queue = queue
-        self._on_status = on_status
-        self.metrics: QueueMetrics | None = None
-        self.throughput: float = 0.0
-        self._last_total: tuple[float, float] | None = None  # (monotonic s, finished count)
-        self.title = widgets.HTML(f"<b>{html.escape(queue.name)}</b>",
-                                  layout=widgets.Layout(width="160px"))
-        self.counts = widgets.HTML(layout=widgets.Layout(width="380px"))
-        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=100.0,
-                                              description="0 active", bar_style="info",
-                                              style={"description_width": "70px"},
-                                              layout=widgets.Layout(width="230px"))
-        self.rate = widgets.Label("0.0 jobs/s", layout=widgets.Layout(width="90px"))
-        self.pause_button = _button("Pause", "pause", "Pause the queue (workers stop taking jobs)")
-        self.resume_button = _button("Resume", "play", "Resume the queue", "success")
-        self.retry_button = _button("Retry failed", "redo", "Move all failed jobs back to wait",
-                                    "warning")
-        self.drain_button = _button("Drain", "trash", "Remove all waiting jobs", "danger")
-        self.clean_button = _button("Clean", "broom",
-                                    "Remove completed and failed jobs", "")
-        self.pause_button.on_click(lambda _b: self._act("pause"))
-        self.resume_button.on_click(lambda _b: self._act("resume"))
-        self.retry_button.on_click(lambda _b: self._act("retry"))
-        self.drain_button.on_click(lambda _b: self._act("drain"))
-        self.clean_button.on_click(lambda _b: self._act("clean"))
-        self.box = widgets.HBox([self.title, self.counts, self.progress, self.rate,
-                                 self.pause_button, self.resume_button, self.retry_button,
-                                 self.drain_button, self.clean_button],
-                                layout=widgets.Layout(align_items="center"))
+        self.keys: QueueKeys = queue._ops.keys
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic s, finished total)
+        self.minutes: dict[int, tuple[int, int]] = {}  # minute -> (completed, failed)
+        self.active_ids: list[str] = []
+        self.progress: dict[str, Any] = {}
 
-    @property
-    def buttons(self) -> dict[str, widgets.Button]:
-        return {"pause": self.pause_button, "resume": self.resume_button,
-                "retry": self.retry_button, "drain": self.drain_button,
-                "clean": self.clean_button}
-
-    def _act(self, action: str) -> None:
-        """A button's action: one Redis call, then refresh this row. Never waits on workers."""
-        q = self.queue
-        try:
-            if action == "pause":
-                q.pause()
-                msg = f"paused {q.name}"
-            elif action == "resume":
-                q.resume()
-                msg = f"resumed {q.name}"
-            elif action == "retry":
-                msg = f"{q.name}: {q.retry_failed()} failed job(s) moved back to wait"
-            elif action == "drain":
-                msg = f"{q.name}: drained {q.drain()} waiting job(s)"
-            else:
-                n = q.clean(0, 0, "completed") + q.clean(0, 0, "failed")
-                msg = f"{q.name}: cleaned {n} finished job(s)"
-            self.update()
-        except Exception as exc:  # shown in the panel; a handler must not raise
-            msg = f"{q.name}: {action} failed: {exc}"
-        self._on_status(msg)
-
-    def update(self) -> None:
-        """Read counts, active progress and stats from Redis and set the widget values."""
-        q = self.queue
-        m: QueueMetrics = q.get_metrics()
-        finished = 0.0
-        try:
-            stats = q.get_stats()
-            finished = stats.get("completed", 0.0) + stats.get("failed", 0.0)
-        except Exception:
-            pass
-        now = time.monotonic()
-        if self._last_total is not None and now > self._last_total[0]:
-            delta = max(0.0, finished - self._last_total[1])
-            self.throughput = delta / (now - self._last_total[0])
-        self._last_total = (now, finished)
-        active = q.get_jobs(JobState.ACTIVE, 0, 50) if m.active else []
-        values = [float(j.progress) for j in active
-                  if isinstance(j.progress, (int, float)) and not isinstance(j.progress, bool)]
-        self.metrics = m
-        cells = " ".join(
-            f"<span style='color:{_COLORS[s]}'>{s}&nbsp;<b>{getattr(m, s)}</b></span>"
-            for s in _STATES)
-        badge = (" <span style='background:#d62728;color:white;padding:0 4px;"
-                 "border-radius:3px'>PAUSED</span>" if m.paused else "")
-        self.counts.value = cells + badge
-        self.progress.value = max(0.0, min(100.0, sum(values) / len(values))) if values else 0.0
-        self.progress.description = f"{m.active} active"
-        self.progress.bar_style = "warning" if m.paused else "info"
-        self.rate.value = f"{self.throughput:.1f} jobs/s"
-        self.pause_button.disabled = m.paused
-        self.resume_button.disabled = not m.paused
-        self.retry_button.disabled = m.failed == 0
-        self.drain_button.disabled = m.waiting == 0
-
-    def close(self) -> None:
-        for w in self.box.children:
-            w.close()
-        self.box.close()
+    def rate(self, now: float, finished: float) -> float | None:
+        """Finished jobs per second over the last RATE_WINDOW_S (None until 2 s of data)."""
+        self.samples.append((now, finished))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+        t0, f0 = self.samples[0]
+        if now - t0 < 2.0:
+            return None
+        return max(0.0, finished - f0) / (now - t0)
 
 
-class Dashboard(widgets.VBox):
-    """The panel ``nbqueue.dashboard()`` returns. ``rows`` maps queue name -> QueueRow."""
+class Dashboard(anywidget.AnyWidget):
+    """The panel ``nbqueue.dashboard()`` returns; displays itself when it is a cell's value.
+
+    ``queues``: names or Queue objects (default: the manager's queues, plus ``dead_letter``
+    when it exists). ``refresh``: seconds between refreshes (None or 0: only ``refresh()``).
+    """
+
+    _esm = _STATIC / "dashboard.js"
+    _css = _STATIC / "dashboard.css"
+
+    data = traitlets.Dict().tag(sync=True)
+    detail = traitlets.Dict().tag(sync=True)
+    kernel = traitlets.Unicode("idle").tag(sync=True)
+    live = traitlets.Bool(True).tag(sync=True)
 
     def __init__(self, queues: Iterable[Any] | str | None = None,
                  refresh: float | None = 1.0, manager: Any = None, **kwargs: Any) -> None:
         if manager is None:
             from .. import queue_manager as manager
         self._manager = manager
-        if isinstance(queues, str):
+        if isinstance(queues, str) or hasattr(queues, "get_metrics"):
             queues = [queues]
         if queues is None:
-            queues = sorted(manager.queues)
+            names = sorted(manager.queues)
+            queues = names
         resolved: list[Any] = [q if hasattr(q, "get_metrics") else manager.get_queue(str(q))
                                for q in queues]
-        self.rows: dict[str, QueueRow] = {}
-        self.status = widgets.HTML("", layout=widgets.Layout(min_height="1.5em"))
-        self.workers = widgets.HTML("")
-        for q in resolved:
-            self.rows[q.name] = QueueRow(q, self._set_status)
-        header = widgets.HTML("<b>nbqueue</b> &mdash; "
-                              + (f"{len(self.rows)} queue(s)" if self.rows else
-                                 "no queues yet: pass queues=[...] or create them first"))
-        super().__init__([header, *(r.box for r in self.rows.values()), self.workers,
-                          self.status], **kwargs)
-        self.refresh_interval = refresh
+        self._queues: dict[str, _QueueState] = {q.name: _QueueState(q) for q in resolved}
+        self.refresh_interval = float(refresh) if refresh else None
         self.last_error: str | None = None
+        self.round_trips = 0  # Redis round trips made by refreshes (for the cost figures)
+        self.last_refresh_ms: float | None = None
+        self.last_message: str = ""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self._server_offset_ms = 0.0
+        super().__init__(**kwargs)
+        self.on_msg(self._on_frontend_msg)
+        _kernel.track_cells()
+        ref = weakref.ref(self)
+
+        def listener() -> None:  # holds no strong reference to the panel
+            panel = ref()
+            if panel is not None:
+                panel._kernel_changed()
+
+        self._listener = listener
+        _kernel.add_listener(listener)
+        self.kernel = _kernel.kernel_state()
+        self._routed = False
+        self._take_over_cell()
+        _all_panels.add(self)
         self.refresh()
-        if refresh:
-            self._thread = threading.Thread(target=_refresh_loop,
-                                            args=(weakref.ref(self), self._stop, float(refresh)),
-                                            name="nbqueue-dashboard", daemon=True)
+        if self.refresh_interval:
+            self._thread = threading.Thread(
+                target=_refresh_loop, args=(weakref.ref(self), self._stop, self.refresh_interval),
+                name="nbqueue-dashboard", daemon=True)
             self._thread.start()
 
-    def _set_status(self, message: str) -> None:
-        self.status.value = html.escape(message)
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _take_over_cell(self) -> None:
+        cell = _current_cell_id()
+        if cell is None:
+            return
+        old = _by_cell.get(cell)
+        previous = old() if old is not None else None
+        if previous is not None and previous is not self:
+            previous.close()
+        _by_cell[cell] = weakref.ref(self)
 
-    def refresh(self) -> None:
-        """Read every row's numbers from Redis now (the background thread calls this)."""
-        with self._lock:
-            error = None
-            for row in self.rows.values():
-                try:
-                    row.update()
-                except Exception as exc:  # Redis away: say so, keep the panel alive
-                    error = f"{row.queue.name}: {exc}"
-            workers = self._manager.workers
-            self.workers.value = ("<small>workers: " + ", ".join(
-                f"{html.escape(n)} ({w.mode} x{w.concurrency}, "
-                f"{'running' if w.is_running else 'stopped'})" for n, w in sorted(workers.items()))
-                + "</small>") if workers else "<small>workers: none started here</small>"
-            if error != self.last_error:
-                self.last_error = error
-                if error:
-                    self._set_status(f"refresh failed: {error}")
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The widget, with a static HTML snapshot for frontends that cannot show it."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if self.comm is not None:
+            comm_id = self.comm.comm_id
+            _kernel.register_comm(comm_id)
+            if not self._routed:
+                self._routed = _kernel.route_to_subshell(self.comm)
+                self.kernel = _kernel.kernel_state()
+        data: Any = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            data["text/html"] = self.snapshot_html()
+            data["text/plain"] = self.text()
+        return bundle
+
+    @property
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """The last numbers shown, by queue name: counts, paused, progress, rate, spark."""
+        return {r["name"]: r for r in self.data.get("queues", [])}
 
     @property
     def is_refreshing(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        """Stop refreshing; the panel stays displayed with its last values."""
+        """Stop refreshing; the panel stays with its last values, marked as stopped."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
+        if not self._closed:
+            with contextlib.suppress(Exception):
+                self.live = False
 
     def close(self) -> None:
-        """Stop the refresh thread and close the widgets."""
+        """Stop refreshing and close the widget (nothing polls Redis afterwards)."""
+        if self._closed:
+            return
         self.stop()
-        for row in self.rows.values():
-            row.close()
-        self.status.close()
-        self.workers.close()
+        self._closed = True
+        _kernel.remove_listener(self._listener)
+        if self.comm is not None:
+            _kernel.unregister_comm(self.comm.comm_id)
+        for cell, ref in list(_by_cell.items()):
+            if ref() is self:
+                del _by_cell[cell]
         super().close()
+
+    def _kernel_changed(self) -> None:
+        if not self._closed:
+            self.kernel = _kernel.kernel_state()
+
+    # -- reading Redis: one round trip for every queue shown ------------------------------------
+    def _server_minute(self) -> int:
+        return int((time.time() * 1000 + self._server_offset_ms) // 60_000)
+
+    def refresh(self) -> None:
+        """Read every queue's numbers from Redis (one round trip) and update the panel."""
+        with self._lock:
+            try:
+                self._refresh()
+                error = None
+            except Exception as exc:  # Redis away: say so, keep the panel alive
+                error = f"refresh failed: {exc}"
+            if error != self.last_error:
+                self.last_error = error
+                if error:
+                    self._message(error, ok=False)
+            self.kernel = _kernel.kernel_state()
+
+    def _refresh(self) -> None:
+        states = list(self._queues.values())
+        minute = self._server_minute()
+        calls: list[Call] = [Call.cmd("TIME")]
+        plan: list[tuple[_QueueState, list[int], list[str]]] = []
+        for st in states:
+            k = st.keys
+            calls += [Call.cmd("ZCARD", k.wait), Call.cmd("ZCARD", k.active),
+                      Call.cmd("ZCARD", k.delayed), Call.cmd("ZCARD", k.completed),
+                      Call.cmd("ZCARD", k.failed), Call.cmd("HGET", k.meta, "paused"),
+                      Call.cmd("HMGET", k.stats, "completed", "failed"),
+                      Call.cmd("ZRANGE", k.active, 0, 9)]
+            want = [m for m in range(minute - SPARK_MINUTES + 1, minute + 1)
+                    if m not in st.minutes or m >= minute - 1]
+            calls += [Call.cmd("HMGET", k.minute(m), "completed", "failed") for m in want]
+            calls += [Call.cmd("HGET", k.job(i), "prog") for i in st.active_ids]
+            plan.append((st, want, list(st.active_ids)))
+        client = states[0].queue.connection.sync() if states else None
+        t0 = time.perf_counter()
+        replies: list[Any] = (run_sync(client, _batch(calls)) if client is not None
+                              else [[0, 0]])
+        self.round_trips += 1 if client is not None else 0
+        self.last_refresh_ms = (time.perf_counter() - t0) * 1000
+        now = time.monotonic()
+        server_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+        self._server_offset_ms = server_ms - time.time() * 1000
+        pos = 1
+        rows = []
+        for st, want, active_ids in plan:
+            r = replies[pos:pos + 8]
+            pos += 8
+            counts = dict(zip(STATES, (int(x) for x in r[:5]), strict=True))
+            paused = r[5] == "1"
+            done = float(r[6][0] or 0) + float(r[6][1] or 0)
+            st.active_ids = list(r[7])
+            for m in want:
+                c, f = replies[pos]
+                pos += 1
+                st.minutes[m] = (int(c or 0), int(f or 0))
+            for job_id in active_ids:
+                st.progress[job_id] = replies[pos]
+                pos += 1
+            st.progress = {i: st.progress[i] for i in st.active_ids if i in st.progress}
+            for m in [m for m in st.minutes if m <= minute - SPARK_MINUTES]:
+                del st.minutes[m]
+            pcts = [p for p in (progress_percent(_json(v)) for v in st.progress.values())
+                    if p == p]
+            rate = st.rate(now, done)
+            rows.append({
+                "name": st.queue.name, "counts": counts, "paused": paused,
+                "progress": round(sum(pcts) / len(pcts), 1) if pcts else None,
+                "rate": None if rate is None else round(rate, 2),
+                "spark": [[*st.minutes.get(m, (0, 0))]
+                          for m in range(minute - SPARK_MINUTES + 1, minute + 1)],
+                "dead_letter": st.queue.name == DEAD_LETTER,
+            })
+        self.data = {"queues": rows, "workers": self._workers(),
+                     "refreshed": fmt_time(server_ms), "server_ms": server_ms,
+                     "interval": self.refresh_interval, "message": self.last_message,
+                     "rate_window": RATE_WINDOW_S, "spark_minutes": SPARK_MINUTES}
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """This kernel's workers (running or stopped) and, where the worker registry exists
+        (``Queue.get_workers``), the workers of every host."""
+        out: list[dict[str, Any]] = []
+        for name, w in sorted(self._manager.workers.items()):
+            out.append({"queue": name, "mode": w.mode, "concurrency": w.concurrency,
+                        "state": "running" if w.is_running else "stopped", "host": "this kernel"})
+        return out
+
+    # -- actions -------------------------------------------------------------------------------
+    def _message(self, text: str, ok: bool = True) -> None:
+        self.last_message = text
+        data = dict(self.data)
+        data["message"] = text
+        data["message_ok"] = ok
+        self.data = data
+
+    def _on_frontend_msg(self, _widget: Any, content: Any, buffers: Any) -> None:
+        if not isinstance(content, Mapping) or "action" not in content:
+            return
+        ok, text = self.act(str(content["action"]), content.get("queue"),
+                            job_id=content.get("job"), state=content.get("state"),
+                            confirmed=bool(content.get("confirmed")))
+        with contextlib.suppress(Exception):
+            self.send({"ack": content.get("id"), "ok": ok, "message": text})
+
+    def _queue(self, name: Any) -> Any:
+        if name not in self._queues:
+            raise KeyError(f"queue {name!r} is not shown in this panel")
+        return self._queues[name].queue
+
+    def act(self, action: str, queue: Any = None, *, job_id: Any = None, state: Any = None,
+            confirmed: bool = False) -> tuple[bool, str]:
+        """Run a panel action (what a click sends); returns (ok, message shown).
+
+        Queue actions: pause, resume, retry (failed jobs), drain, clean, obliterate.
+        Drill-down: list (``state`` incl. ``dead_letter``), job (``job_id``'s detail),
+        close_detail. Job actions: job_retry, job_remove, job_cancel, job_promote.
+        Destructive ones need ``confirmed=True`` (the panel asks first)."""
+        try:
+            if (action in DESTRUCTIVE or action == "job_remove") and not confirmed:
+                return False, f"{action.replace('job_', '')} needs a confirmation"
+            ok, text = self._act(action, queue, job_id, state)
+        except Exception as exc:  # shown in the panel; a handler must not raise
+            ok, text = False, f"{queue}: {action} failed: {exc}"
+        if action not in ("list", "job", "close_detail"):
+            self._message(text, ok)
+            with contextlib.suppress(Exception):
+                self.refresh()
+        return ok, text
+
+    def _act(self, action: str, name: Any, job_id: Any, state: Any) -> tuple[bool, str]:
+        if action == "close_detail":
+            self.detail = {}
+            return True, ""
+        q = self._queue(name)
+        if action == "pause":
+            q.pause()
+            return True, f"paused {q.name}"
+        if action == "resume":
+            q.resume()
+            return True, f"resumed {q.name}"
+        if action == "retry":
+            return True, f"{q.name}: {q.retry_failed()} failed job(s) moved back to wait"
+        if action == "drain":
+            return True, f"{q.name}: drained {q.drain()} waiting job(s)"
+        if action == "clean":
+            n = q.clean(0, 0, "completed") + q.clean(0, 0, "failed")
+            return True, f"{q.name}: cleaned {n} finished job(s)"
+        if action == "obliterate":
+            n = q.obliterate()
+            return True, f"{q.name}: obliterated ({n} key(s) removed)"
+        if action == "list":
+            self._show_list(q, str(state or "failed"))
+            return True, ""
+        if action == "job":
+            self._show_job(q, str(job_id))
+            return True, ""
+        if action.startswith("job_"):
+            return self._job_action(q, action[4:], str(job_id))
+        raise ValueError(f"unknown action {action!r}")
+
+    def _job_action(self, q: Any, what: str, job_id: str) -> tuple[bool, str]:
+        job = q.get_job(job_id)
+        if job is None:
+            return False, f"{q.name}:{job_id} no longer exists"
+        if what == "retry":
+            ok = job.retry()
+            text = "moved back to wait" if ok else "was not failed; nothing to retry"
+        elif what == "remove":
+            ok = job.remove()
+            text = "removed" if ok else "was already gone"
+        elif what in ("cancel", "promote"):
+            method = getattr(job, what, None)
+            if method is None:
+                return False, f"{what} is not available in this nbqueue version"
+            result = method()
+            ok = result is not False
+            text = "cancelled" if what == "cancel" else "promoted to waiting"
+        else:
+            raise ValueError(f"unknown job action {what!r}")
+        if what != "remove":
+            with contextlib.suppress(Exception):
+                self._show_job(q, job_id)
+        else:
+            self.detail = {**self.detail, "job": None}
+        return bool(ok), f"{q.name}:{job_id} {text}"
+
+    def _show_list(self, q: Any, state: str) -> None:
+        if state == "dead_letter":
+            jobs = self._dead_letters(q)
+        else:
+            jobs = [_job_row(j) for j in q.get_jobs(state, 0, _LIST_LIMIT)]
+        self.detail = {"queue": q.name, "state": state, "jobs": jobs, "job": None,
+                       "read": fmt_time(int(time.time() * 1000))}
+
+    def _dead_letters(self, q: Any) -> list[dict[str, Any]]:
+        """The latest dead-letter records of jobs of ``q`` (newest first)."""
+        dl = self._manager.get_queue(DEAD_LETTER)
+        out = []
+        for j in dl.get_jobs(["waiting", "completed", "failed", "active", "delayed"], 0, 200):
+            p = j.payload if isinstance(j.payload, dict) else {}
+            if p.get("queue") != q.name:
+                continue
+            out.append({"id": str(p.get("job_id")), "name": str(p.get("name")),
+                        "state": "dead letter", "progress": None,
+                        "attempts": str(p.get("attempts_made", "")),
+                        "created": fmt_time(p.get("failed_at")),
+                        "duration": "", "summary": _clip(str(p.get("reason", "")), 120),
+                        "dead_letter_id": j.id})
+        out.sort(key=lambda r: r["created"], reverse=True)
+        return out[:_LIST_LIMIT]
+
+    def _show_job(self, q: Any, job_id: str) -> None:
+        job = q.get_job(job_id)
+        if job is None:
+            self.detail = {**self.detail, "job": {"id": job_id, "missing": True}}
+            return
+        info = _job_detail(job)
+        get_logs = getattr(job, "get_logs", None)
+        if get_logs is not None:
+            with contextlib.suppress(Exception):
+                info["logs"] = [str(x) for x in get_logs()][-200:]
+        info["can"] = {
+            "retry": info["state"] == "failed",
+            "remove": info["state"] != "active",
+            "cancel": hasattr(job, "cancel") and info["state"] in (
+                "waiting", "delayed", "active", "paused", "waiting-children"),
+            "promote": hasattr(job, "promote") and info["state"] == "delayed",
+        }
+        self.detail = {**self.detail, "queue": q.name, "job": info}
+
+    # -- static forms ---------------------------------------------------------------------------
+    def text(self) -> str:
+        """The panel as plain text (terminals and text-only frontends)."""
+        lines = [f"nbqueue dashboard ({self.data.get('refreshed', '-')})"]
+        for row in self.data.get("queues", []):
+            c = row["counts"]
+            rate = "-" if row["rate"] is None else f"{row['rate']:.2f} jobs/s"
+            lines.append(f"  {row['name']}{' [paused]' if row['paused'] else ''}: "
+                         + ", ".join(f"{s} {c[s]}" for s in STATES) + f"; {rate}")
+        for w in self.data.get("workers", []):
+            lines.append(f"  worker {w['queue']}: {w['mode']} x{w['concurrency']} "
+                         f"{w['state']} ({w['host']})")
+        return "\n".join(lines)
+
+    def snapshot_html(self) -> str:
+        """The panel's last state as static HTML (what a saved notebook shows without its
+        kernel, and what frontends without widget support show)."""
+        e = html.escape
+        head = ("<tr>" + "".join(f"<th style='text-align:{a};padding:2px 8px'>{e(t)}</th>"
+                                 for t, a in (("queue", "left"), ("waiting", "right"),
+                                              ("active", "right"), ("delayed", "right"),
+                                              ("completed", "right"), ("failed", "right"),
+                                              ("jobs/s", "right"))) + "</tr>")
+        body = []
+        for row in self.data.get("queues", []):
+            c = row["counts"]
+            rate = "-" if row["rate"] is None else f"{row['rate']:.2f}"
+            paused = " <b style='color:#8a6d00'>(paused)</b>" if row["paused"] else ""
+            body.append("<tr><td style='padding:2px 8px'>" + e(row["name"]) + paused + "</td>"
+                        + "".join(f"<td style='text-align:right;padding:2px 8px'>{c[s]}</td>"
+                                  for s in STATES)
+                        + f"<td style='text-align:right;padding:2px 8px'>{rate}</td></tr>")
+        workers = ", ".join(f"{e(w['queue'])} ({e(w['mode'])} x{w['concurrency']}, "
+                            f"{e(w['state'])})" for w in self.data.get("workers", []))
+        return ("<div class='nbqueue-snapshot'><div><b>nbqueue</b> dashboard, snapshot of "
+                f"{e(str(self.data.get('refreshed', '-')))} (static: run the cell for the "
+                f"live panel)</div><table>{head}{''.join(body)}</table>"
+                f"<div style='font-size:90%'>workers: {workers or 'none started here'}</div>"
+                "</div>")
+
+
+def _batch(calls: list[Call]) -> Any:
+    return (yield Batch(calls))
+
+
+def _json(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _job_row(job: Any) -> dict[str, Any]:
+    state = job.state.value
+    pct = progress_percent(job.progress, state)
+    run = (job.finished_on - job.processed_on) if job.finished_on and job.processed_on else None
+    if state == "completed":
+        summary = _clip(json.dumps(job.returnvalue, default=str), 120)
+    else:
+        summary = _clip(job.failed_reason or "", 120)
+    return {"id": job.id, "name": job.name, "state": state,
+            "progress": None if pct != pct else round(pct),
+            "attempts": f"{job.attempts_made}/{job.opts.get('attempts', 1)}",
+            "created": fmt_time(job.timestamp), "duration": fmt_duration(run) if run else "",
+            "summary": summary}
+
+
+def _job_detail(job: Any) -> dict[str, Any]:
+    state = job.state.value
+    pct = progress_percent(job.progress, state)
+    created, started, finished = job.timestamp or None, job.processed_on, job.finished_on
+    stack = getattr(job, "stacktrace", None) or []
+    return {
+        "id": job.id, "name": job.name, "state": state,
+        "progress": None if pct != pct else round(pct), "raw_progress": job.progress,
+        "attempts": f"{job.attempts_made}/{job.opts.get('attempts', 1)}",
+        "priority": job.priority,
+        "created": fmt_time(created), "started": fmt_time(started),
+        "finished": fmt_time(finished),
+        "waited": fmt_duration(started - created) if started and created else "-",
+        "ran": fmt_duration(finished - started) if finished and started else "-",
+        "data": json.dumps(job.data, indent=1, default=str)[:20_000],
+        "result": (json.dumps(job.returnvalue, indent=1, default=str)[:20_000]
+                   if state == "completed" else None),
+        "error": job.failed_reason,
+        "error_type": getattr(getattr(job, "_record", None), "error_type", None),
+        "tracebacks": [str(s) for s in stack][-5:],
+    }
 
 
 def _refresh_loop(ref: weakref.ref[Dashboard], stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         panel = ref()
-        if panel is None or panel.comm is None:  # gone, or closed
+        if panel is None or panel._closed or panel.comm is None:
             return
         with contextlib.suppress(Exception):  # never let the thread die on a transient error
             panel.refresh()
         del panel
+
+
+def close_panels(manager: Any = None) -> int:
+    """Close every panel (of ``manager`` if given); ``queue_manager.close()`` calls it."""
+    n = 0
+    for panel in list(_all_panels):
+        if manager is None or panel._manager is manager:
+            panel.close()
+            n += 1
+    return n

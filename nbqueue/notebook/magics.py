@@ -59,9 +59,17 @@ def wait_for(jobs: list[Any], timeout_s: float | None) -> list[Any]:
     Raises ``TimeoutError`` when ``timeout_s`` passes first and ``JobFailedError`` for a
     failed job (as ``job.result()`` does).
     """
+    from .kernel import process_ui_events, waiting
+
+    with waiting():
+        return _wait_for(jobs, timeout_s, process_ui_events)
+
+
+def _wait_for(jobs: list[Any], timeout_s: float | None, poll_ui: Any) -> list[Any]:
     start = time.monotonic()
     handle = display(HTML(_progress_html(jobs, 0.0)), display_id=True)
     while True:
+        poll_ui()  # dashboard clicks take effect while the cell waits
         for j in jobs:
             if j.state not in _FINISHED:
                 j.refresh()

@@ -1,0 +1,255 @@
+"""The dashboard in a real browser: JupyterLab + Debian's chromium, driven by selenium.
+
+Checks what issue 14 asks of the panel, as a user sees it at 1366x768 with the file browser
+open: it renders; counts move; no text is cut; a Pause clicked while a cell waits in
+``job.result()`` (and while a cell sleeps) takes effect within seconds; Drain asks first;
+re-running the cell leaves one refresher; a failed job's traceback is reachable; a saved
+notebook reopened without its kernel shows the last state. Screenshots are written to
+``$NBQUEUE_SCREENSHOTS`` (default ``tests/screenshots/``); the test prints the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from browser import Lab, find_browser, lab, notebook, wait
+
+pytestmark = pytest.mark.browser
+
+SHOTS = Path(os.environ.get("NBQUEUE_SCREENSHOTS",
+                            Path(__file__).resolve().parent / "screenshots"))
+
+SETUP = '''\
+import threading, time
+import nbqueue
+from nbqueue import queue_manager as qm
+
+def work(job):
+    time.sleep(job.payload.get("secs", 0.2))
+    if job.payload.get("fail"):
+        raise ValueError(f"bad input {job.payload['fail']!r}")
+    return {"ok": job.payload.get("i")}
+
+for name in ("emails", "reports", "thumbnails", "payments-eu-west-1"):
+    qm.register_processor(name, work)
+    qm.get_queue(name)
+qm.get_queue("dead_letter")
+for name in ("emails", "reports", "thumbnails"):
+    qm.start_worker(name, worker_concurrency=2)
+bad = qm.add_job("reports", {"type": "broken", "payload": {"fail": 7}}, attempts=1)
+qm.add_jobs("payments-eu-west-1", [{"type": "charge", "payload": {"i": i}} for i in range(120)])
+qm.add_jobs("thumbnails", [{"type": "resize", "payload": {"i": i, "secs": 0.05}}
+                           for i in range(300)])
+stop_feed = threading.Event()
+
+def feed():
+    i = 0
+    while not stop_feed.is_set():
+        qm.add_job("emails", {"type": "send", "payload": {"i": i, "secs": 0.3}})
+        i += 1
+        stop_feed.wait(0.4)
+
+threading.Thread(target=feed, daemon=True).start()
+try:
+    bad.result(timeout=30)
+except nbqueue.JobFailedError:
+    pass
+print("ready")
+'''
+PANEL = "panel = nbqueue.dashboard(refresh=0.5)\npanel"
+WAIT_RESULT = ('job = qm.add_job("reports", {"type": "slow", "payload": {"secs": 15}})\n'
+               'print("result:", job.result(timeout=120))')
+SLEEP = "time.sleep(12)\nprint('slept')"
+COUNT = ('print("refreshers:", sum(t.name == "nbqueue-dashboard" and t.is_alive()\n'
+         '                          for t in threading.enumerate()))')
+CLEANUP = "stop_feed.set()\nqm.close()\nprint('closed')"
+
+
+@pytest.fixture(scope="module")
+def browser_paths() -> tuple[str, str]:
+    found = find_browser()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    pytest.importorskip("jupyterlab")
+    return found
+
+
+def _paused(r: redis.Redis, queue: str) -> bool:
+    return r.hget(f"nbq:{{{queue}}}:meta", "paused") == "1"
+
+
+def _row_button(session: Lab, queue: str, action: str) -> None:
+    session.js(
+        "const b = document.querySelector(`tr[data-queue='${arguments[0]}'] "
+        "button[data-action='${arguments[1]}']`); if (!b) throw new Error('no button'); "
+        "b.click();", queue, action)
+
+
+def _count(session: Lab, queue: str, state: str) -> int:
+    return int(session.js(
+        "const td = document.querySelector(`tr[data-queue='${arguments[0]}'] "
+        "td.nbq-${arguments[1]}`); return td ? td.title.split(' ')[0] : -1;", queue, state))
+
+
+def _cut_text(session: Lab) -> list[str]:
+    """Elements of the panel whose text is cut (scrollWidth > clientWidth), and the panel
+    itself if it is wider than its output area."""
+    return list(session.js("""
+        const out = [];
+        const roots = document.querySelectorAll('.nbq-root');
+        for (const root of roots) {
+          const area = root.closest('.jp-OutputArea-output') || root.parentElement;
+          if (root.scrollWidth > root.clientWidth + 1 || area.scrollWidth > area.clientWidth + 1)
+            out.push(`panel ${root.scrollWidth}>${root.clientWidth} / `
+                     + `${area.scrollWidth}>${area.clientWidth}`);
+          for (const el of root.querySelectorAll('*')) {
+            if (!el.childNodes.length || el.closest('svg')) continue;
+            const hasText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+            if (!hasText) continue;
+            const st = getComputedStyle(el);
+            if (st.display === 'inline' || el.clientWidth === 0) continue;
+            if (el.scrollWidth > el.clientWidth + 1 || el.scrollHeight > el.clientHeight + 2
+                && st.overflowY !== 'visible' && st.overflowY !== 'auto')
+              out.push(`${el.tagName}.${el.className}: '${el.textContent.slice(0, 40)}' `
+                       + `${el.scrollWidth}>${el.clientWidth}`);
+          }
+        }
+        return out;"""))
+
+
+def test_dashboard_in_jupyterlab(browser_paths, redis_server, tmp_path: Path) -> None:
+    print(f"\nscreenshots: {SHOTS}")
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    for key in r.scan_iter("nbq:*"):
+        r.delete(key)
+    cells = [SETUP, PANEL, WAIT_RESULT, SLEEP, COUNT, CLEANUP]
+    (tmp_path / "panel.ipynb").write_text(json.dumps(notebook(cells)))
+    env = {"NBQUEUE_REDIS_URL": redis_server.url, "NBQUEUE_HOME": str(tmp_path / "home")}
+    with lab(tmp_path, env, SHOTS) as session:
+        session.open_notebook("panel.ipynb")
+        session.show_file_browser()
+        session.run_cell(0)
+        session.wait_cell_done(0, 120)
+        assert "ready" in session.cell_text(0)
+        session.run_cell(1)
+        # It renders: one row per queue.
+        wait(lambda: session.js("return document.querySelectorAll('.nbq-row').length") == 5,
+             60, "the panel's rows")
+        session.js("document.querySelector('.nbq-root').scrollIntoView()")
+        # Counts move (the feeder adds emails, workers finish them).
+        done0 = wait(lambda: _count(session, "emails", "completed") >= 0, 30, "a count")
+        wait(lambda: _count(session, "emails", "completed") > done0 + 2, 60,
+             "the completed count of emails to move")
+        wait(lambda: session.js("return [...document.querySelectorAll('.nbq-rate')]"
+                                ".some(td => td.textContent !== '-')"), 30, "a rate")
+        session.screenshot("01-panel-1366x768")
+        # Fits 1366x768 with the file browser open: no text cut anywhere in the panel.
+        assert session.js("return window.innerWidth") == 1366
+        assert not session.js("return window.jupyterapp.shell.leftCollapsed")
+        assert _cut_text(session) == []
+        assert session.js("return [...document.querySelectorAll('.nbq-btn')]"
+                          ".every(b => b.title && b.getAttribute('aria-label'))")
+
+        # A Pause clicked while a cell waits in job.result() takes effect within seconds.
+        session.run_cell(2)
+        wait(lambda: session.cell_running(2), 30, "cell 2 to run")
+        wait(lambda: int(r.zcard("nbq:{reports}:active")) >= 1, 30, "the slow job to start")
+        _row_button(session, "reports", "pause")
+        t0 = time.monotonic()
+        wait(lambda: _paused(r, "reports"), 10, "reports to be paused")
+        assert time.monotonic() - t0 < 10
+        assert session.cell_running(2), "the pause should land while the cell still waits"
+        wait(lambda: session.js("return !!document.querySelector("
+                                "\"tr[data-queue='reports'] .nbq-badge\")"), 10,
+             "the paused badge")
+        session.screenshot("02-paused-while-cell-waits")
+        _row_button(session, "reports", "resume")
+        wait(lambda: not _paused(r, "reports"), 10, "reports to resume")
+        session.wait_cell_done(2, 120)
+        assert "result:" in session.cell_text(2)
+
+        # Any other busy cell: the click is handled at once, or shown as pending.
+        session.run_cell(3)
+        wait(lambda: session.cell_running(3), 30, "cell 3 to run")
+        time.sleep(1)
+        _row_button(session, "emails", "pause")
+        state = session.js("return document.querySelector('.nbq-kernel') ?"
+                           " document.querySelector('.nbq-kernel').className : ''")
+        if "concurrent" in state or not state:
+            wait(lambda: _paused(r, "emails"), 10, "emails paused during time.sleep")
+            assert session.cell_running(3)
+        else:  # a kernel without subshell routing: the click waits, visibly
+            assert session.js("return !!document.querySelector('.nbq-pending')")
+        session.screenshot("03-click-during-busy-cell")
+        session.wait_cell_done(3, 60)
+        wait(lambda: _paused(r, "emails"), 20, "emails paused")
+        _row_button(session, "emails", "resume")
+        wait(lambda: not _paused(r, "emails"), 10, "emails resumed")
+
+        # Drain asks first; Cancel keeps the jobs; confirming drains.
+        waiting = int(r.zcard("nbq:{payments-eu-west-1}:wait"))
+        assert waiting == 120
+        _row_button(session, "payments-eu-west-1", "drain")
+        wait(lambda: session.js("return !!document.querySelector('.nbq-confirm')"), 10,
+             "the drain confirmation")
+        assert "120 waiting" in session.js(
+            "return document.querySelector('.nbq-confirm').innerText")
+        session.screenshot("04-drain-asks-first")
+        time.sleep(1)
+        assert int(r.zcard("nbq:{payments-eu-west-1}:wait")) == 120
+        session.js("document.querySelector(\".nbq-confirm button[data-action='cancel-confirm']\")"
+                   ".click()")
+        assert not session.js("return !!document.querySelector('.nbq-confirm')")
+        assert int(r.zcard("nbq:{payments-eu-west-1}:wait")) == 120
+        _row_button(session, "payments-eu-west-1", "drain")
+        wait(lambda: session.js("return !!document.querySelector('.nbq-confirm')"), 10,
+             "the drain confirmation")
+        session.js("document.querySelector(\".nbq-confirm button[data-action='confirm']\")"
+                   ".click()")
+        wait(lambda: int(r.zcard("nbq:{payments-eu-west-1}:wait")) == 0, 10, "the drain")
+
+        # A failed job's traceback is reachable: details -> failed -> the job.
+        _row_button(session, "reports", "details")
+        wait(lambda: session.js("return document.querySelectorAll('.nbq-jobrow').length") >= 1,
+             20, "the failed jobs list")
+        session.js("document.querySelector('.nbq-jobrow').click()")
+        wait(lambda: session.js("return !!document.querySelector('.nbq-jobdetail')"), 20,
+             "the job detail")
+        detail = session.js("return document.querySelector('.nbq-jobdetail').innerText")
+        assert "bad input 7" in detail and "ValueError" in detail
+        has_tb = session.js("return !!document.querySelector('.nbq-tb pre')")
+        if has_tb:  # tracebacks are stored once the workbench work (issue 11) is in
+            assert "Traceback" in session.js(
+                "return document.querySelector('.nbq-tb pre').innerText")
+        session.js("document.querySelector('.nbq-jobdetail').scrollIntoView()")
+        session.screenshot("05-failed-job-detail")
+        assert _cut_text(session) == []
+        session.js("document.querySelector(\"button[data-action='close-drill']\").click()")
+
+        # Re-running the panel cell leaves one refresher.
+        session.run_cell(1)
+        session.wait_cell_done(1, 60)
+        session.run_cell(1)
+        session.wait_cell_done(1, 60)
+        wait(lambda: session.js("return document.querySelectorAll('.nbq-row').length") == 5,
+             60, "the re-run panel")
+        session.run_cell(4)
+        session.wait_cell_done(4, 60)
+        assert "refreshers: 1" in session.cell_text(4)
+
+        # Save; reopen without a kernel: the output shows the last state, not an error.
+        session.save()
+        session.run_cell(5)
+        session.wait_cell_done(5, 60)
+        session.save()
+        saved = json.loads((tmp_path / "panel.ipynb").read_text())
+        outputs = saved["cells"][1]["outputs"]
+        html_out = [o for o in outputs if "text/html" in o.get("data", {})]
+        assert html_out and "nbqueue-snapshot" in "".join(html_out[0]["data"]["text/html"])
