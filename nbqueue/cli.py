@@ -145,7 +145,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(jobs=args.jobs, url=args.url)
+    return run_demo(jobs=args.jobs, url=args.url, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a short end-to-end run on the embedded default Redis")
     d.add_argument("--jobs", type=int, default=12)
+    d.add_argument("--keep", action="store_true",
+                   help="keep the demo's queue and its dead-letter records afterwards")
     d.set_defaults(func=cmd_demo)
 
     srv = sub.add_parser("server", help="manage the embedded redis-server")

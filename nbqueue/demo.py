@@ -1,22 +1,33 @@
 """``nbqueue demo``: enqueue data-processing jobs at several priorities, process them with
 a thread worker (one fails into the dead-letter queue after its retries), show progress,
-and print the final metrics. Runs on the embedded default Redis unless a URL is set."""
+and print what happened. Runs on the embedded default Redis unless a URL is set.
+
+The demo only touches what it creates: a queue with a fresh name of its own, and the
+dead-letter records of that queue. At the end it removes both (``--keep`` keeps them);
+nothing else in Redis is read for writing, deleted or changed.
+"""
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
-from .cli import METRIC_COLUMNS, format_table
+from .cli import format_table
 from .connection import connect
+from .keys import DEAD_LETTER_QUEUE
 from .manager import QueueManager
 from .types import JobPriority, JobState
 
-DEMO_QUEUE = "demo_data_processing"
+DEMO_PREFIX = "demo_data_processing_"
+ATTEMPTS = 3
+BACKOFF_MS = 100
+DEMO_COLUMNS = ("queue", "completed", "failed", "waiting", "active", "delayed")
 
 
 def _process(job: Any) -> dict[str, Any]:
     """Sum the numbers in steps, reporting progress; `poison` jobs always raise."""
+    started = time.perf_counter()
     data = job.data["payload"]["data"]
     if job.data["payload"].get("poison"):
         raise ValueError(f"cannot process {job.data['payload']['dataset']}: bad checksum")
@@ -25,58 +36,84 @@ def _process(job: Any) -> dict[str, Any]:
         total += x
         time.sleep(0.01)
         job.update_progress(round(100 * i / len(data)))
-    return {"success": True, "data": {"sum": total}, "duration": int(time.time() * 1000)
-            - job.timestamp}
+    return {"success": True, "data": {"sum": total},
+            "duration_ms": round((time.perf_counter() - started) * 1000)}
 
 
-def run_demo(jobs: int = 12, url: str | None = None) -> int:
+def run_demo(jobs: int = 12, url: str | None = None, keep: bool = False) -> int:
     conn = connect(url)
     print(f"nbqueue demo on {conn!r}")
     mgr = QueueManager(connection=conn)
-    for name in (DEMO_QUEUE, "dead_letter"):
-        mgr.get_queue(name).obliterate(force=True)
-    queue = mgr.get_queue(DEMO_QUEUE, worker_concurrency=4, default_job_options={
-        "attempts": 3, "backoff": {"type": "exponential", "delay": 100}})
+    name = DEMO_PREFIX + secrets.token_hex(3)  # a queue of its own: nobody else's data
+    queue = mgr.get_queue(name, worker_concurrency=4, default_job_options={
+        "attempts": ATTEMPTS, "backoff": {"type": "exponential", "delay": BACKOFF_MS}})
+    print(f"queue {name!r} (new; {'kept' if keep else 'removed'} at the end)")
     priorities = list(JobPriority)
     handles = []
     for i in range(jobs):
         prio = priorities[i % len(priorities)]
-        handles.append(mgr.add_job(DEMO_QUEUE, {
+        handles.append(mgr.add_job(name, {
             "type": "process_data", "user_id": "demo",
             "payload": {"dataset": f"ds-{i:02d}", "data": list(range(i, i + 10))}},
             priority=prio))
-    poison = mgr.add_job(DEMO_QUEUE, {"type": "process_data", "payload": {
+    poison = mgr.add_job(name, {"type": "process_data", "payload": {
         "dataset": "ds-corrupt", "data": [1], "poison": True}}, priority=JobPriority.LOW)
-    print(f"enqueued {jobs} jobs at priorities "
-          f"{', '.join(p.name for p in priorities)} + 1 that always fails")
-    mgr.register_processor(DEMO_QUEUE, _process)
-    mgr.start_worker(DEMO_QUEUE, mode="thread")
+    counts = ", ".join(f"{sum(1 for h in handles if h.priority == p)} {p.name}"
+                       for p in priorities)
+    print(f"enqueued {jobs} jobs ({counts}) and 1 job (ds-corrupt, LOW) that always fails: "
+          f"attempts={ATTEMPTS}, retried after {BACKOFF_MS} ms then {2 * BACKOFF_MS} ms")
+    print("waiting = not started; active = running now; delayed = the failing job waiting "
+          "out its retry backoff")
+    mgr.register_processor(name, _process)
+    started = time.monotonic()
+    mgr.start_worker(name, mode="thread")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             m = queue.get_metrics()
-            active = [j for j in queue.get_jobs("active", 0, 4)]
-            bars = "  ".join(f"{j.data['payload']['dataset']} {_bar(j.progress)}" for j in active)
+            active = queue.get_jobs("active", 0, 4)
+            bars = "  ".join(f"{j.data['payload']['dataset']} {_bar(j.progress)}"
+                             for j in active)
             print(f"  waiting={m.waiting:<3} active={m.active:<2} delayed={m.delayed:<2} "
                   f"completed={m.completed:<3} failed={m.failed:<2} {bars}", flush=True)
-            if m.total == 0:
+            if m.waiting + m.active + m.delayed == 0:
                 break
             time.sleep(0.25)
     finally:
-        mgr.stop_worker(DEMO_QUEUE)
-    first = handles[0].result(timeout=5)
-    print(f"\nresult of job {handles[0].id}: {first}")
-    status = mgr.get_job_status(DEMO_QUEUE, poison.id)
+        mgr.stop_worker(name)
+    print(f"\nall {jobs + 1} jobs ended in {time.monotonic() - started:.1f} s")
+    done = sorted(queue.get_jobs("completed", 0, 0),
+                  key=lambda j: (j.processed_on or 0, j.priority, int(j.id)))
+    order = " ".join(f"{j.data['payload']['dataset']}({JobPriority(j.priority).name})"
+                     for j in done)
+    print(f"start order (strict priority, FIFO within a level; 4 at a time): {order}")
+    first = handles[0]
+    value = first.result(timeout=5)
+    print(f"job {first.id} ({first.data['payload']['dataset']}) returned "
+          f"sum={value['data']['sum']} (took {value['duration_ms']} ms)")
+    status = mgr.get_job_status(name, poison.id)
     assert status is not None and status.state is JobState.FAILED, status
-    print(f"job {poison.id} failed after {status.attempts_made} attempts: "
+    print(f"job {poison.id} (ds-corrupt) failed after {status.attempts_made} attempts: "
           f"{status.failed_reason}")
-    dead = mgr.get_queue("dead_letter").get_jobs("waiting", 0, 10)
-    for d in dead:
+    dead_q = mgr.get_queue(DEAD_LETTER_QUEUE)
+    # the newest records (ours were just added): ZRANGE -100 -1, not the whole queue
+    ours = [d for d in dead_q.get_jobs("waiting", -100, 100)
+            if d.data["payload"].get("queue") == name]
+    for d in ours:
         p = d.data["payload"]
-        print(f"dead letter: {p['queue']}#{p['job_id']} reason={p['reason']!r} "
+        print(f"dead-letter record: {p['queue']}#{p['job_id']} reason={p['reason']!r} "
               f"attempts={p['attempts_made']}")
-    rows = [mgr.get_queue_metrics(n).to_dict() for n in (DEMO_QUEUE, "dead_letter")]
-    print("\n" + format_table(rows, METRIC_COLUMNS))
+    m = queue.get_metrics()
+    row = {"queue": name, "completed": m.completed, "failed": m.failed, "waiting": m.waiting,
+           "active": m.active, "delayed": m.delayed}
+    print("\n" + format_table([row], DEMO_COLUMNS))
+    if not keep:
+        for d in ours:
+            dead_q.remove(d.id)
+        queue.obliterate()
+        print(f"\nremoved queue {name!r} and its {len(ours)} dead-letter record(s); "
+              "nothing else was touched (--keep keeps them)")
+    mgr.close()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,15 +27,54 @@ def test_demo_on_embedded_default(tmp_path):
         res = run_cli("demo", env=env)
         assert res.returncode == 0, res.stderr
         out = res.stdout
-        assert "unix://" in out and "dead letter: demo_data_processing#" in out
+        assert "unix://" in out and "dead-letter record: demo_data_processing_" in out
         assert "failed after 3 attempts" in out
-        assert "demo_data_processing  0" in out  # final table: nothing left waiting
         assert "%" in out  # progress was shown
-        # no worker process left behind
-        ps = subprocess.run(["pgrep", "-f", "nbqueue demo"], capture_output=True, text=True)
-        assert ps.stdout.strip() == ""
     finally:
         run_cli("server", "stop", env=env)
+
+
+def test_demo_output_reads_well_and_touches_only_its_own_data(conn, r, redis_url):
+    """A user's dead-letter records, and a queue of theirs named like the old demo queue,
+    survive ``nbqueue demo``; the demo removes what it made; its output explains itself."""
+    user_dlq = Queue("dead_letter", conn)
+    record = user_dlq.add({"type": "dead_letter", "payload": {
+        "queue": "billing", "job_id": "7", "reason": "card declined", "attempts_made": 5}})
+    mine = Queue("demo_data_processing", conn).add({"type": "mine", "payload": 1})
+    before = set(r.keys("*"))
+    res = run_cli("--url", redis_url, "demo")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert user_dlq.get_job(record.id) is not None  # the user's record survived
+    assert Queue("demo_data_processing", conn).get_job(mine.id) is not None
+    assert set(r.keys("*")) >= before
+    # nothing of the demo is left: its queue, its dead-letter record, its registry entry
+    assert not [k for k in r.keys("*") if "demo_data_processing_" in k]
+    assert not [n for n in r.smembers("nbq:queues") if n.startswith("demo_data_processing_")]
+    assert [j.id for j in user_dlq.get_jobs("waiting", 0, 0)] == [record.id]
+    # the newcomer's questions, answered in the output
+    assert "delayed = the failing job waiting out its retry backoff" in out
+    assert "retried after 100 ms then 200 ms" in out
+    order = out.split("start order (strict priority, FIFO within a level; 4 at a time): ")[1]
+    levels = [w.split("(")[1].rstrip(")") for w in order.splitlines()[0].split()]
+    ranks = ["CRITICAL", "HIGH", "NORMAL", "LOW", "BACKGROUND"]
+    assert [ranks.index(x) for x in levels] == sorted(ranks.index(x) for x in levels)
+    assert len(levels) == 12
+    assert re.search(r"returned sum=45 \(took \d+ ms\)", out)
+    assert re.search(r"all 13 jobs ended in \d+\.\d s", out)
+    header = [line for line in out.splitlines() if line.startswith("queue  ")]
+    assert header and "completed" in header[0] and "total" not in out
+    assert "removed queue 'demo_data_processing_" in out and "1 dead-letter record" in out
+
+
+def test_demo_keep_keeps_its_queue(conn, r, redis_url):
+    res = run_cli("--url", redis_url, "demo", "--jobs", "2", "--keep")
+    assert res.returncode == 0, res.stderr
+    kept = [n for n in r.smembers("nbq:queues") if n.startswith("demo_data_processing_")]
+    assert len(kept) == 1
+    assert Queue(kept[0], conn).get_metrics().completed == 2
+    dead = Queue("dead_letter", conn).get_jobs("waiting", 0, 0)
+    assert [d.data["payload"]["queue"] for d in dead] == kept
 
 
 def test_worker_and_stats_commands(conn, tmp_path, redis_url):

@@ -84,9 +84,22 @@ def test_01_quickstart(embedded_env: dict[str, str], tmp_path: Path) -> None:
     assert (Path(embedded_env["NBQUEUE_HOME"])).exists()
 
 
-def test_02_dashboard(embedded_env: dict[str, str], tmp_path: Path) -> None:
+def test_02_dashboard(embedded_env: dict[str, str], tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a dead-letter record of the user's, on the same embedded server, must survive
+    from nbqueue import Queue, connect
+
+    monkeypatch.delenv("NBQUEUE_REDIS_URL", raising=False)
+    monkeypatch.setenv("NBQUEUE_HOME", embedded_env["NBQUEUE_HOME"])
+    conn = connect()
+    users = Queue("dead_letter", conn).add({"type": "dead_letter", "payload": {
+        "queue": "billing", "job_id": "7", "reason": "card declined"}})
     nb = run_notebook("02-dashboard.ipynb", embedded_env, tmp_path)
     out = text_of(nb)
+    left = Queue("dead_letter", conn).get_jobs("waiting", 0, 0)
+    assert [j.id for j in left] == [users.id]  # the user's survived; the notebook's went
+    assert "own dead-letter records removed: 2" in out  # the poison job failed twice
+    conn.close()
     assert "ERROR" not in out
     assert "first job run: urgent" in out  # strict priority on a process worker
     assert "ok after 2 attempt(s)" in out  # retried once
@@ -100,8 +113,8 @@ def test_02_dashboard(embedded_env: dict[str, str], tmp_path: Path) -> None:
     panels = [s for s in states.values() if "data" in s and "queues" in s.get("data", {})]
     assert len(panels) == 1
     rows = {r["name"]: r for r in panels[0]["data"]["queues"]}
-    assert list(rows) == ["reports", "flaky", "dead_letter"]
-    assert rows["reports"]["counts"]["completed"] == 11  # 10 low + 1 urgent
+    assert list(rows) == ["nb02_reports", "nb02_flaky", "dead_letter"]
+    assert rows["nb02_reports"]["counts"]["completed"] == 11  # 10 low + 1 urgent
     assert panels[0]["live"] is False  # stopped at the end, and shown as stopped
 
 
