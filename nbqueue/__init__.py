@@ -10,6 +10,7 @@ from typing import Any
 from .batch import JobBatch, chunk_frame
 from .connection import Connection, connect
 from .errors import (
+    EvictionPolicyError,
     InvalidOptionError,
     JobFailedError,
     JobNotFoundError,
@@ -17,6 +18,7 @@ from .errors import (
     JobTimeoutError,
     NbqueueError,
     PayloadTooLargeError,
+    RedisOutOfMemoryError,
     RedisUnavailableError,
     SignatureError,
     UnknownQueueError,
@@ -60,12 +62,12 @@ def export(df: Any, path: Any, **kwargs: Any) -> Any:
     return _export(df, path, **kwargs)
 
 __all__ = [
-    "Connection", "Event", "InvalidOptionError", "Job", "JobFailedError", "JobNotFoundError",
-    "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError", "NbqueueError",
-    "PayloadTooLargeError", "Queue", "QueueManager", "QueueMetrics", "QueueName",
-    "RedisUnavailableError", "SignatureError", "UnknownQueueError", "UnrecoverableError",
-    "Worker", "WorkerInfo", "connect", "dashboard", "export", "load_ipython_extension",
-    "queue_manager", "unload_ipython_extension",
+    "Connection", "Event", "EvictionPolicyError", "InvalidOptionError", "Job", "JobFailedError",
+    "JobNotFoundError", "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError",
+    "NbqueueError", "PayloadTooLargeError", "Queue", "QueueManager", "QueueMetrics", "QueueName",
+    "RedisOutOfMemoryError", "RedisUnavailableError", "SignatureError", "UnknownQueueError",
+    "UnrecoverableError", "Worker", "WorkerInfo", "connect", "dashboard", "export",
+    "load_ipython_extension", "queue_manager", "unload_ipython_extension",
 ]
 
 # -- recurring jobs and the seed's predefined queues (nbqueue.scheduler, nbqueue.predefined)

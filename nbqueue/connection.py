@@ -10,9 +10,11 @@ connection errors). Passwords never appear in reprs or error messages (:func:`ma
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
+import warnings
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,12 +27,16 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from .errors import RedisUnavailableError
+from .errors import EvictionPolicyError, RedisUnavailableError
 
 __all__ = ["Connection", "connect", "describe_client", "mask_url"]
 
 ENV_URL = "NBQUEUE_REDIS_URL"
 ENV_FALLBACK_URL = "REDIS_URL"
+#: ``1``/``true``/``yes``: accept a Redis whose ``maxmemory-policy`` is ``allkeys-*``.
+ENV_ALLOW_EVICTION = "NBQUEUE_ALLOW_EVICTION"
+
+log = logging.getLogger("nbqueue.connection")
 
 #: Seconds to open a TCP/unix connection; an unreachable server fails :func:`connect` in ~this.
 SOCKET_CONNECT_TIMEOUT = 5.0
@@ -212,6 +218,74 @@ class Connection:
             if probe is not None:
                 probe.close()
 
+    def check_eviction_policy(self, allow_eviction: bool = False) -> str | None:
+        """Read the server's ``maxmemory-policy`` (``INFO memory``, else ``CONFIG GET``) and
+        judge it; returns the policy (None if it could not be read).
+
+        ``allkeys-*`` evicts any key when memory is full (queued jobs, the id counter) without
+        a word: refused with :class:`~nbqueue.errors.EvictionPolicyError` unless
+        ``allow_eviction``. ``volatile-*`` evicts only keys with a ttl (nbqueue's jobs have
+        none, but its short-lived keys do): a warning. A user allowed to read neither
+        (an ACL without ``info``/``config``) gets one warning per URL, and nbqueue goes on.
+        """
+        policy = self._read_policy()
+        if policy is None:
+            if self.masked_url not in _POLICY_UNKNOWN_WARNED:
+                _POLICY_UNKNOWN_WARNED.add(self.masked_url)
+                warnings.warn(
+                    f"nbqueue could not read maxmemory-policy of Redis at {self.masked_url} "
+                    "(neither INFO nor CONFIG GET is allowed for this user); make sure it is "
+                    "noeviction: any other policy can silently delete queued jobs",
+                    RuntimeWarning, stacklevel=3)
+            return None
+        if policy.startswith("allkeys-"):
+            msg = (f"Redis at {self.masked_url} has maxmemory-policy {policy}: when its memory "
+                   "is full it evicts any key, silently deleting queued jobs (and the id "
+                   "counter, so ids are reused). Set maxmemory-policy noeviction on the server "
+                   "(CONFIG SET maxmemory-policy noeviction, redis.conf, or your provider's "
+                   "parameter group); nbqueue then raises RedisOutOfMemoryError when memory "
+                   "is full instead. To accept eviction anyway: connect(..., "
+                   f"allow_eviction=True) or {ENV_ALLOW_EVICTION}=1.")
+            if not allow_eviction:
+                raise EvictionPolicyError(msg)
+            log.warning("%s (allowed by allow_eviction)", msg)
+        elif policy.startswith("volatile-"):
+            warnings.warn(
+                f"Redis at {self.masked_url} has maxmemory-policy {policy}: keys with a ttl "
+                "can be evicted when memory is full (nbqueue's idempotency tokens, "
+                "deduplication and hand-off keys among them); noeviction is recommended",
+                RuntimeWarning, stacklevel=3)
+        return policy
+
+    def _read_policy(self) -> str | None:
+        probe: Any = None
+        try:
+            if isinstance(self._sync, redis.cluster.RedisCluster):
+                probe, owned = self._sync, False
+            elif self._sync is not None and not self._owns_sync:
+                probe, owned = _probe_like(self._sync), True
+            else:
+                probe, owned = self._make_sync(probe=True), True
+            try:
+                info = probe.info("memory")
+                policy = _find_policy(info)
+                if policy:
+                    return policy
+            except redis.ResponseError:  # NOPERM: an ACL user without +info
+                pass
+            try:
+                found = probe.config_get("maxmemory-policy")
+                return _find_policy(found) or None
+            except redis.ResponseError:  # NOPERM, or CONFIG renamed/disabled
+                return None
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            raise RedisUnavailableError(
+                f"Redis is unavailable at {self.masked_url}: {_scrub(str(exc), self.url)}"
+            ) from None
+        finally:
+            if probe is not None and owned:
+                probe.close()
+
     def _make_sync(self, *, probe: bool = False) -> Any:
         kwargs = _client_kwargs(asyncio=False)
         if probe:
@@ -236,7 +310,8 @@ class Connection:
 
 
 def connect(
-    url: str | redis.Redis | Connection | None = None, *, cluster: bool | None = None
+    url: str | redis.Redis | Connection | None = None, *, cluster: bool | None = None,
+    allow_eviction: bool | None = None,
 ) -> Connection:
     """Resolve nbqueue's Redis and check it answers; returns a :class:`Connection`.
 
@@ -246,6 +321,10 @@ def connect(
     or ``cluster=True`` select Redis Cluster. An unreachable server raises
     :class:`~nbqueue.errors.RedisUnavailableError` (also a ``ConnectionError``) naming the
     masked URL, within about ``SOCKET_CONNECT_TIMEOUT`` seconds.
+
+    The server's ``maxmemory-policy`` is checked (:meth:`Connection.check_eviction_policy`):
+    ``allkeys-*`` raises :class:`~nbqueue.errors.EvictionPolicyError` unless
+    ``allow_eviction=True`` (or ``$NBQUEUE_ALLOW_EVICTION=1``); ``volatile-*`` warns.
     """
     if isinstance(url, Connection):
         return url
@@ -260,6 +339,10 @@ def connect(
             resolved = server.ensure_server()
         conn = Connection(resolved, cluster=bool(cluster))
     conn.check()
+    if allow_eviction is None:
+        allow_eviction = os.environ.get(ENV_ALLOW_EVICTION, "").strip().lower() in (
+            "1", "true", "yes", "on")
+    conn.check_eviction_policy(allow_eviction)
     return conn
 
 
@@ -275,6 +358,24 @@ def describe_client(client: Any) -> str:
 
 
 # -- internals -------------------------------------------------------------------------------
+
+_POLICY_UNKNOWN_WARNED: set[str] = set()
+
+
+def _find_policy(found: Any) -> str | None:
+    """``maxmemory-policy`` from an INFO/CONFIG GET reply (a cluster's: any node's,
+    the most dangerous first)."""
+    if not isinstance(found, dict):
+        return None
+    for key in ("maxmemory_policy", "maxmemory-policy"):
+        if isinstance(found.get(key), str):
+            return str(found[key])
+    nested = [p for p in (_find_policy(v) for v in found.values()) if p]
+    for prefix in ("allkeys-", "volatile-"):
+        for p in nested:
+            if p.startswith(prefix):
+                return p
+    return nested[0] if nested else None
 
 
 def _tag(client: Any, masked: str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis.exceptions
+
 
 class NbqueueError(Exception):
     """Base class of every error nbqueue raises on purpose."""
@@ -17,6 +19,27 @@ class PayloadTooLargeError(NbqueueError, ValueError):
 
 class RedisUnavailableError(NbqueueError, ConnectionError):
     """Redis cannot be reached; the message names the URL (password masked)."""
+
+
+class RedisOutOfMemoryError(NbqueueError, redis.exceptions.OutOfMemoryError):
+    """Redis refused a write: its memory is full (``maxmemory`` under ``noeviction``).
+
+    The message names the queue. Nothing of the refused call was written. Workers keep
+    finishing, renewing locks and sweeping (those scripts may run on a full Redis), and
+    retention frees memory as jobs finish; adds are refused until there is room again.
+    Also a ``redis.exceptions.OutOfMemoryError`` (so a ``redis.RedisError``), for code that
+    caught the raw error before.
+    """
+
+    def __init__(self, message: str, queue: str | None = None) -> None:
+        super().__init__(message)
+        self.queue = queue
+
+
+class EvictionPolicyError(NbqueueError, RuntimeError):
+    """``connect()`` refused a Redis whose ``maxmemory-policy`` evicts any key
+    (``allkeys-*``): it would silently delete queued jobs. The message names the setting and
+    the opt-out (``connect(..., allow_eviction=True)`` or ``NBQUEUE_ALLOW_EVICTION=1``)."""
 
 
 class NoServerError(NbqueueError, RuntimeError):

@@ -9,6 +9,7 @@ drive such a generator; nothing else in nbqueue talks to Redis.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -17,10 +18,10 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from . import direct, scripts
-from .errors import RedisUnavailableError
+from .errors import RedisOutOfMemoryError, RedisUnavailableError
 
 T = TypeVar("T")
 
@@ -59,6 +60,37 @@ def _unavailable(client: Any, exc: BaseException) -> RedisUnavailableError:
     from .connection import describe_client  # late: connection imports protocol
 
     return RedisUnavailableError(f"Redis is unavailable at {describe_client(client)}: {exc}")
+
+
+_QUEUE_IN_KEY = re.compile(r"\{([^}]*)\}")
+
+
+def _step_queue(step: Call | Batch) -> str | None:
+    """The queue a step works on: the hash tag of its first key."""
+    call = step if isinstance(step, Call) else (step.calls[0] if step.calls else None)
+    if call is None:
+        return None
+    key = call.keys[0] if call.keys else (call.command[1] if call.command and
+                                          len(call.command) > 1 else None)
+    m = _QUEUE_IN_KEY.search(str(key)) if key is not None else None
+    return m.group(1) if m else None
+
+
+def _out_of_memory(client: Any, step: Call | Batch,
+                   exc: redis.ResponseError) -> RedisOutOfMemoryError | None:
+    """``exc`` as :class:`RedisOutOfMemoryError` naming the queue, if it is Redis refusing a
+    write for want of memory (``-OOM``, also as wrapped by Redis 6 inside a script error)."""
+    if not isinstance(exc, OutOfMemoryError) and "OOM command not allowed" not in str(exc):
+        return None
+    from .connection import describe_client  # late: connection imports protocol
+
+    queue = _step_queue(step)
+    what = f"queue {queue!r}" if queue else "nbqueue"
+    return RedisOutOfMemoryError(
+        f"Redis at {describe_client(client)} is out of memory (used memory > maxmemory, "
+        f"policy noeviction): {what} cannot store more now. Nothing of this call was written. "
+        "Workers still finish jobs and retention frees memory; or remove/clean jobs, lower "
+        "remove_on_complete/remove_on_fail, or raise maxmemory.", queue)
 
 
 def _script_call_args(call: Call) -> tuple[Any, ...]:
@@ -148,6 +180,12 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc
+            except redis.ResponseError as exc:
+                oom = _out_of_memory(client, step, exc)
+                if oom is None:
+                    raise
+                op.close()
+                raise oom from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value
@@ -203,6 +241,12 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc
+            except redis.ResponseError as exc:
+                oom = _out_of_memory(client, step, exc)
+                if oom is None:
+                    raise
+                op.close()
+                raise oom from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value

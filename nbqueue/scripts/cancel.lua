@@ -9,6 +9,7 @@
 --   0 no such job, -1 finished already (a no-op), -2 in a state cancel does not handle.
 -- Worker cancel lists: BASE .. 'cancel:' .. token, where the lock is token .. ':' .. runs.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local id, reason = ARGV[4], ARGV[5]
 local key = JOB .. id
 local f = redis.call('HMGET', key, 'state', 'lk', 'data')

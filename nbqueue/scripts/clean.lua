@@ -4,6 +4,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 state, 5 grace ms, 6 limit (0 = all).
 -- Returns the removed ids.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local state, cutoff, limit = ARGV[4], NOW - tonumber(ARGV[5]), tonumber(ARGV[6])
 local sets = {completed = K_COMPLETED, failed = K_FAILED, waiting = K_WAIT, delayed = K_DELAYED}
 local set = sets[state]

@@ -3,6 +3,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to drain delayed jobs too.
 -- Returns the number of jobs removed.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local removed = 0
 local sets = {K_WAIT}
 if ARGV[4] == '1' then sets[2] = K_DELAYED end

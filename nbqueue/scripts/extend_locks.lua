@@ -3,6 +3,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 lock ms, then pairs (id, lock).
 -- Returns the ids whose lock is no longer this worker's (stalled and taken, or removed).
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local lost = {}
 local until_ms = fmt(NOW + tonumber(ARGV[4]))
 for i = 5, #ARGV, 2 do

@@ -10,6 +10,7 @@
 -- Returns the fetch reply (includes/fetch.lua), a handed-off job appended like the others.
 -- @include common
 -- @include fetch
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local token, lock_ms, park = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local reply = fetch_jobs(tonumber(ARGV[4]), token, tonumber(lock_ms))
 if ARGV[8] == '1' then unpark(token, lock_ms, reply) end

@@ -16,6 +16,7 @@
 -- first attempts (wait:<le>, wait_sum) and the per-minute history.
 -- @include common
 -- @include fetch
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 -- Wait time of first attempts (from add, or the end of the initial delay, to the start;
 -- server clock), as histogram counts in the stats hash: one HINCRBY per bucket used in this
 -- call. The bounds are nbqueue.stats.WAIT_BUCKETS (seconds, as the field names print them).

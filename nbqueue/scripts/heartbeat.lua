@@ -8,6 +8,7 @@
 --   BASE .. 'worker:' .. id (HASH info, started, hb, active; expires with the registration).
 -- Returns the registration's expiry (server ms), 0 when deregistered.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local id, ttl = ARGV[4], tonumber(ARGV[5])
 if id == '' or not ttl or ttl <= 0 then
   return redis.error_reply('ERR nbqueue heartbeat: a worker id and a ttl > 0 are needed')

@@ -4,6 +4,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to force.
 -- Returns the number of jobs deleted, or -1 when refused.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return -1 end
 local n = 0
 for _, set in ipairs({K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED}) do

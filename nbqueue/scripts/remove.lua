@@ -3,6 +3,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id.
 -- Returns 1 removed, 0 no such job, -1 active (locked by a worker).
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local id = ARGV[4]
 local key = JOB .. id
 if redis.call('EXISTS', key) == 0 then return 0 end

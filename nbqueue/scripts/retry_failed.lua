@@ -3,6 +3,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 limit (0 = all), 5 job id ('' = any).
 -- Returns the number of jobs moved.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local limit, only = tonumber(ARGV[4]), ARGV[5]
 local moved = 0
 while true do

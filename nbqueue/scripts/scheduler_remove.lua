@@ -5,6 +5,7 @@
 -- Returns 1 removed, 0 no such scheduler.
 -- @include common
 -- @include scheduler
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local sid = ARGV[5]
 local key = SCHED .. sid
 local nxt = redis.call('HGET', key, 'next')

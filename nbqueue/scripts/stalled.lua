@@ -7,6 +7,7 @@
 -- failed ids: it is not dead-lettered).
 -- Returns {{requeued ids}, {failed ids}}.
 -- @include common
+allow_oom()  -- must run on a full Redis (see includes/common.lua)
 if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}} end
 local max_stalled = tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT', 0, 1000)

