@@ -330,6 +330,11 @@ class QueueOps:
                          for m in span])
         return [(m * 60_000, int(c or 0), int(f or 0)) for m, (c, f) in zip(span, r)]
 
+    def server_time(self) -> Op[int]:
+        """The Redis server's clock, in ms (nbqueue's one clock)."""
+        t = yield Call.cmd("TIME")
+        return int(t[0]) * 1000 + int(t[1]) // 1000
+
     def is_paused(self) -> Op[bool]:
         return (yield Call.cmd("HGET", self.keys.meta, "paused")) == "1"
 

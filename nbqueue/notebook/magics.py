@@ -240,9 +240,7 @@ class NbqueueMagics(Magics):
         except (InvalidOptionError, UnknownQueueError) as exc:
             raise _usage(exc) from None
         if args.run:
-            from ..codejobs import make_code_job
-
-            datas, single = [make_code_job(cell)], True
+            datas, single = [], True
         else:
             if not cell.strip():
                 raise UsageError("%%enqueue: the cell is empty; write a dict (or a list of "
@@ -256,7 +254,17 @@ class NbqueueMagics(Magics):
         if not single and args.job_id is not None:
             raise UsageError("%%enqueue: --job-id applies to one job, not a bulk add")
         try:
-            jobs = [queue.add(datas[0], **opts)] if single else queue.add_bulk(datas, **opts)
+            if args.run:
+                from ..codejobs import add_code_job
+
+                if args.job_id is not None:
+                    raise UsageError("%%enqueue: --run picks the job id it signs; drop --job-id")
+                opts.pop("job_id", None)
+                jobs = [add_code_job(queue, cell, **opts)]
+            elif single:
+                jobs = [queue.add(datas[0], **opts)]
+            else:
+                jobs = queue.add_bulk(datas, **opts)
         except InvalidOptionError as exc:
             raise _usage(exc) from None
         if not single:

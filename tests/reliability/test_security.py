@@ -81,15 +81,20 @@ def test_code_jobs_need_allow_code_and_a_valid_hmac(fresh_server):
     q = Queue("code", conn)
     marker = Path(fresh_server.dir) / "code-ran"
     code = f"open({str(marker)!r}, 'w').write('x'); 42"
-    signed = codejobs.make_code_job(code, secret="s3cret-key")
+    now = q._run(q._ops.server_time())
+
+    def bound(job_id: str, secret: str) -> dict:  # signed for this queue and job id
+        return codejobs.make_code_job(code, secret, queue="code", job_id=job_id, now=now)
+
+    signed = bound("code-f", "s3cret-key")
     forged = dict(signed, payload=dict(signed["payload"], sig="0" * 64))
     unsigned = {"type": codejobs.CODE_JOB_TYPE, "payload": {"code": code}}
-    other_key = codejobs.make_code_job(code, secret="another-key")
+    other_key = bound("code-o", "another-key")
     plain_seen: list[object] = []
     # 1. a worker without allow_code never executes code jobs, even validly signed ones
     w = Worker("code", lambda job: plain_seen.append(job.data), conn).start()
     try:
-        j = q.add(signed)
+        j = codejobs.add_code_job(q, code, secret="s3cret-key")
         try:
             j.result(timeout=10)
         except nbqueue.JobFailedError:
@@ -100,11 +105,12 @@ def test_code_jobs_need_allow_code_and_a_valid_hmac(fresh_server):
     # 2. allow_code=True: forged, unsigned and wrongly keyed jobs fail unrecoverably
     w = Worker("code", None, conn, allow_code=True, secret="s3cret-key").start()
     try:
-        for bad in (forged, unsigned, other_key):
+        for bad, jid in ((forged, "code-f"), (unsigned, None), (other_key, "code-o")):
             with pytest.raises(nbqueue.JobFailedError):
-                q.add(bad).result(timeout=10)
+                q.add(bad, job_id=jid).result(timeout=10)
         assert not marker.exists()
-        assert q.add(signed).result(timeout=10) == 42  # the genuine one runs
+        # the genuine one runs
+        assert codejobs.add_code_job(q, code, secret="s3cret-key").result(timeout=10) == 42
         assert marker.exists()
         assert "s3cret-key" not in repr(w) and "s3cret-key" not in repr(w.processor)
     finally:
