@@ -243,6 +243,15 @@ class QueueOps:
                 if rec is not None:
                     records[i] = rec
 
+    def add_dead_letters(self, letters: Sequence[tuple[dict[str, Any], dict[str, Any]]]
+                         ) -> Op[list[JobRecord]]:
+        """Add :func:`dead_letter_entry` records (to the dead-letter queue's ops): their
+        ``failed_at`` (and their id's last part) is the Redis server's clock now."""
+        now = yield from self.server_time()
+        items = [({**data, "payload": {**data["payload"], "failed_at": now}},
+                  {**opts, "job_id": f"{opts['job_id']}:{now}"}) for data, opts in letters]
+        return (yield from self.add_bulk(items))
+
     # -- the registry of queue names -----------------------------------------------------
     def register_call(self) -> Call:
         """Add this queue's name to the registry that scrapes and ``nbqueue stats`` read.
@@ -734,9 +743,10 @@ def _utf8_safe(text: str, data: Any, name: str) -> tuple[str, str]:
 
 def dead_letter_entry(origin: str, record: JobRecord, reason: str,
                       error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The data and options of the dead-letter job recording a terminal failure."""
+    """The data and options of the dead-letter job recording a terminal failure; sent by
+    :meth:`QueueOps.add_dead_letters`, which stamps ``failed_at`` with the server's clock."""
     data = {"type": "dead_letter", "payload": {
         "queue": origin, "job_id": record.id, "name": record.name, "data": record.data,
         "reason": reason, "error_type": error_type,
-        "attempts_made": record.attempts_made + 1, "failed_at": now_ms()}}
-    return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}:{now_ms()}"}
+        "attempts_made": record.attempts_made + 1}}
+    return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}"}

@@ -158,7 +158,7 @@ class Outbox:
         if not letters:
             return
         try:
-            await run_async(self.client, self._dlq.add_bulk(letters))
+            await run_async(self.client, self._dlq.add_dead_letters(letters))
         except Exception as exc:
             ids = ", ".join(str(data["payload"]["job_id"]) for data, _ in letters)
             log.error("could not record jobs %s in the dead-letter queue: %s", ids, exc)

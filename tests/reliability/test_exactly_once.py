@@ -153,6 +153,31 @@ def test_add_timestamp_is_the_servers_clock(conn: Any, r: redis.Redis,
         assert str(j.timestamp) == r.hget(f"nbq:{{clock}}:job:{j.id}", "ts")
 
 
+def test_dead_letter_failed_at_is_the_servers_clock(conn: Any, r: redis.Redis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbqueue import Worker
+
+    real = time.time
+    monkeypatch.setattr(ops.time, "time", lambda: real() - 7200)  # the worker's clock is slow
+    q = Queue("clock-dl", conn)
+    job = q.add({"type": "t"}, attempts=1)
+
+    def fail(job: Any) -> None:
+        raise ValueError("no")
+
+    dlq = Queue("dead_letter", conn)
+    with Worker("clock-dl", fail, conn):
+        deadline = time.monotonic() + 30
+        while not [d for d in dlq.get_jobs("waiting") if d.payload.get("job_id") == job.id]:
+            assert time.monotonic() < deadline, "no dead-letter record"
+            time.sleep(0.05)
+    entry = next(d for d in dlq.get_jobs("waiting") if d.payload.get("job_id") == job.id)
+    secs, micros = r.time()
+    server_ms = secs * 1000 + micros // 1000
+    assert abs(entry.payload["failed_at"] - server_ms) < 60_000
+    assert entry.id.endswith(f":{entry.payload['failed_at']}")
+
+
 def test_bulk_add_is_sent_in_chunks_and_every_job_arrives(
         conn: Any, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "BULK_CHUNK_JOBS", 7)
