@@ -9,8 +9,8 @@ import pytest
 from nbqueue import JobFailedError, Queue, UnrecoverableError, Worker
 from nbqueue.codejobs import (
     CodeJobProcessor,
-    add_code_job,
     CodeSignatureError,
+    add_code_job,
     get_secret,
     make_code_job,
     run_code,
