@@ -239,8 +239,9 @@ class NbqueueMagics(Magics):
             queue = _manager().get_queue(args.queue)
         except (InvalidOptionError, UnknownQueueError) as exc:
             raise _usage(exc) from None
+        datas: list[Any] = []
         if args.run:
-            datas, single = [], True
+            single = True
         else:
             if not cell.strip():
                 raise UsageError("%%enqueue: the cell is empty; write a dict (or a list of "
