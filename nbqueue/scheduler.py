@@ -260,6 +260,10 @@ class SchedulerOps:
         if bad:
             raise InvalidOptionError(f"{', '.join(bad)} cannot be used with a recurring job "
                                      "(the schedule decides when it runs)")
+        unsupported = [k for k in ("lifo", "deduplication") if job_options.get(k) is not None]
+        if unsupported:
+            raise InvalidOptionError(f"{', '.join(unsupported)} cannot be used with a recurring "
+                                     "job (each tick is one job, with its own id)")
         if not isinstance(data, Mapping):
             raise TypeError(f"job data must be a dict, not {type(data).__name__}")
         args, _ = self.ops.prepare(data, job_options)

@@ -631,3 +631,10 @@ def test_readme_control_examples_run(r, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["waiting 2 {'day': 'tue'}", "JobStateError"]
     assert out[2:] == ["True", "nbq 1", "2"]
+
+
+@pytest.mark.parametrize("opt", [{"lifo": True}, {"deduplication": {"id": "k"}}])
+def test_recurring_jobs_refuse_lifo_and_deduplication(q, r, opt):
+    with pytest.raises(InvalidOptionError, match="recurring job"):
+        nbqueue.schedule_recurring_job(q, {"type": "tick"}, every=1000, **opt)
+    assert r.dbsize() == 0
