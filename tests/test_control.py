@@ -630,7 +630,7 @@ def test_readme_control_examples_run(r, capsys):
         exec(compile(block, str(doc), "exec"), namespace)
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["waiting 2 {'day': 'tue'}", "JobStateError"]
-    assert out[2:] == ["True", "nbq 1", "2"]
+    assert out[2:] == ["True", "nbq 1", "2", "demo-worker thread 3 0", "[]"]
 
 
 @pytest.mark.parametrize("opt", [{"lifo": True}, {"deduplication": {"id": "k"}}])

@@ -96,3 +96,13 @@ def test_worker_concurrency_below_one_is_refused(conn):
     for bad in (0, -1):
         with pytest.raises(InvalidOptionError, match="concurrency must be an int >= 1"):
             Worker("reg-bad", lambda job: None, conn, concurrency=bad)
+
+
+def test_a_started_thread_worker_is_listed_at_once(conn, r):
+    q = Queue("reg-now", conn)
+    w = Worker(q.name, lambda job: None, conn, concurrency=2).start()
+    try:
+        assert [info.id for info in q.get_workers()] == [w.engine.token]  # no waiting
+    finally:
+        w.stop()
+    assert q.get_workers() == []

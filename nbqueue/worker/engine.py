@@ -3,7 +3,7 @@
 - :class:`~.execution.Execution` runs jobs (slots, async/thread runners, deadlines);
 - :class:`~.outbox.Outbox` gathers outcomes, progress, counters and dead letters;
 - :class:`~.fetching.Fetcher` fetches (alone or with a flush) and parks when idle;
-- :class:`~.upkeep.Upkeep` renews locks and sweeps stalled jobs.
+- :class:`~.upkeep.Upkeep` renews locks, sweeps stalled jobs and heartbeats (registry).
 
 The loop here decides *when*: flush finished work and fetch more, wait (parked) for work,
 stop within the grace period, back off after Redis errors. All Redis work of a worker runs
@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -33,7 +35,7 @@ from ..records import JobRecord
 from .execution import Execution, JobFactory
 from .fetching import Fetcher
 from .outbox import Outbox
-from .upkeep import Upkeep
+from .upkeep import HEARTBEAT_MS, Upkeep
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -62,7 +64,8 @@ class Engine:
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
                  dead_letter: bool = True, grace: float = 30.0, prefetch: int = 0,
                  worker_name: str | None = None,
-                 job_factory: JobFactory | None = None) -> None:
+                 job_factory: JobFactory | None = None, mode: str = "thread",
+                 heartbeat_interval: int = HEARTBEAT_MS) -> None:
         self.queue_name = queue_name
         self.processor = processor
         self.connection = connection
@@ -84,8 +87,13 @@ class Engine:
         self.fetcher = Fetcher(self.ops, self.token, self.lock_ms, self.jobs, self.outbox)
         self.upkeep = Upkeep(self.ops, self.token, lock_ms=self.lock_ms,
                              stalled_ms=stalled_interval, max_stalled=max_stalled_count,
-                             jobs=self.jobs, outbox=self.outbox)
+                             jobs=self.jobs, outbox=self.outbox,
+                             heartbeat_ms=heartbeat_interval,
+                             info={"host": socket.gethostname(), "pid": os.getpid(),
+                                   "mode": mode, "concurrency": concurrency})
         self.loop: asyncio.AbstractEventLoop | None = None
+        # called (on the loop) once the worker is in the registry: Worker.start() waits for it
+        self.on_registered: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._client: Any = None
 
@@ -124,6 +132,10 @@ class Engine:
         self.fetcher.client = client
         self.outbox.open(client, self._wake)
         self.jobs.open(self._wake)
+        self.upkeep.client = client
+        await self.upkeep.beat()  # registered before the first job: get_workers() lists us
+        if self.on_registered is not None:
+            self.on_registered()
         self.upkeep.start(client)
         try:
             await self._main()

@@ -19,6 +19,7 @@ from ..keys import DEFAULT_PREFIX, validate_queue_name
 from ..processor import Processor
 from . import process
 from .engine import Engine
+from .upkeep import HEARTBEAT_MS
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -32,6 +33,11 @@ class Worker:
     ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
     seconds, whatever still runs then goes back to the queue.
 
+    Every worker registers in its queue's worker registry (``Queue.get_workers()``) and
+    heartbeats every ``heartbeat_interval`` ms (default 5 s); a worker that dies drops out
+    3 intervals after its last heartbeat, a stopped one at once. In process mode each
+    child process is one registered worker.
+
     ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
     a slot that frees up starts the next job without a round trip; it trades strict
     priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
@@ -44,7 +50,8 @@ class Worker:
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
                  dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
                  name: str | None = None, allow_code: bool = False,
-                 secret: str | bytes | None = None, prefetch: int = 0) -> None:
+                 secret: str | bytes | None = None, prefetch: int = 0,
+                 heartbeat_interval: Any = HEARTBEAT_MS) -> None:
         queue_name = validate_queue_name(queue_name)
         if allow_code:
             # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
@@ -72,7 +79,9 @@ class Worker:
             prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
             stalled_interval=to_ms(stalled_interval, "stalled_interval", allow_zero=False),
             max_stalled_count=max_stalled_count, backoff_strategy=backoff_strategy,
-            dead_letter=dead_letter, grace=grace, prefetch=prefetch)
+            dead_letter=dead_letter, grace=grace, prefetch=prefetch, mode=mode,
+            heartbeat_interval=to_ms(heartbeat_interval, "heartbeat_interval",
+                                     allow_zero=False))
         self.engine: Engine | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
@@ -126,10 +135,9 @@ class Worker:
         engine = self.engine
 
         async def main() -> None:
-            task = asyncio.ensure_future(engine.run())
-            await asyncio.sleep(0)
-            ready.set()
-            await task
+            # start() returns once the worker is registered (Queue.get_workers lists it)
+            engine.on_registered = ready.set
+            await engine.run()
 
         try:
             asyncio.run(main())

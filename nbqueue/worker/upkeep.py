@@ -1,14 +1,19 @@
-"""Upkeep: the two background duties of a worker, each its own task on the engine's loop.
+"""Upkeep: the background duties of a worker, each its own task on the engine's loop.
 
 Lock renewal extends the locks of every job the worker holds (running or ready) every
 half lock period. The stalled sweep moves jobs whose worker died (lock expired) back to
 wait, or fails them after ``max_stalled_count`` stalls (dead-lettered like any failure).
+The heartbeat registers the worker in its queue's worker registry (``Queue.get_workers``)
+at start, renews it every ``heartbeat_ms`` (one script call: never on the per-job path) with
+the number of jobs running, and takes it out at a graceful stop; a worker that dies drops
+out when its registration expires, ``HEARTBEAT_TTL_FACTOR`` intervals after its last beat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ..ops import QueueOps
@@ -18,11 +23,18 @@ from .outbox import Outbox
 
 log = logging.getLogger("nbqueue.worker")
 
+HEARTBEAT_MS = 5_000  # default heartbeat interval
+HEARTBEAT_TTL_FACTOR = 3  # a registration lives this many intervals after its last beat
+
 
 class Upkeep:
     def __init__(self, ops: QueueOps, token: str, *, lock_ms: int, stalled_ms: int,
-                 max_stalled: int, jobs: Execution, outbox: Outbox) -> None:
+                 max_stalled: int, jobs: Execution, outbox: Outbox,
+                 heartbeat_ms: int = HEARTBEAT_MS,
+                 info: Mapping[str, Any] | None = None) -> None:
         self.ops = ops
+        self.heartbeat_ms = heartbeat_ms
+        self.info = dict(info or {})  # host, pid, mode, concurrency
         self.token = token
         self.lock_ms = lock_ms
         self.stalled_ms = stalled_ms
@@ -33,15 +45,38 @@ class Upkeep:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, client: Any) -> None:
+        """Start the background tasks (after ``beat()`` registered the worker)."""
         self.client = client
         self._tasks = [asyncio.create_task(self.renew_locks()),
-                       asyncio.create_task(self.sweep_stalled())]
+                       asyncio.create_task(self.sweep_stalled()),
+                       asyncio.create_task(self.heartbeat())]
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        try:  # leave the registry now rather than when the registration expires
+            await run_async(self.client, self.ops.deregister(self.token))
+        except Exception as exc:
+            log.warning("worker %s could not leave the worker registry (%s); it drops out "
+                        "when its registration expires", self.token, exc)
+
+    async def beat(self) -> None:
+        """One heartbeat (the first one registers): never raises but for cancellation."""
+        try:
+            await run_async(self.client, self.ops.heartbeat(
+                self.token, self.heartbeat_ms * HEARTBEAT_TTL_FACTOR, self.info,
+                len(self.jobs.running)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("worker %s could not send its heartbeat: %s", self.token, exc)
+
+    async def heartbeat(self) -> None:
+        while True:  # the engine sent the first beat before starting us
+            await asyncio.sleep(self.heartbeat_ms / 1000)
+            await self.beat()
 
     async def renew_locks(self) -> None:
         while True:

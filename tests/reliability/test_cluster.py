@@ -226,7 +226,7 @@ def test_cluster_recurring_jobs(cluster_url):
 
 def test_cluster_global_concurrency_and_deduplication(cluster_url):
     """Issue 13 on a 3-master cluster: the global limit holds for two workers, dedup keys,
-    promote and priority changes live in the queue's slot."""
+    promote, priority changes and the worker registry live in the queue's slot."""
     conn = nbqueue.connect(cluster_url)
     q = Queue("cq-ctl", conn, global_concurrency=2)
     lock = threading.Lock()
@@ -256,6 +256,9 @@ def test_cluster_global_concurrency_and_deduplication(cluster_url):
     q.add_bulk([{"type": "p", "payload": i} for i in range(20)])
     workers = [Worker("cq-ctl", work, conn, concurrency=4).start() for _ in range(2)]
     try:
+        # the worker registry lives in the queue's slot too
+        assert wait_until(lambda: {w.id for w in q.get_workers()}
+                          == {w.engine.token for w in workers}, 30)
         assert slow.result(timeout=30) == "b"
         assert once.result(timeout=30) == 3
         assert lifo.result(timeout=30) == "lifo"
@@ -266,3 +269,4 @@ def test_cluster_global_concurrency_and_deduplication(cluster_url):
         for w in workers:
             w.stop()
     assert running[1] == 2
+    assert q.get_workers() == []
