@@ -239,9 +239,11 @@ class QueueOps:
                     "something that is not an nbqueue job (hand-made, or the id counter was "
                     "reset); those jobs were not added, the others of the call were")
             found = yield from self.get_jobs_by_id([jid for _, jid in existing])
-            for (i, _), rec in zip(existing, found):
+            for (i, jid), rec in zip(existing, found):
                 if rec is not None:
                     records[i] = rec
+                else:  # deduplicated against a job gone since (retention, remove): its id
+                    records[i].id, records[i].state = jid, JobState.UNKNOWN
 
     def add_dead_letters(self, letters: Sequence[tuple[dict[str, Any], dict[str, Any]]]
                          ) -> Op[list[JobRecord]]:

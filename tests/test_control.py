@@ -638,3 +638,37 @@ def test_recurring_jobs_refuse_lifo_and_deduplication(q, r, opt):
     with pytest.raises(InvalidOptionError, match="recurring job"):
         nbqueue.schedule_recurring_job(q, {"type": "tick"}, every=1000, **opt)
     assert r.dbsize() == 0
+
+
+def test_throttle_against_a_job_gone_since_returns_its_id(q):
+    """A ttl key holds after its job was removed (remove_on_complete=True is common for
+    throttled jobs): the add returns the holder's id, state unknown, never a made-up job."""
+    first = q.add({"type": "t"}, deduplication={"id": "gone", "ttl": 60_000},
+                  remove_on_complete=True)
+    assert _take(q) == [first.id]
+    _finish(q, [first.id])
+    assert q.get_job(first.id) is None
+    again = q.add({"type": "t"}, deduplication={"id": "gone", "ttl": 60_000})
+    assert again.id == first.id and again.state is JobState.UNKNOWN
+    assert q.get_metrics().total == 0
+
+
+def test_aio_manager_facade(conn, r):
+    from nbqueue import aio
+
+    async def main():
+        mgr = aio.QueueManager(conn)
+        q = mgr.get_queue("aiofac", global_concurrency=3)
+        d = await mgr.add_job("aiofac", {"type": "t"}, delay=60_000, lifo=True)
+        await mgr.change_job_priority("aiofac", d.id, "critical")
+        await mgr.update_job_data("aiofac", d.id, {"type": "t", "payload": 1})
+        await mgr.promote_job("aiofac", d.id)
+        await mgr.set_global_concurrency("aiofac", 1)
+        assert await q.get_global_concurrency() == 1
+        assert await mgr.get_workers("aiofac") == []
+        st = await mgr.get_job_status("aiofac", d.id)
+        await q.close()
+        return st
+
+    st = asyncio.run(main())
+    assert (st.state, st.priority, st.data["payload"]) == (JobState.WAITING, 1, 1)
