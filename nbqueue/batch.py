@@ -14,6 +14,7 @@ job per poll.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import sys
@@ -551,6 +552,32 @@ class JobBatch(JobBatchBase):
     def _run(self, op: Op[Any]) -> Any:
         return self._queue._run(op)
 
+    def _look(self) -> None:
+        """Read which jobs have ended (one quick step), for a display of the batch now."""
+        if self:
+            with contextlib.suppress(Exception):
+                self._run(self._tracker.step(0.001))
+
+    def _repr_html_(self) -> str:
+        """The batch as a whole: done/total, failures, the queues, the first job ids."""
+        from .display import batch_html
+
+        if not self:
+            return "<div class='nbqueue-jobs'>no jobs added</div>"
+        self._look()
+        done, failed = self._counts()
+        ids = ", ".join(html.escape(j.id) for j in self[:10])
+        more = f" and {len(self) - 10} more" if len(self) > 10 else ""
+        return (batch_html(len(self), done, failed, queues=[j.queue_name for j in self])
+                + f"<div style='font-size:90%;color:#555'>jobs {ids}{more}</div>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        from .display import batch_text
+
+        self._look()
+        done, failed = self._counts()
+        p.text(batch_text(len(self), done, failed) + f" of {len(self)} job(s)")
+
     def wait(self, timeout: float | None = None, progress: bool | str = True) -> JobBatch:
         """Block until every job has finished, showing done/total, failures, rate and ETA
         (a notebook: an HTML bar updated in place; a terminal: a text bar on stderr;
@@ -559,7 +586,9 @@ class JobBatch(JobBatchBase):
         if not self:
             Progress(0, Progress.pick(progress)).update(0, 0, final=True)
             return self
-        self._run(self._wait(timeout, progress))
+        from .notebook.kernel import cooperative  # dashboard clicks work while it waits
+
+        self._run(cooperative(self._wait(timeout, progress)))
         return self
 
     def results(self, timeout: float | None = None, *, return_exceptions: bool = False,
@@ -569,7 +598,10 @@ class JobBatch(JobBatchBase):
         ``return_exceptions=True``, which puts the exception in its place."""
         if not self:
             return []
-        return list(self._run(self._results(timeout, return_exceptions, progress)))
+        from .notebook.kernel import cooperative
+
+        return list(self._run(cooperative(self._results(timeout, return_exceptions,
+                                                         progress))))
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Job]:
         """Yield each job (refreshed) as it finishes, first finished first."""

@@ -222,7 +222,7 @@ def batch_html(total: int, done: int, failed: int, states: Mapping[str, int] | N
     if states:
         extra.append(", ".join(f"{k} {v}" for k, v in states.items() if v))
     names = ", ".join(sorted(set(queues)))
-    head = f"<b>JobBatch</b> of {total} job(s)" + (f" on {_E(names)}" if names else "")
+    head = f"{total} job(s) added" + (f" to <b>{_E(names)}</b>" if names else "")
     color = "#c62828" if failed else "#1e7b34"
     return (f"<div class='nbqueue-batch'>{head}<div>{_bar(pct, label, color, 220)}</div>"
             f"<div style='font-size:90%;color:#555'>{_E(' · '.join(extra))}</div></div>")

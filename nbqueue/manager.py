@@ -178,9 +178,6 @@ class QueueManager:
         """Stop every worker this manager started (also run at interpreter exit)."""
         import sys
 
-        panels = sys.modules.get("nbqueue.notebook.dashboard")
-        if panels is not None:  # dashboards of this manager stop polling Redis
-            panels.close_panels(self)
         with self._lock:
             workers, self._workers = list(self._workers.values()), {}
         for w in workers:
@@ -188,6 +185,9 @@ class QueueManager:
                 w.stop(timeout)
             except Exception:  # shutting down: keep stopping the others
                 pass
+        panels = sys.modules.get("nbqueue.notebook.dashboard")
+        if panels is not None:  # dashboards of this manager stop polling Redis
+            panels.close_panels(self)
 
     # -- the seed's operations, by queue name --------------------------------------------
     def add_job(self, name: str, data: Mapping[str, Any], *, priority: Any = None,

@@ -56,10 +56,42 @@ def test_rows_show_counts(mgr) -> None:
         assert "dash-a: waiting 3, active 0, delayed 1" in panel.text()
         snap = panel.snapshot_html()
         assert "nbqueue-snapshot" in snap and "dash-a" in snap
-        bundle = panel._repr_mimebundle_()
-        data = bundle[0] if isinstance(bundle, tuple) else bundle
-        assert "application/vnd.jupyter.widget-view+json" in data
-        assert "nbqueue-snapshot" in data["text/html"]  # static fallback in the output
+        assert f"data-nbq-panel='{panel.panel_id}'" in snap
+    finally:
+        panel.close()
+
+
+def test_display_adds_a_static_snapshot_kept_up_to_date(mgr, monkeypatch) -> None:
+    """Displayed: the widget, then an HTML snapshot output (what a notebook reopened without
+    its kernel shows); the snapshot follows the panel and ends with the stopped state."""
+    import IPython.display
+
+    shown: list[object] = []
+    updates: list[str] = []
+
+    class Handle:
+        def update(self, obj: object) -> None:
+            updates.append(obj.data)
+
+    def fake_display(obj, raw=False, display_id=None, metadata=None):
+        shown.append(obj)
+        return Handle() if display_id else None
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    monkeypatch.setattr(dashmod, "SNAPSHOT_EVERY_S", 0.0)
+    q = mgr.get_queue("dash-snap")
+    panel = Dashboard(["dash-snap"], refresh=None, manager=mgr)
+    try:
+        panel._ipython_display_()
+        assert len(shown) == 2
+        assert "application/vnd.jupyter.widget-view+json" in shown[0]
+        assert "dash-snap" in shown[0]["text/plain"]
+        assert "nbqueue-snapshot" in shown[1].data
+        q.add_bulk([{"type": "t", "payload": i} for i in range(7)])
+        panel.refresh()
+        assert updates and ">7</td>" in updates[-1]
+        panel.stop()
+        assert "stopped" in updates[-1]
     finally:
         panel.close()
 
@@ -198,6 +230,9 @@ def test_smoothed_rate_and_stopped_workers(mgr) -> None:
         mgr.workers["dash-rate"].stop()
         panel.refresh()
         assert panel.data["workers"][0]["state"] == "stopped"
+        mgr.stop_worker("dash-rate")  # the manager forgets it; the panel shows it stopped
+        panel.refresh()
+        assert [w["state"] for w in panel.data["workers"]] == ["stopped"]
         with Worker("dash-rate", lambda job: 1, mgr.connection):
             for j in q.add_bulk([{"type": "t", "payload": i} for i in range(5)]):
                 j.result(timeout=20)
@@ -275,3 +310,68 @@ def test_no_queues_message(mgr) -> None:
         assert panel.rows == {} and panel.data["queues"] == []
     finally:
         panel.close()
+
+
+def test_workers_of_every_host_from_the_registry(mgr) -> None:
+    """A worker registered from another host shows with its host, pid and active jobs."""
+    q = mgr.get_queue("dash-reg")
+    q._run(q._ops.heartbeat("w-remote", 60_000, {"host": "gpu-box-7", "pid": 4242,
+                                                 "mode": "process", "concurrency": 8}, 3))
+    panel = Dashboard(["dash-reg"], refresh=None, manager=mgr)
+    try:
+        panel.refresh()  # the registry hashes are read for the ids the first refresh saw
+        (w,) = panel.data["workers"]
+        assert w["host"] == "gpu-box-7 pid 4242" and w["mode"] == "process"
+        assert w["concurrency"] == 8 and w["active"] == 3 and w["state"] == "running"
+        q._run(q._ops.deregister("w-remote"))
+        panel.refresh()
+        assert panel.data["workers"] == []
+    finally:
+        panel.close()
+
+
+def test_rich_reprs_of_job_queue_and_batch(mgr) -> None:
+    q = mgr.get_queue("dash-repr")
+    html = q._repr_html_()
+    assert "dash-repr" in html and "waiting" in html and "workers" in html
+    job = q.add({"type": "t", "payload": {"n": 5}})
+    assert "waiting" in job._repr_html_() and "0%" in job._repr_html_()
+    batch = q.add_bulk([{"type": "t", "payload": {"n": i}} for i in range(3)])
+
+    def proc(job):
+        job.update_progress(50)
+        if job.payload["n"] == 2:
+            raise ValueError("two is bad")
+        return {"double": job.payload["n"] * 2}
+
+    with Worker("dash-repr", proc, mgr.connection):
+        assert job.result(timeout=20) == {"double": 10}
+        batch.wait(timeout=30, progress=False)
+    out = batch._repr_html_()
+    assert "3 job(s) added" in out and "3/3 done, 1 failed" in out
+    ok = batch[1]
+    card = ok._repr_html_()  # refreshed for display: completed, 100%, result, times
+    assert "completed" in card and "100%" in card and "&quot;double&quot;: 2" in card
+    assert "ran " in card and "waited " in card
+    bad = batch[2]
+    card = bad._repr_html_()
+    assert "failed" in card and "two is bad" in card and "ValueError" in card
+    # The stored traceback of the last failed attempt is shown under the error.
+    bad._record.stacktrace = ['Traceback (most recent call last):\n  File "nb", line 4, in '
+                              'proc\nValueError: two is bad']
+    card = super(type(bad), bad)._repr_html_()  # the record as it is, no refresh
+    assert "<summary>traceback</summary>" in card and "line 4, in proc" in card
+
+    class P:
+        def __init__(self) -> None:
+            self.out = ""
+
+        def text(self, t: str) -> None:
+            self.out += t
+
+    p = P()
+    bad._repr_pretty_(p, False)
+    assert "failed" in p.out and "two is bad" in p.out
+    p = P()
+    q._repr_pretty_(p, False)
+    assert "Queue 'dash-repr'" in p.out and "completed" in p.out

@@ -244,12 +244,78 @@ def test_dashboard_in_jupyterlab(browser_paths, redis_server, tmp_path: Path) ->
         session.wait_cell_done(4, 60)
         assert "refreshers: 1" in session.cell_text(4)
 
-        # Save; reopen without a kernel: the output shows the last state, not an error.
-        session.save()
+        # Save; reopen without the kernel: the output shows the last state, not an error.
         session.run_cell(5)
         session.wait_cell_done(5, 60)
+        assert "closed" in session.cell_text(5)
+        time.sleep(1)
         session.save()
         saved = json.loads((tmp_path / "panel.ipynb").read_text())
-        outputs = saved["cells"][1]["outputs"]
-        html_out = [o for o in outputs if "text/html" in o.get("data", {})]
-        assert html_out and "nbqueue-snapshot" in "".join(html_out[0]["data"]["text/html"])
+        snaps = ["".join(o["data"]["text/html"]) for o in saved["cells"][1]["outputs"]
+                 if "text/html" in o.get("data", {})]
+        assert len(snaps) == 1 and "nbqueue-snapshot" in snaps[0]
+        assert "payments-eu-west-1" in snaps[0] and "refresh stopped" in snaps[0]
+        session.js_async("await window.jupyterapp.commands.execute('kernelmenu:shutdown');"
+                         "return 'ok';")
+        wait(lambda: session.kernel_status() in ("none", "dead", "unknown"), 30,
+             "the kernel to stop")
+        session.driver.refresh()
+        wait(lambda: session.js("return !!document.querySelector('.nbqueue-snapshot')"), 120,
+             "the reopened notebook")
+        time.sleep(3)  # let the widget renderer give up on the (gone) model
+        session.js("document.querySelector('.nbqueue-snapshot').scrollIntoView()")
+        visible = session.js("const s = document.querySelector('.nbqueue-snapshot');"
+                             "return s.offsetParent !== null && s.innerText;")
+        assert visible and "payments-eu-west-1" in visible
+        errors = session.js("return [...document.querySelectorAll('.jupyter-widgets')]"
+                            ".filter(e => e.offsetParent !== null && "
+                            "e.innerText.includes('model not found')).length")
+        assert errors == 0
+        session.screenshot("06-reopened-without-kernel")
+
+
+def test_a_click_while_the_kernel_is_busy_is_shown_pending(browser_paths, redis_server,
+                                                            tmp_path: Path) -> None:
+    """Where clicks cannot run during a cell (here: subshell routing switched off, as on a
+    kernel without it), a click shows at once as pending, can be cancelled, and otherwise
+    runs when the cell ends, visibly."""
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    for key in r.scan_iter("nbq:*"):
+        r.delete(key)
+    setup = ("import time, nbqueue\nfrom nbqueue import queue_manager as qm\n"
+             "qm.get_queue('emails').add({'type': 'send', 'payload': {}})\nprint('ready')")
+    cells = [setup, "panel = nbqueue.dashboard(refresh=0.5)\npanel",
+             "time.sleep(12)\nprint('slept')", "qm.close()\nprint('closed')"]
+    (tmp_path / "busy.ipynb").write_text(json.dumps(notebook(cells)))
+    env = {"NBQUEUE_REDIS_URL": redis_server.url, "NBQUEUE_HOME": str(tmp_path / "home"),
+           "NBQUEUE_PANEL_SUBSHELL": "0"}
+    with lab(tmp_path, env, SHOTS) as session:
+        session.open_notebook("busy.ipynb")
+        session.show_file_browser()
+        session.run_cell(0)
+        session.wait_cell_done(0, 120)
+        session.run_cell(1)
+        wait(lambda: session.js("return document.querySelectorAll('.nbq-row').length") == 1,
+             60, "the panel")
+        session.run_cell(2)
+        wait(lambda: session.js("return document.querySelector('.nbq-kernel') &&"
+                                " document.querySelector('.nbq-kernel').className"
+                                ".includes('busy')"), 20, "the panel to show the busy kernel")
+        _row_button(session, "emails", "pause")
+        pending = wait(lambda: session.js("const p = document.querySelector('.nbq-pending');"
+                                          "return p && p.innerText;"), 5, "the pending click")
+        assert "waits for the running cell" in pending
+        session.screenshot("07-pending-click")
+        session.js("document.querySelector(\"button[data-action='cancel-pending']\").click()")
+        assert not session.js("return !!document.querySelector('.nbq-pending')")
+        _row_button(session, "emails", "pause")  # this one is kept: it runs after the cell
+        assert session.js("return !!document.querySelector('.nbq-pending')")
+        assert not _paused(r, "emails")
+        session.wait_cell_done(2, 60)
+        wait(lambda: _paused(r, "emails"), 20, "the held click to run after the cell")
+        wait(lambda: not session.js("return !!document.querySelector('.nbq-pending')"), 20,
+             "the pending note to clear")
+        assert "paused emails" in session.js("return document.querySelector('.nbq-msg')"
+                                             ".innerText")
+        session.run_cell(3)
+        session.wait_cell_done(3, 60)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
+import socket
 import threading
 import time
 import weakref
@@ -38,6 +40,7 @@ import traitlets
 
 from ..display import fmt_duration, fmt_time, progress_percent
 from ..keys import QueueKeys
+from ..ops import parse_worker
 from ..protocol import Batch, Call, run_sync
 from . import kernel as _kernel
 
@@ -49,6 +52,8 @@ STATES = ("waiting", "active", "delayed", "completed", "failed")
 RATE_WINDOW_S = 10.0
 #: Minutes of completed/failed history in each row's chart.
 SPARK_MINUTES = 30
+#: Seconds between updates of the static snapshot output (while the panel changes).
+SNAPSHOT_EVERY_S = 5.0
 #: Actions that delete jobs: asked to confirm in the panel, refused unconfirmed.
 DESTRUCTIVE = frozenset({"drain", "clean", "remove", "obliterate"})
 DEAD_LETTER = "dead_letter"
@@ -84,6 +89,8 @@ class _QueueState:
         self.minutes: dict[int, tuple[int, int]] = {}  # minute -> (completed, failed)
         self.active_ids: list[str] = []
         self.progress: dict[str, Any] = {}
+        self.worker_ids: list[str] = []  # registered workers seen by the last refresh
+        self.workers: dict[str, Any] = {}  # id -> WorkerInfo
 
     def rate(self, now: float, finished: float) -> float | None:
         """Finished jobs per second over the last RATE_WINDOW_S (None until 2 s of data)."""
@@ -110,6 +117,7 @@ class Dashboard(anywidget.AnyWidget):
     detail = traitlets.Dict().tag(sync=True)
     kernel = traitlets.Unicode("idle").tag(sync=True)
     live = traitlets.Bool(True).tag(sync=True)
+    panel_id = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, queues: Iterable[Any] | str | None = None,
                  refresh: float | None = 1.0, manager: Any = None, **kwargs: Any) -> None:
@@ -134,7 +142,11 @@ class Dashboard(anywidget.AnyWidget):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._server_offset_ms = 0.0
+        self._seen_workers: dict[str, Any] = {}
         super().__init__(**kwargs)
+        import uuid
+
+        self.panel_id = uuid.uuid4().hex
         self.on_msg(self._on_frontend_msg)
         _kernel.track_cells()
         ref = weakref.ref(self)
@@ -169,19 +181,47 @@ class Dashboard(anywidget.AnyWidget):
         _by_cell[cell] = weakref.ref(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """The widget, with a static HTML snapshot for frontends that cannot show it."""
+        """The widget (and a text form); see ``_ipython_display_`` for the snapshot."""
         bundle = super()._repr_mimebundle_(**kwargs)
         if self.comm is not None:
-            comm_id = self.comm.comm_id
-            _kernel.register_comm(comm_id)
-            if not self._routed:
+            _kernel.register_comm(self.comm.comm_id)
+            if not self._routed and os.environ.get("NBQUEUE_PANEL_SUBSHELL", "1") != "0":
                 self._routed = _kernel.route_to_subshell(self.comm)
-                self.kernel = _kernel.kernel_state()
+            self.kernel = _kernel.kernel_state()
         data: Any = bundle[0] if isinstance(bundle, tuple) else bundle
         if isinstance(data, dict):
-            data["text/html"] = self.snapshot_html()
             data["text/plain"] = self.text()
         return bundle
+
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        """Two outputs: the live widget, and a static HTML snapshot of the panel kept up to
+        date (every SNAPSHOT_EVERY_S while it changes, and at ``stop()``). The snapshot is
+        hidden while the live view shows; a notebook saved and reopened without its kernel
+        (or rendered by nbviewer/GitHub) shows it with the last state instead of "model not
+        found"."""
+        from IPython.display import HTML, display
+
+        bundle = self._repr_mimebundle_(**kwargs)
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        display(data, metadata=meta or None, raw=True)
+        self._snapshot_html = self.snapshot_html()
+        self._snapshot_at = time.monotonic()
+        self._snapshot = display(HTML(self._snapshot_html), display_id=True)
+
+    def _update_snapshot(self, force: bool = False) -> None:
+        handle = getattr(self, "_snapshot", None)
+        if handle is None:
+            return
+        if not force and time.monotonic() - self._snapshot_at < SNAPSHOT_EVERY_S:
+            return
+        html_now = self.snapshot_html()
+        if html_now != self._snapshot_html:
+            from IPython.display import HTML
+
+            self._snapshot_html = html_now
+            self._snapshot_at = time.monotonic()
+            with contextlib.suppress(Exception):
+                handle.update(HTML(html_now))
 
     @property
     def queue_names(self) -> list[str]:
@@ -197,14 +237,18 @@ class Dashboard(anywidget.AnyWidget):
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        """Stop refreshing; the panel stays with its last values, marked as stopped."""
+        """Stop refreshing; the panel stays with its last values (read once more now),
+        marked as stopped."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
         if not self._closed:
+            if self.live:
+                self.refresh()
             with contextlib.suppress(Exception):
                 self.live = False
+            self._update_snapshot(force=True)
 
     def close(self) -> None:
         """Stop refreshing and close the widget (nothing polls Redis afterwards)."""
@@ -241,12 +285,13 @@ class Dashboard(anywidget.AnyWidget):
                 if error:
                     self._message(error, ok=False)
             self.kernel = _kernel.kernel_state()
+        self._update_snapshot()
 
     def _refresh(self) -> None:
         states = list(self._queues.values())
         minute = self._server_minute()
         calls: list[Call] = [Call.cmd("TIME")]
-        plan: list[tuple[_QueueState, list[int], list[str]]] = []
+        plan: list[tuple[_QueueState, list[int], list[str], list[str]]] = []
         for st in states:
             k = st.keys
             calls += [Call.cmd("ZCARD", k.wait), Call.cmd("ZCARD", k.active),
@@ -258,7 +303,11 @@ class Dashboard(anywidget.AnyWidget):
                     if m not in st.minutes or m >= minute - 1]
             calls += [Call.cmd("HMGET", k.minute(m), "completed", "failed") for m in want]
             calls += [Call.cmd("HGET", k.job(i), "prog") for i in st.active_ids]
-            plan.append((st, want, list(st.active_ids)))
+            # The worker registry (every host): ids now, their hashes for the ids seen by the
+            # previous refresh (a new worker shows one refresh later; still one round trip).
+            calls.append(Call.cmd("ZRANGE", k.workers, 0, -1, "WITHSCORES"))
+            calls += [Call.cmd("HGETALL", k.worker(i)) for i in st.worker_ids]
+            plan.append((st, want, list(st.active_ids), list(st.worker_ids)))
         client = states[0].queue.connection.sync() if states else None
         t0 = time.perf_counter()
         replies: list[Any] = (run_sync(client, _batch(calls)) if client is not None
@@ -270,7 +319,7 @@ class Dashboard(anywidget.AnyWidget):
         self._server_offset_ms = server_ms - time.time() * 1000
         pos = 1
         rows = []
-        for st, want, active_ids in plan:
+        for st, want, active_ids, worker_ids in plan:
             r = replies[pos:pos + 8]
             pos += 8
             counts = dict(zip(STATES, (int(x) for x in r[:5]), strict=True))
@@ -285,6 +334,16 @@ class Dashboard(anywidget.AnyWidget):
                 st.progress[job_id] = replies[pos]
                 pos += 1
             st.progress = {i: st.progress[i] for i in st.active_ids if i in st.progress}
+            members = replies[pos]
+            pos += 1
+            hashes = replies[pos:pos + len(worker_ids)]
+            pos += len(worker_ids)
+            st.worker_ids = [str(m) for m, score in _pairs(members) if float(score) >= server_ms]
+            st.workers = {}
+            for wid, h in zip(worker_ids, hashes):
+                info = parse_worker(wid, h) if wid in st.worker_ids else None
+                if info is not None:
+                    st.workers[wid] = info
             for m in [m for m in st.minutes if m <= minute - SPARK_MINUTES]:
                 del st.minutes[m]
             pcts = [p for p in (progress_percent(_json(v)) for v in st.progress.values())
@@ -304,12 +363,30 @@ class Dashboard(anywidget.AnyWidget):
                      "rate_window": RATE_WINDOW_S, "spark_minutes": SPARK_MINUTES}
 
     def _workers(self) -> list[dict[str, Any]]:
-        """This kernel's workers (running or stopped) and, where the worker registry exists
-        (``Queue.get_workers``), the workers of every host."""
+        """The registered workers of the queues shown (every host and process, from the
+        worker registry) and this kernel's own workers: running, or stopped (a stopped
+        worker leaves the registry; the panel still shows it, as stopped)."""
         out: list[dict[str, Any]] = []
-        for name, w in sorted(self._manager.workers.items()):
+        here, pid = socket.gethostname(), os.getpid()
+        mine: set[tuple[str, str, int]] = set()
+        for name, st in self._queues.items():
+            for info in st.workers.values():
+                local = info.host == here and info.pid == pid
+                if local:
+                    mine.add((name, info.mode, info.concurrency))
+                out.append({"queue": name, "mode": info.mode, "concurrency": info.concurrency,
+                            "state": "running", "active": info.active,
+                            "host": "this kernel" if local else f"{info.host} pid {info.pid}"})
+        # Workers this panel has seen stay listed (as stopped) after they stop, also when
+        # the manager forgets them (stop_worker, queue_manager.close()).
+        self._seen_workers.update(self._manager.workers)
+        for name, w in sorted(self._seen_workers.items()):
+            running = bool(w.is_running)
+            if running and (name, w.mode, w.concurrency) in mine:
+                continue  # already listed from the registry
             out.append({"queue": name, "mode": w.mode, "concurrency": w.concurrency,
-                        "state": "running" if w.is_running else "stopped", "host": "this kernel"})
+                        "state": "running" if running else "stopped", "active": None,
+                        "host": "this kernel"})
         return out
 
     # -- actions -------------------------------------------------------------------------------
@@ -483,17 +560,36 @@ class Dashboard(anywidget.AnyWidget):
             c = row["counts"]
             rate = "-" if row["rate"] is None else f"{row['rate']:.2f}"
             paused = " <b style='color:#8a6d00'>(paused)</b>" if row["paused"] else ""
-            body.append("<tr><td style='padding:2px 8px'>" + e(row["name"]) + paused + "</td>"
+            body.append("<tr><td style='text-align:left;padding:2px 8px'>" + e(row["name"])
+                        + paused + "</td>"
                         + "".join(f"<td style='text-align:right;padding:2px 8px'>{c[s]}</td>"
                                   for s in STATES)
                         + f"<td style='text-align:right;padding:2px 8px'>{rate}</td></tr>")
         workers = ", ".join(f"{e(w['queue'])} ({e(w['mode'])} x{w['concurrency']}, "
                             f"{e(w['state'])})" for w in self.data.get("workers", []))
-        return ("<div class='nbqueue-snapshot'><div><b>nbqueue</b> dashboard, snapshot of "
-                f"{e(str(self.data.get('refreshed', '-')))} (static: run the cell for the "
-                f"live panel)</div><table>{head}{''.join(body)}</table>"
+        # While the live view shows, it hides this snapshot: JupyterLab and Notebook 7 through
+        # this CSS (the output after a live panel), other frontends through the view's JS.
+        # Without a live view the CSS hides the widget output's "model not found" instead.
+        style = ("<style>.jp-OutputArea-child:has(.nbq-live) + .jp-OutputArea-child"
+                 ":has(.nbqueue-snapshot){display:none}"
+                 ".jp-OutputArea-child:not(:has(.nbq-live)):has(+ .jp-OutputArea-child "
+                 ".nbqueue-snapshot) .jupyter-widgets{display:none}</style>")
+        return (f"{style}<div class='nbqueue-snapshot' data-nbq-panel='{e(self.panel_id)}'>"
+                "<div><b>nbqueue</b> dashboard as of "
+                f"{e(str(self.data.get('refreshed', '-')))}"
+                f"{'' if self.live else ' (refresh stopped)'}: a static copy; run the cell "
+                f"for the live panel</div><table>{head}{''.join(body)}</table>"
                 f"<div style='font-size:90%'>workers: {workers or 'none started here'}</div>"
                 "</div>")
+
+
+def _pairs(members: Any) -> list[tuple[Any, Any]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs, whatever shape the client returns."""
+    if not members:
+        return []
+    if isinstance(members[0], (list, tuple)):
+        return [(m[0], m[1]) for m in members]
+    return list(zip(members[0::2], members[1::2]))
 
 
 def _batch(calls: list[Call]) -> Any:

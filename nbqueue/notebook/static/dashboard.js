@@ -84,6 +84,10 @@ function render({ model, el }) {
   el.append(root);
   // Hide this panel's static snapshot (shown only when no live view exists).
   el.classList.add("nbq-live");
+  const pid = model.get("panel_id");
+  const hide = document.createElement("style");
+  hide.textContent = `.nbqueue-snapshot[data-nbq-panel="${pid}"]{display:none !important}`;
+  if (pid) document.head.append(hide);
 
   function kernelNote() {
     const k = model.get("kernel");
@@ -260,7 +264,9 @@ function render({ model, el }) {
     const wline = h("div", { class: "nbq-workers" }, h("span", { class: "nbq-k" }, "workers "),
       workers.length ? workers.map((w) => h("span", { class: "nbq-worker nbq-w-" + w.state,
         title: `${w.queue}: ${w.mode} x${w.concurrency} on ${w.host}` },
-        `${w.queue} ${w.mode}×${w.concurrency} ${w.state}${w.host && w.host !== "this kernel" ? " @" + w.host : ""}`))
+        `${w.queue} ${w.mode}×${w.concurrency} ${w.state}`
+        + (w.active !== null && w.active !== undefined ? `, ${w.active} active` : "")
+        + (w.host && w.host !== "this kernel" ? ` @ ${w.host}` : "")))
         : h("span", { class: "nbq-muted" }, "none started here"));
     const msg = data.message ? h("div", { class: "nbq-msg" + (data.message_ok === false ? " nbq-bad" : ""), role: "status" }, data.message) : null;
     const nq = queues.length ? table : h("div", { class: "nbq-muted" }, "no queues yet: pass queues=[...] or create them first");
@@ -268,7 +274,11 @@ function render({ model, el }) {
   }
 
   draw();
-  return () => { for (const p of pending.values()) clearTimeout(p.timer); el.classList.remove("nbq-live"); };
+  return () => {
+    for (const p of pending.values()) clearTimeout(p.timer);
+    el.classList.remove("nbq-live");
+    hide.remove();
+  };
 }
 
 export default { render };
