@@ -165,7 +165,26 @@ def _ensure_subshell(kernel: Any) -> str | None:
         _subshell_failed = True
         return None
     _subshell_id = result[0]
+    _quiet_subshell_status(kernel, f"subshell-{_subshell_id}")
     return _subshell_id
+
+
+def _quiet_subshell_status(kernel: Any, thread_name: str) -> None:
+    """Handling a panel click in the subshell would publish ``busy``/``idle`` on IOPub with
+    the click as parent; frontends take any ``idle`` as the kernel's state, so the status bar
+    would say "Idle" while a cell still runs. The subshell's clicks therefore publish no
+    status (nothing waits for it: a comm message has no reply)."""
+    publish = getattr(kernel, "_publish_status", None)
+    if publish is None or getattr(publish, "_nbqueue_quiet", False):
+        return
+
+    def quiet(status: str, channel: str, parent: Any = None) -> None:
+        if threading.current_thread().name == thread_name:
+            return
+        publish(status, channel, parent)
+
+    quiet._nbqueue_quiet = True  # type: ignore[attr-defined]
+    kernel._publish_status = quiet
 
 
 def route_to_subshell(comm: Any) -> bool:
