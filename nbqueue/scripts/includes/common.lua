@@ -2,11 +2,15 @@
 -- KEYS[1] is the queue's key prefix "nbq:{q}:" (it carries the hash tag, so a cluster
 -- routes the call to the queue's slot); the keys are built from it, which keeps every call
 -- small (one key instead of twelve to send and convert):
---   wait (ZSET, score = priority * 2^40 + seq; - seq for a lifo job)   active (ZSET, score = lock expiry ms)
+--   wait (ZSET, score = priority * 2^40 + seq; - seq for a lifo job)
+--   active (ZSET, score = lock expiry ms)
 --   delayed (ZSET, score = due_ms * 4096 + seq % 4096)  completed / failed (ZSET, finish ms)
 --   meta (HASH)  ctr (id/sequence counter)  events (STREAM)  marker (LIST that idle workers
 --   block on)  limiter  stalled-check (guard)  stats (HASH of running totals)
 --   idle (ZSET of parked workers)  h:<token> (LIST: a job handed to that parked worker)
+--   de:<dedup id> (STRING: the job id a deduplication key points to; see add.lua)
+--   workers (ZSET worker id -> registration expiry) and worker:<id> (HASH): heartbeat.lua
+--   meta fields: paused, rl_max/rl_dur (rate limit), gc (global concurrency)
 -- ARGV[1] job key prefix ("nbq:{q}:job:"), ARGV[2] now in ms ('' = the server's clock, so
 -- delays and locks agree across machines whatever their clocks), ARGV[3] events max length.
 local BASE = KEYS[1]
