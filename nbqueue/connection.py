@@ -286,11 +286,25 @@ class Connection:
             if probe is not None and owned:
                 probe.close()
 
-    def _make_sync(self, *, probe: bool = False) -> Any:
+    def new_sync(self, *, socket_timeout: float, retries: int = 0) -> Any:
+        """A NEW sync client whose every read gives up after ``socket_timeout`` seconds, with
+        ``retries`` retries: for callers that must answer promptly whatever Redis does (a
+        Prometheus scrape of a frozen Redis). The caller closes it."""
+        if self._sync is not None and not self._owns_sync and \
+                not isinstance(self._sync, redis.cluster.RedisCluster):
+            client = _probe_like(self._sync)  # the user's client's options, bounded
+            client.connection_pool.connection_kwargs["socket_timeout"] = socket_timeout
+            return _tag(client, self.masked_url)
+        return self._make_sync(probe=True, socket_timeout=socket_timeout, retries=retries)
+
+    def _make_sync(self, *, probe: bool = False, socket_timeout: float | None = None,
+                   retries: int = 0) -> Any:
         kwargs = _client_kwargs(asyncio=False)
         if probe:
-            kwargs["retry"] = Retry(NoBackoff(), 0)
+            kwargs["retry"] = Retry(NoBackoff(), retries)
             kwargs.pop("health_check_interval")
+            # a PING (or a scrape) needs no long read: a frozen server fails it in seconds
+            kwargs["socket_timeout"] = socket_timeout or SOCKET_CONNECT_TIMEOUT
         client: Any
         if self.cluster:
             client = redis.cluster.RedisCluster.from_url(self._redis_url, **kwargs)

@@ -43,6 +43,9 @@ from .types import JobPriority
 
 log = logging.getLogger("nbqueue.metrics")
 
+#: Longest a scrape waits for one Redis reply (s); then it answers ``nbqueue_up 0``.
+SCRAPE_TIMEOUT_S = 3.0
+
 STATES = ("waiting", "active", "delayed", "completed", "failed")
 PRIORITIES = tuple(p.name.lower() for p in sorted(JobPriority))  # critical .. background
 
@@ -186,10 +189,20 @@ class QueueCollector(Collector):
         """The families this collector yields, without samples (no Redis call)."""
         return [_family(name, kind, labels) for name, kind, labels, _ in SERIES]
 
+    def _client(self) -> Any:
+        """The scrape's own client: every read bounded by :data:`SCRAPE_TIMEOUT_S`, no
+        retries, so a frozen or unreachable Redis gives ``nbqueue_up 0`` promptly instead of
+        holding the scrape for the main clients' 30 s timeout and retries."""
+        client = getattr(self, "_scrape_client", None)
+        if client is None:
+            client = self.connection.new_sync(socket_timeout=SCRAPE_TIMEOUT_S)
+            self._scrape_client = client
+        return client
+
     def collect(self) -> Iterator[Metric]:
         up = _family("nbqueue_up", "gauge", ())
         try:
-            client = self.connection.sync()
+            client = self._client()
             names = self.queues if self.queues is not None else discover_queues(
                 client, self.prefix)
             data = run_sync(client, read_queues(names, self.prefix))
