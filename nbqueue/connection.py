@@ -124,6 +124,9 @@ class Connection:
         self.url = url
         self.cluster = cluster or scheme_cluster
         self._redis_url = redis_url
+        #: the home of the embedded server this connection points at (None: not embedded);
+        #: its clients restart that server when they find it dead (nbqueue.server.revive)
+        self.embedded_home: Any = None
         self._lock = threading.Lock()
         self._sync: Any = None
         self._owns_sync = True
@@ -179,7 +182,7 @@ class Connection:
             client = redis.asyncio.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
         else:
             client = redis.asyncio.Redis.from_url(self._redis_url, **kwargs)
-        return _tag(client, self.masked_url)
+        return _tag(client, self.masked_url, self.embedded_home)
 
     def ping(self) -> bool:
         """True when the server answers PING (never raises)."""
@@ -294,7 +297,7 @@ class Connection:
                 not isinstance(self._sync, redis.cluster.RedisCluster):
             client = _probe_like(self._sync)  # the user's client's options, bounded
             client.connection_pool.connection_kwargs["socket_timeout"] = socket_timeout
-            return _tag(client, self.masked_url)
+            return _tag(client, self.masked_url, self.embedded_home)
         return self._make_sync(probe=True, socket_timeout=socket_timeout, retries=retries)
 
     def _make_sync(self, *, probe: bool = False, socket_timeout: float | None = None,
@@ -310,7 +313,7 @@ class Connection:
             client = redis.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
         else:
             client = redis.Redis.from_url(self._redis_url, **kwargs)
-        return _tag(client, self.masked_url)
+        return _tag(client, self.masked_url, self.embedded_home)
 
     def __repr__(self) -> str:
         kind = ", cluster=True" if self.cluster else ""
@@ -346,12 +349,14 @@ def connect(
     if isinstance(url, (redis.Redis, redis.cluster.RedisCluster)):
         conn = Connection.from_client(url)
     else:
+        from . import server
+
         resolved = url or os.environ.get(ENV_URL) or os.environ.get(ENV_FALLBACK_URL)
         if not resolved:
-            from . import server
-
             resolved = server.ensure_server()
         conn = Connection(resolved, cluster=bool(cluster))
+        # The embedded server (by default, or by its URL): restarted when found dead.
+        conn.embedded_home = server.embedded_home_of(resolved)
     conn.check()
     if allow_eviction is None:
         allow_eviction = os.environ.get(ENV_ALLOW_EVICTION, "").strip().lower() in (
@@ -392,9 +397,11 @@ def _find_policy(found: Any) -> str | None:
     return nested[0] if nested else None
 
 
-def _tag(client: Any, masked: str) -> Any:
+def _tag(client: Any, masked: str, embedded_home: Any = None) -> Any:
     with contextlib.suppress(AttributeError):  # e.g. __slots__: describe_client uses the pool
         client._nbqueue_url = masked
+        if embedded_home is not None:
+            client._nbqueue_embedded = embedded_home
     return client
 
 

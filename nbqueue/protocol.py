@@ -8,6 +8,7 @@ drive such a generator; nothing else in nbqueue talks to Redis.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -167,16 +168,47 @@ def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
     return _raise_errors(results, batch.calls)
 
 
+def _revived(client: Any) -> bool:
+    """For a client of the embedded server (``connect()`` tags it): restart that server if
+    it is dead (see :func:`nbqueue.server.revive`); True when the failed step may be sent
+    again. False for every other client."""
+    home = getattr(client, "_nbqueue_embedded", None)
+    if home is None:
+        return False
+    from .server import revive  # late: server is only needed here
+
+    return revive(home)
+
+
+def _step_sync(client: redis.Redis, step: Step) -> Any:
+    try:
+        return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
+    except _CONN_ERRORS:
+        if not _revived(client):
+            raise
+    return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
+
+
+async def _step_async(client: aredis.Redis, step: Step) -> Any:
+    try:
+        if isinstance(step, Call):
+            return await _exec_async(client, step)
+        return await _batch_async(client, step)
+    except _CONN_ERRORS:
+        if not await asyncio.to_thread(_revived, client):
+            raise
+    if isinstance(step, Call):
+        return await _exec_async(client, step)
+    return await _batch_async(client, step)
+
+
 def run_sync(client: redis.Redis, op: Op[T]) -> T:
     """Drive ``op`` to completion with a blocking redis-py client."""
     try:
         step = next(op)
         while True:
             try:
-                if isinstance(step, Call):
-                    reply: Any = _exec_sync(client, step)
-                else:
-                    reply = _batch_sync(client, step)
+                reply: Any = _step_sync(client, step)
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc
@@ -234,10 +266,7 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
         step = next(op)
         while True:
             try:
-                if isinstance(step, Call):
-                    reply: Any = await _exec_async(client, step)
-                else:
-                    reply = await _batch_async(client, step)
+                reply: Any = await _step_async(client, step)
             except _CONN_ERRORS as exc:
                 op.close()
                 raise _unavailable(client, exc) from exc

@@ -13,6 +13,14 @@ user with nothing but ``pip install nbqueue`` gets a working, durable queue. The
 - is started under an ``fcntl.flock`` lock, so concurrent first calls start only one.
 
 ``nbqueue server status|stop`` call :func:`status` and :func:`stop`.
+
+Restart policy: a connection to the embedded server (``connect()`` with no URL, or with this
+server's URL) restarts it when it finds it dead -- killed, OOM-killed, crashed -- and sends
+the call that failed again (:func:`revive`; the AOF brings back every job acknowledged more
+than ~1 s before the crash, and the add that failed is re-sent with its idempotency token).
+Workers therefore carry on by themselves instead of backing off forever. A server stopped on
+purpose (:func:`stop`, ``nbqueue server stop``) stays stopped until the next explicit
+``connect()``; a server that fails to start is not tried again for :data:`REVIVE_BACKOFF_S`.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -39,9 +48,11 @@ from .errors import NoServerError
 
 __all__ = [
     "ServerStatus",
+    "embedded_home_of",
     "ensure_server",
     "find_redis_server",
     "home_dir",
+    "revive",
     "socket_path",
     "status",
     "stop",
@@ -59,6 +70,12 @@ _PIDFILE = "redis.pid"
 _LOGFILE = "redis.log"
 _CONFFILE = "redis.conf"
 _LOCKFILE = "server.lock"
+_STOPPED = "stopped"  # written by stop(): a server stopped on purpose is not revived
+
+#: After a failed restart, :func:`revive` does not try again for this long (s).
+REVIVE_BACKOFF_S = 5.0
+_revive_failed: dict[str, float] = {}
+log = logging.getLogger("nbqueue.server")
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,49 @@ def ensure_server() -> str:
     answer PING within ~10 s (the message includes the tail of its log file).
     """
     home = home_dir()
+    url = _ensure(home)
+    with contextlib.suppress(FileNotFoundError):
+        (home / _STOPPED).unlink()  # an explicit start ends a deliberate stop
+    return url
+
+
+def embedded_home_of(url: str) -> Path | None:
+    """The home of the embedded server ``url`` points at (this user's, for the current
+    :func:`home_dir`), else None."""
+    home = home_dir()
+    return home if url == _url(socket_path(home)) else None
+
+
+def revive(home: Path) -> bool:
+    """Restart the embedded server of ``home`` if it is down; True when it answers.
+
+    Not when it was stopped on purpose (:func:`stop`), and not within
+    :data:`REVIVE_BACKOFF_S` of a restart that failed. Safe from many threads and
+    processes at once (the start is under a file lock, and a running server is reused).
+    """
+    sock = socket_path(home)
+    if _ping(sock):
+        return True
+    if (home / _STOPPED).exists():
+        return False
+    key = str(home)
+    failed_at = _revive_failed.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < REVIVE_BACKOFF_S:
+        return False
+    try:
+        _ensure(home)
+    except NoServerError as exc:
+        _revive_failed[key] = time.monotonic()
+        log.error("the embedded redis-server (%s) is down and could not be restarted: %s",
+                  home, exc)
+        return False
+    _revive_failed.pop(key, None)
+    log.warning("the embedded redis-server (%s) was down: restarted it (jobs come back from "
+                "its append-only file)", home)
+    return True
+
+
+def _ensure(home: Path) -> str:
     sock = socket_path(home)
     if _ping(sock):
         return _url(sock)
@@ -198,6 +258,8 @@ def stop() -> bool:
         pid = None  # stale pidfile (the pid may belong to something else now)
     if info is None and pid is None:
         return False
+    with contextlib.suppress(OSError):  # stopped on purpose: connections must not revive it
+        (home / _STOPPED).write_text("stopped by nbqueue.server.stop()\n")
     if info is not None:
         _shutdown(sock)
     if pid is not None:
