@@ -30,11 +30,12 @@ local from
 if redis.call('ZSCORE', K_WAIT, id) then from = K_WAIT
 elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
 else return {-2, state} end
+check_types(K_FAILED, 'zset')  -- validation before the first write (see common.lua)
 redis.call('ZREM', from, id)
 redis.call('HSET', key, 'state', 'failed', 'fr', reason, 'et', 'cancelled', 'fon', NOW,
   'lk', '')
 redis.call('ZADD', K_FAILED, NOW, id)
-redis.call('HINCRBY', K_STATS, 'failed', 1)
+redis.pcall('HINCRBY', K_STATS, 'failed', 1)
 emit('failed', {id}, {'reason', 'cancelled'})
 emit('cancelled', {id})
 return {1, state}

@@ -14,6 +14,7 @@ local key = JOB .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {0} end
 if state == 'waiting' and redis.call('ZSCORE', K_WAIT, id) then
+  check_int(K_CTR)  -- validation before the first write (see common.lua)
   local seq = redis.call('INCR', K_CTR)
   if ARGV[6] == '1' then seq = -seq end
   redis.call('HSET', key, 'prio', ARGV[5], 'seq', fmt(seq))

@@ -8,7 +8,9 @@ local lost = {}
 local until_ms = fmt(NOW + tonumber(ARGV[4]))
 for i = 5, #ARGV, 2 do
   local id, lock = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', JOB .. id, 'lk') == lock then
+  -- pcall: a key that is not a hash is no job of ours (its id is reported lost); it must
+  -- not stop the renewal of the others half-way
+  if redis.pcall('HGET', JOB .. id, 'lk') == lock then
     redis.call('ZADD', K_ACTIVE, 'XX', until_ms, id)
   else
     lost[#lost + 1] = id

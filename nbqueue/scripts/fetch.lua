@@ -17,11 +17,12 @@ if ARGV[8] == '1' then unpark(token, lock_ms, reply) end
 if park > 0 then
   local member = token .. '|' .. lock_ms
   -- 10 ms of slack: the worker computed the BLPOP timeout from a slightly older reply
+  -- pcall: after the fetch's writes, the registry must not stop the script (see unpark)
   if #reply > 2 or reply[2] > 0 or (reply[1] >= 0 and reply[1] + 10 < park) then
-    redis.call('ZREM', K_IDLE, member)
-    redis.call('RPUSH', BASE .. 'h:' .. token, '0')
+    redis.pcall('ZREM', K_IDLE, member)
+    redis.pcall('RPUSH', BASE .. 'h:' .. token, '0')
   else
-    redis.call('ZADD', K_IDLE, fmt(NOW + park + 1000), member)
+    redis.pcall('ZADD', K_IDLE, fmt(NOW + park + 1000), member)
   end
 end
 return reply

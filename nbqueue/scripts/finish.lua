@@ -57,15 +57,36 @@ end
 local done_ids, failed_ids, exhausted, retry_now, retry_later = {}, {}, {}, {}, {}
 local zdone, zfailed, zdelayed, finished = {}, {}, {}, {}
 local c_keep, c_age, f_keep, f_age = -1, 0, -1, 0
+-- Validation before the first job write (see common.lua): read every job first (a key that
+-- is not a hash is no job: its status is 0), then check the keys this call will write.
+local held_of = {}
+local to_check, any_retry = {[K_ACTIVE] = true}, false
+for i = first_job, #ARGV, 10 do
+  local kind, delay = ARGV[i + 2], tonumber(ARGV[i + 5])
+  -- the lock, the deduplication id a finished job releases, whether its cancel was
+  -- requested, and what the wait time of a first attempt needs (one read, as before)
+  local held = redis.pcall('HMGET', JOB .. ARGV[i], 'lk', 'dd', 'cx', 'ats', 'pon', 'ts', 'delay')
+  if held.err then held = nil end
+  held_of[i] = held
+  if held and held[1] == ARGV[i + 1] then
+    if held[2] then check_types(BASE .. 'de:' .. held[2], 'string') end
+    if kind == 'c' then to_check[K_COMPLETED] = true
+    elseif kind == 'r' and held[3] ~= '1' then
+      any_retry = true
+      if delay > 0 then to_check[K_DELAYED] = true else to_check[K_WAIT] = true end
+    else to_check[K_FAILED] = true end
+  end
+end
+for key in pairs(to_check) do check_types(key, 'zset') end
+if any_retry then check_int(K_CTR) end
+
 for i = first_job, #ARGV, 10 do
   local id, lock, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local etype, delay, atm = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
   local keep, age, trace = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), ARGV[i + 9]
   local key = JOB .. id
-  -- the lock, the deduplication id a finished job releases, whether its cancel was
-  -- requested, and what the wait time of a first attempt needs (one read, as before)
-  local held = redis.call('HMGET', key, 'lk', 'dd', 'cx', 'ats', 'pon', 'ts', 'delay')
-  if held[1] ~= lock then
+  local held = held_of[i]
+  if not held or held[1] ~= lock then
     statuses[#statuses + 1] = 0
   else
     if kind == 'r' and held[3] == '1' then

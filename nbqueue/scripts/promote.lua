@@ -9,6 +9,8 @@ local key = JOB .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {0} end
 if state ~= 'delayed' or not redis.call('ZSCORE', K_DELAYED, id) then return {-1, state} end
+check_types(K_WAIT, 'zset')  -- validation before the first write (see common.lua)
+check_int(K_CTR)
 redis.call('ZREM', K_DELAYED, id)
 redis.call('HSET', key, 'delay', '0')
 requeue({id})

@@ -8,7 +8,12 @@ local id = ARGV[4]
 local key = JOB .. id
 if redis.call('EXISTS', key) == 0 then return 0 end
 if redis.call('ZSCORE', K_ACTIVE, id) then return -1 end
-release_dedup(redis.call('HGET', key, 'dd'), id)
+-- validation before the first write (see common.lua): every set it leaves, and its hash
+check_types(K_WAIT, 'zset', K_DELAYED, 'zset', K_COMPLETED, 'zset', K_FAILED, 'zset',
+  key, 'hash')
+local dd = redis.call('HGET', key, 'dd')
+if dd then check_types(BASE .. 'de:' .. dd, 'string') end
+release_dedup(dd, id)
 redis.call('ZREM', K_WAIT, id)
 redis.call('ZREM', K_DELAYED, id)
 redis.call('ZREM', K_COMPLETED, id)

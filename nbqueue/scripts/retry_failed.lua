@@ -18,9 +18,13 @@ while true do
     ids = redis.call('ZRANGE', K_FAILED, 0, n)
   end
   if #ids == 0 then break end
+  -- validation before the first write (see common.lua); ids whose key is not a hash are no
+  -- jobs: they only leave the failed set
+  check_types(K_WAIT, 'zset')
+  check_int(K_CTR)
   zrem_many(K_FAILED, ids)
   for _, id in ipairs(ids) do
-    redis.call('HSET', JOB .. id, 'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '',
+    redis.pcall('HSET', JOB .. id, 'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '',
       'cx', '')
   end
   requeue(ids)

@@ -8,6 +8,7 @@
 -- Returns per triple: 1 next tick queued, 0 nothing to do, -1 the scheduler is exhausted.
 -- @include common
 -- @include scheduler
+check_tick_keys()  -- before the first write (see includes/scheduler.lua)
 local out = {}
 for i = 5, #ARGV, 3 do
   local sid, cur, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2]

@@ -6,6 +6,7 @@
 -- @include common
 -- @include scheduler
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
+check_tick_keys()  -- before the first write (see includes/scheduler.lua)
 local sid = ARGV[5]
 local key = SCHED .. sid
 local nxt = redis.call('HGET', key, 'next')

@@ -10,6 +10,7 @@
 --   it: Python recomputes and calls again).
 -- @include common
 -- @include scheduler
+check_tick_keys()  -- before the first write (see includes/scheduler.lua)
 local sid, cfg, first = ARGV[5], ARGV[6], ARGV[7]
 local name, data, opts, prio = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local key = SCHED .. sid

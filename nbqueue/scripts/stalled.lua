@@ -11,44 +11,55 @@ allow_oom()  -- must run on a full Redis (see includes/common.lua)
 if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}} end
 local max_stalled = tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT', 0, 1000)
+-- Validation before the first job write (see common.lua): read every expired job first;
+-- numbers from its hash go through tonumber (a hand-edited stalled counter 'x' used to make
+-- HINCRBY fail after the job had left the active set). A key that is not a hash is not a
+-- job: its id just leaves the active set.
+if #expired > 0 then check_types(K_WAIT, 'zset', K_FAILED, 'zset') end
+local seen = {}
+for i, id in ipairs(expired) do
+  local f = redis.pcall('HMGET', JOB .. id, 'stc', 'cx', 'dd', 'atm', 'prio', 'seq')
+  if type(f) == 'table' and not f.err and redis.call('EXISTS', JOB .. id) == 1 then
+    seen[i] = f
+    if f[3] then check_types(BASE .. 'de:' .. f[3], 'string') end
+  end
+end
 local back, failed, zfailed, cancelled = {}, {}, {}, {}
-for _, id in ipairs(expired) do
+for i, id in ipairs(expired) do
   redis.call('ZREM', K_ACTIVE, id)
   local key = JOB .. id
-  if redis.call('EXISTS', key) == 1 then
-    local count = redis.call('HINCRBY', key, 'stc', 1)
-    redis.call('HSET', key, 'lk', '')
-    local cancel = redis.call('HGET', key, 'cx') == '1'  -- its cancel was requested
-    if cancel then
+  local f = seen[i]
+  if f then
+    local count = (tonumber(f[1]) or 0) + 1
+    local atm = fmt((tonumber(f[4]) or 0) + 1)
+    redis.call('HSET', key, 'lk', '', 'stc', fmt(count))
+    if f[2] == '1' then  -- its cancel was requested
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'cancelled',
-        'fr', 'cancelled')
-      redis.call('HINCRBY', key, 'atm', 1)
+        'fr', 'cancelled', 'atm', atm)
       cancelled[#cancelled + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
     elseif count > max_stalled then
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
-        'fr', 'job stalled more than allowable limit')
-      release_dedup(redis.call('HGET', key, 'dd'), id)
-      redis.call('HINCRBY', key, 'atm', 1)
+        'fr', 'job stalled more than allowable limit', 'atm', atm)
+      release_dedup(f[3], id)
       failed[#failed + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
     else
       -- back to the front of its level: its original sequence number
-      local f = redis.call('HMGET', key, 'prio', 'seq')
       redis.call('HSET', key, 'state', 'waiting')
-      redis.call('ZADD', K_WAIT, wait_score(f[1] or 3, f[2] or 0), id)
+      redis.call('ZADD', K_WAIT, wait_score(f[5] or 3, f[6] or 0), id)
       back[#back + 1] = id
     end
   end
 end
 if #zfailed > 0 then
   redis.call('ZADD', K_FAILED, unpack(zfailed))
-  redis.call('HINCRBY', K_STATS, 'failed', #failed + #cancelled)
-  if #failed > 0 then redis.call('HINCRBY', K_STATS, 'error:stalled', #failed) end
+  redis.pcall('HINCRBY', K_STATS, 'failed', #failed + #cancelled)
+  if #failed > 0 then redis.pcall('HINCRBY', K_STATS, 'error:stalled', #failed) end
   -- the per-minute history counts these failures too (as finish.lua does its own)
   local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
   local nf = #failed + #cancelled
-  if redis.call('HINCRBY', mkey, 'failed', nf) == nf then redis.call('PEXPIRE', mkey, 86400000) end
+  if redis.pcall('HINCRBY', mkey, 'failed', nf) == nf then redis.pcall('PEXPIRE', mkey, 86400000) end
 end
 emit('stalled', back)
 emit('waiting', back)

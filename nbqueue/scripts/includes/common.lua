@@ -152,6 +152,8 @@ end
 
 -- Requeue ids into wait with fresh sequence numbers (behind their level, or in front of it
 -- for lifo jobs), marking them waiting.
+-- Callers check K_WAIT and K_CTR before their first write (check_types, check_int); a key
+-- that is not a hash (no job) is skipped here rather than stopping the script half-way.
 local function requeue(ids)
   if #ids == 0 then return end
   local last = redis.call('INCRBY', K_CTR, #ids)
@@ -160,12 +162,14 @@ local function requeue(ids)
   for i = 1, #ids do
     local key = JOB .. ids[i]
     -- a lifo job (add(..., lifo=True)) goes to the front of its level instead
-    local f = redis.call('HMGET', key, 'prio', 'lifo')
-    redis.call('HSET', key, 'state', 'waiting')
-    local seq = first + i
-    if f[2] == '1' then seq = -seq end
-    zargs[#zargs + 1] = wait_score(f[1] or '3', seq)
-    zargs[#zargs + 1] = ids[i]
+    local f = redis.pcall('HMGET', key, 'prio', 'lifo')
+    if f.err then f = nil else redis.call('HSET', key, 'state', 'waiting') end
+    if f then
+      local seq = first + i
+      if f[2] == '1' then seq = -seq end
+      zargs[#zargs + 1] = wait_score(f[1] or '3', seq)
+      zargs[#zargs + 1] = ids[i]
+    end
   end
   for i = 1, #zargs, 1000 do
     redis.call('ZADD', K_WAIT, unpack(zargs, i, math.min(i + 999, #zargs)))

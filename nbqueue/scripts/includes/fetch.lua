@@ -14,6 +14,9 @@ local function promote_delayed()
   if due_at > NOW then return due_at end
   local edge = fmt(NOW * 4096 + 4095)
   local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', edge, 'LIMIT', 0, 1000)
+  -- validation before the first write (see common.lua); requeue skips non-hash keys
+  check_types(K_WAIT, 'zset')
+  check_int(K_CTR)
   zrem_many(K_DELAYED, due)
   requeue(due)
   emit('waiting', due)
@@ -23,11 +26,21 @@ local function promote_delayed()
 end
 
 local function fetch_jobs(want, token, lock_ms)
-  local next_due = promote_delayed()
-  local reply = {-1, 0}
+  -- Validation before the first job write (see common.lua): the settings and the limiter
+  -- are read, and the active set checked, before promote_delayed or the pop write anything.
   local meta = redis.call('HMGET', K_META, 'paused', 'rl_max', 'rl_dur', 'gc')
   if meta[1] == '1' then want = 0 end
   local rl_max = tonumber(meta[2])
+  local limiter_used = 0
+  if want > 0 and rl_max then
+    limiter_used = tonumber(redis.call('GET', K_LIMITER) or '0')
+    if not limiter_used then
+      error('nbqueue: key ' .. K_LIMITER .. ' is not an integer counter; nothing was changed')
+    end
+  end
+  if want > 0 then check_types(K_ACTIVE, 'zset') end
+  local next_due = promote_delayed()
+  local reply = {-1, 0}
   -- Global concurrency (Queue.set_global_concurrency): at most gc jobs active in the queue,
   -- whichever workers hold them. Only looked at when set.
   local gc = tonumber(meta[4])
@@ -36,7 +49,7 @@ local function fetch_jobs(want, token, lock_ms)
     want = math.max(0, math.min(want, gc - running))
   end
   if want > 0 and rl_max then
-    local used = tonumber(redis.call('GET', K_LIMITER) or '0')
+    local used = limiter_used
     if used >= rl_max then
       local ttl = redis.call('PTTL', K_LIMITER)
       if ttl < 0 then redis.call('PEXPIRE', K_LIMITER, meta[3]); ttl = tonumber(meta[3]) end
@@ -54,8 +67,9 @@ local function fetch_jobs(want, token, lock_ms)
   for i = 1, #popped, 2 do
     local id = popped[i]
     local key = JOB .. id
-    local f = redis.call('HMGET', key, 'name', 'data', 'opts', 'atm', 'ts', 'prio', 'prog', 'stc', 'ats')
-    if f[2] then
+    -- pcall: a key that is not a hash is no job (it just leaves the wait set)
+    local f = redis.pcall('HMGET', key, 'name', 'data', 'opts', 'atm', 'ts', 'prio', 'prog', 'stc', 'ats')
+    if type(f) == 'table' and not f.err and f[2] then
       local runs = (tonumber(f[9]) or 0) + 1
       local lock = token .. ':' .. runs
       redis.call('HSET', key, 'state', 'active', 'pon', NOW, 'lk', lock, 'ats', runs)
@@ -80,7 +94,7 @@ local function fetch_jobs(want, token, lock_ms)
         and not (gc and redis.call('ZCARD', K_ACTIVE) >= gc) then
       emit('active', ids)
       -- More wait: wake another blocked worker (a marker already there will do).
-      if redis.call('LLEN', K_MARKER) == 0 then redis.call('RPUSH', K_MARKER, '1') end
+      push_marker()
     else
       -- This fetch took the last waiting jobs: one stream entry carries both events
       -- (parse_events splits it).
@@ -99,16 +113,21 @@ end
 
 -- A worker that parked (fetch.lua with park > 0) leaves the idle registry, and takes the job
 -- a producer may have handed it meanwhile (add.lua): appended to `reply` like fetched jobs.
+-- It runs after the fetch's writes: pcall, so that a broken registry or hand-off key never
+-- stops the script half-way (the job in a hand-off list is active and locked already; if
+-- it cannot be read, its lock expires and the stalled sweep re-queues it).
 local function unpark(token, lock_ms, reply)
-  redis.call('ZREM', K_IDLE, token .. '|' .. lock_ms)
+  redis.pcall('ZREM', K_IDLE, token .. '|' .. lock_ms)
   local hkey = BASE .. 'h:' .. token
-  local items = redis.call('LRANGE', hkey, 0, -1)
-  if #items == 0 then return end
+  local items = redis.pcall('LRANGE', hkey, 0, -1)
+  if type(items) ~= 'table' or items.err or #items == 0 then return end
   redis.call('DEL', hkey)
   for i = 1, #items do
     if items[i] ~= '0' then  -- '0' only ends a BLPOP (see fetch.lua)
-      local f = cjson.decode(items[i])
-      for j = 1, #f do reply[#reply + 1] = f[j] end
+      local ok, f = pcall(cjson.decode, items[i])
+      if ok and type(f) == 'table' then
+        for j = 1, #f do reply[#reply + 1] = f[j] end
+      end
     end
   end
 end

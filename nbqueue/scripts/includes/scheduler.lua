@@ -7,6 +7,13 @@
 local K_SCHEDS = KEYS[2]
 local SCHED = ARGV[4]
 
+-- Validation before the first write (see common.lua) of the scripts that add or drop a
+-- tick's job: the sets it goes to or leaves, and the id counter.
+local function check_tick_keys()
+  check_types(K_WAIT, 'zset', K_DELAYED, 'zset', K_SCHEDS, 'zset')
+  check_int(K_CTR)
+end
+
 local function tick_job_id(sid, tick) return 'repeat:' .. sid .. ':' .. tick end
 
 -- Add the job of one tick unless a job with its id exists (dedupe by id: double adds are
