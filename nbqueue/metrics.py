@@ -35,7 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .connection import Connection, connect
-from .keys import DEFAULT_PREFIX, registry_key
+from .keys import DEAD_LETTER_QUEUE, DEFAULT_PREFIX, registry_key
 from .ops import QueueOps
 from .protocol import Batch, Call, Op, run_sync
 from .stats import BUCKETS, WAIT_BUCKETS, wait_field
@@ -135,6 +135,13 @@ def discover_queues(client: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
     return names
 
 
+def scrape_queues(client: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """The queues a scrape exports: every registered queue, and ``dead_letter`` always
+    (zeros until the first job fails), so that a rule on its growth sees it before the
+    first record arrives."""
+    return sorted({*discover_queues(client, prefix), DEAD_LETTER_QUEUE})
+
+
 def _num(value: Any) -> float:
     try:
         return float(value)
@@ -167,7 +174,7 @@ class QueueCollector(Collector):
     """A Prometheus collector of nbqueue queues, read from Redis at each scrape.
 
     ``connection``: a ``Connection``, URL, ``redis.Redis`` or None (``connect()``).
-    ``queues``: names to export; None exports every registered queue.
+    ``queues``: names to export; None exports every registered queue and ``dead_letter``.
     ``registry.register(QueueCollector(conn))`` adds it to your own registry;
     :meth:`describe` names every family without touching Redis, so a registry refuses a
     collector whose names clash with series already registered.
@@ -203,7 +210,7 @@ class QueueCollector(Collector):
         up = _family("nbqueue_up", "gauge", ())
         try:
             client = self._client()
-            names = self.queues if self.queues is not None else discover_queues(
+            names = self.queues if self.queues is not None else scrape_queues(
                 client, self.prefix)
             data = run_sync(client, read_queues(names, self.prefix))
         except Exception as exc:  # a scrape must not fail: report the outage as a value
