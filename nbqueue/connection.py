@@ -354,6 +354,9 @@ def connect(
         resolved = url or os.environ.get(ENV_URL) or os.environ.get(ENV_FALLBACK_URL)
         if not resolved:
             resolved = server.ensure_server()
+        else:
+            _check_scheme(resolved, "url" if url else ENV_URL if os.environ.get(ENV_URL)
+                          else ENV_FALLBACK_URL)
         conn = Connection(resolved, cluster=bool(cluster))
         # The embedded server (by default, or by its URL): restarted when found dead.
         conn.embedded_home = server.embedded_home_of(resolved)
@@ -363,6 +366,27 @@ def connect(
             "1", "true", "yes", "on")
     conn.check_eviction_policy(allow_eviction)
     return conn
+
+
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _check_scheme(url: str, source: str) -> None:
+    """A URL without a known scheme (``localhost:6379``) is a one-line error naming where
+    it came from (``url`` argument / ``--url``, or the environment variable), not a long
+    redis-py traceback."""
+    text = str(url)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in URL_SCHEMES:
+        return
+    from .errors import InvalidOptionError
+
+    where = "the url argument (or --url)" if source == "url" else f"${source}"
+    shown = re.sub(r"^([^@/]*?):[^@]*@", r"\1:***@", mask_url(text))  # user:pw@host
+    raise InvalidOptionError(
+        f"{where} = {shown!r} is not a Redis URL: it needs a scheme, e.g. "
+        "redis://localhost:6379/0 (rediss:// for TLS, unix:///path/to/redis.sock, "
+        "redis+cluster://host:7000 for Redis Cluster)")
 
 
 def describe_client(client: Any) -> str:

@@ -181,30 +181,43 @@ def workers_frame(workers: Iterable[tuple[str, WorkerInfo]]) -> pd.DataFrame:
     return df
 
 
+#: Columns whose values are job data or results: written as JSON text by ``export`` to
+#: .csv and .parquet, every value (a string result too), so ``json.loads`` reads them back.
+JSON_COLUMNS: tuple[str, ...] = ("data", "returnvalue")
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):  # None / NaN: empty
+        return None
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
 def _jsonable_objects(df: pd.DataFrame) -> pd.DataFrame:
-    """Object columns holding dicts/lists become JSON text (parquet needs flat types)."""
+    """Job data and results (``JSON_COLUMNS``), and any other object column holding dicts
+    or lists, become JSON text (csv would write Python reprs; parquet needs flat types)."""
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object and out[col].map(
-                lambda v: isinstance(v, (dict, list))).any():
-            out[col] = out[col].map(
-                lambda v: None if v is None else json.dumps(v, default=str))
+        if out[col].dtype != object:
+            continue
+        if col in JSON_COLUMNS or out[col].map(lambda v: isinstance(v, (dict, list))).any():
+            out[col] = out[col].map(_json_text)
     return out
 
 
 def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
     """Write ``df`` to ``path``, the format chosen by its suffix; returns the path.
 
-    ``.csv`` (``DataFrame.to_csv``), ``.parquet`` (needs ``pyarrow``; JSON-like columns are
-    written as JSON text), ``.md``/``.markdown`` (a Markdown table, via ``tabulate``),
-    ``.json`` (records, ISO dates). Extra keyword arguments go to the pandas writer.
+    ``.csv`` (``DataFrame.to_csv``) and ``.parquet`` (needs ``pyarrow``) write job data,
+    results and other dict/list columns as JSON text (``json.loads`` reads them back);
+    ``.md``/``.markdown`` (a Markdown table, via ``tabulate``); ``.json`` (records, ISO
+    dates). Extra keyword arguments go to the pandas writer.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"export() takes a pandas DataFrame, not {type(df).__name__}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        df.to_csv(path, **kwargs)
+        _jsonable_objects(df).to_csv(path, **kwargs)
     elif suffix == ".parquet":
         if importlib.util.find_spec("pyarrow") is None:
             raise NbqueueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -307,3 +308,34 @@ def test_cluster_connection_end_to_end(cluster_node: RedisProcess) -> None:
 def test_cluster_scheme_on_plain_server_is_a_clear_error(redis_url: str) -> None:
     with pytest.raises(RedisUnavailableError, match="cluster"):
         connect(redis_url.replace("redis://", "redis+cluster://"))
+
+
+def test_a_url_without_scheme_is_a_short_error_naming_its_source(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from nbqueue.errors import InvalidOptionError
+
+    monkeypatch.delenv("NBQUEUE_REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "localhost:6379")
+    with pytest.raises(InvalidOptionError, match=r"\$REDIS_URL = 'localhost:6379' is not a "
+                                                 r"Redis URL: it needs a scheme, e\.g\. redis://"):
+        connect()
+    monkeypatch.setenv("NBQUEUE_REDIS_URL", "127.0.0.1:6379/0")
+    with pytest.raises(InvalidOptionError, match=r"\$NBQUEUE_REDIS_URL = '127\.0\.0\.1"):
+        connect()
+    with pytest.raises(InvalidOptionError, match=r"url argument .*'u:\*\*\*@h:1'"):
+        connect("u:secret@h:1")  # the password is masked
+    with pytest.raises(InvalidOptionError, match="not a Redis URL"):
+        connect("http://localhost:6379")
+    # the command line: one line on stderr, exit status 1, no traceback
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["NBQUEUE_REDIS_URL"] = "localhost:6379"
+    res = subprocess.run([sys.executable, "-m", "nbqueue", "stats"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "nbqueue: $NBQUEUE_REDIS_URL = 'localhost:6379' is not a Redis URL: it needs a "
+        "scheme, e.g. redis://localhost:6379/0 (rediss:// for TLS, "
+        "unix:///path/to/redis.sock, redis+cluster://host:7000 for Redis Cluster)"]

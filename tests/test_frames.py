@@ -143,3 +143,26 @@ def test_export_parquet(tmp_path: Path) -> None:
     else:
         path = nbqueue.export(df, tmp_path / "m.parquet")
         assert pd.read_parquet(path).loc["a", "failed"] == 4
+
+
+def _echo(job):  # returns what the job asks for: a dict, a str, a list
+    return job.data["payload"]["give"]
+
+
+def test_csv_export_writes_data_and_results_as_json(conn, tmp_path: Path) -> None:
+    import json
+
+    q = Queue("csvq", connection=conn)
+    gives = [{"sum": 3, "tags": ["a", "b"]}, "plain text, with a comma", [1, 2.5, None]]
+    jobs = q.add_bulk([{"type": "t", "payload": {"give": g, "n": i}}
+                       for i, g in enumerate(gives)])
+    with Worker("csvq", _echo, connection=conn):
+        for j in jobs:
+            j.result(timeout=30)
+    df = q.jobs_frame("completed", columns="all")
+    back = pd.read_csv(nbqueue.export(df, tmp_path / "jobs.csv"), index_col="job_id")
+    for j, g in zip(jobs, gives):
+        row = back.loc[int(j.id)]
+        assert json.loads(row["returnvalue"]) == g  # a str result is JSON too: "\"...\""
+        assert json.loads(row["data"]) == {"type": "t", "payload": {"give": g, "n": int(j.id) - 1}}
+    assert "{'sum'" not in (tmp_path / "jobs.csv").read_text()  # no Python reprs
