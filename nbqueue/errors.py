@@ -102,3 +102,17 @@ class JobTimeoutError(NbqueueError, TimeoutError):
 
 class SignatureError(NbqueueError):
     """A code job's HMAC signature is missing or wrong; the job is never run."""
+
+
+NOTEBOOK_EXTRA = "nbqueue[notebook]"
+
+
+class MissingDependencyError(NbqueueError, ImportError):
+    """A feature of the notebook layer needs a package of the ``notebook`` extra
+    (pandas, IPython, ipykernel, ipywidgets, anywidget, tabulate) that is not installed:
+    ``pip install nbqueue`` is the core (queues, workers, CLI, metrics) only."""
+
+    def __init__(self, package: str, feature: str) -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed: "
+                         f"pip install '{NOTEBOOK_EXTRA}' (the notebook layer)")
+        self.package = package

@@ -28,9 +28,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from .errors import MissingDependencyError, NbqueueError
 
-from .errors import NbqueueError
+try:
+    import pandas as pd
+except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no [notebook])
+    raise MissingDependencyError(
+        "pandas", "nbqueue's DataFrames (jobs_frame, metrics_frame, export...)") from _exc
 from .types import JobState, QueueMetrics, WorkerInfo
 
 if TYPE_CHECKING:
@@ -226,7 +230,7 @@ def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
         _jsonable_objects(df).to_parquet(path, **kwargs)
     elif suffix in (".md", ".markdown"):
         if importlib.util.find_spec("tabulate") is None:
-            raise NbqueueError(f"exporting to {path.name} needs tabulate: pip install tabulate")
+            raise MissingDependencyError("tabulate", f"exporting to {path.name}")
         path.write_text(df.to_markdown(**kwargs) + "\n", encoding="utf-8")
     elif suffix == ".json":
         df.to_json(path, orient="table", date_format="iso", default_handler=str, **kwargs)

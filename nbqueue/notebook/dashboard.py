@@ -35,8 +35,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import anywidget
-import traitlets
+from ..errors import MissingDependencyError
+
+try:
+    import anywidget
+    import traitlets
+except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no [notebook])
+    raise MissingDependencyError(str(_exc.name), "nbqueue.dashboard()") from _exc
 
 from ..display import fmt_duration, fmt_time, progress_percent
 from ..keys import QueueKeys

@@ -14,10 +14,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import HTML, display
+from ..errors import MissingDependencyError
+
+try:
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+    from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+    from IPython.display import HTML, display
+except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no [notebook])
+    raise MissingDependencyError("IPython", "nbqueue's magics (%load_ext nbqueue)") from _exc
 
 from ..batch import JobBatch, _is_dataframe
 from ..durations import to_ms
