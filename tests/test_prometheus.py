@@ -220,15 +220,25 @@ def test_real_prometheus_runs_every_dashboard_and_alert_expression(
         assert p.value('nbqueue_workers_online{queue="obs_work"}') == 1
         assert p.value('nbqueue_workers_online{queue="obs_idle"}') == 0
 
-        failures = []
-        for name, expr in rule_exprs():
-            res = p.query(expr)
-            if res.get("status") != "success" or not res["data"]["result"]:
-                failures.append((name, expr, res))
-        for title, expr in dashboard_exprs():
-            res = p.query(grafana_to_promql(expr))
-            if res.get("status") != "success" or not res["data"]["result"]:
-                failures.append((title, expr, res))
+        def failing() -> list[tuple[str, str, Any]]:
+            out = []
+            for name, expr in rule_exprs():
+                res = p.query(expr)
+                if res.get("status") != "success" or not res["data"]["result"]:
+                    out.append((name, expr, res))
+            for title, expr in dashboard_exprs():
+                res = p.query(grafana_to_promql(expr))
+                if res.get("status") != "success" or not res["data"]["result"]:
+                    out.append((title, expr, res))
+            return out
+
+        # a rate() needs two samples of a series: the error counters appear with the first
+        # error, so give Prometheus a few more scrapes (a parse error never goes away)
+        try:
+            wait_for(lambda: not failing(), 60, "every expression to return data")
+        except AssertionError:
+            pass
+        failures = failing()
         assert not failures, failures
         # the queue variable's values (Grafana's label_values(nbqueue_queue_jobs, queue))
         labels = _get(f"{p.base}/api/v1/label/queue/values?match[]=nbqueue_queue_jobs")
@@ -239,7 +249,7 @@ def test_real_prometheus_runs_every_dashboard_and_alert_expression(
         assert p.value('sum(opencell_tool_error_total{queue="obs_work"})') == 6
         assert p.value('nbqueue_queue_waiting_jobs{queue="obs_idle",priority="low"}') == 1
         assert (p.value('nbqueue_queue_oldest_waiting_seconds{queue="obs_idle"}') or 0) >= 7200
-        assert p.value('nbqueue_job_wait_seconds_count{queue="obs_work"}') == 13
+        assert p.value('nbqueue_job_wait_seconds_count{queue="obs_work"}') == 12  # 1 + 11
         assert p.value('nbqueue_up{job="nbqueue_redis_down"}') == 0
 
 
