@@ -49,9 +49,9 @@ FINISHED = (JobState.COMPLETED, JobState.FAILED)
 
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
 #: Redis busy (every other client waits meanwhile) for more than a few tens of ms.
-BULK_CHUNK_JOBS = 2000
+BULK_CHUNK_JOBS = 1000
 #: ... and about this many bytes of job data and options per call.
-BULK_CHUNK_BYTES = 2_000_000
+BULK_CHUNK_BYTES = 1_000_000
 #: How long Redis remembers an add call's idempotency token (ms). It must outlast the
 #: client's whole retry sequence (``connection.SOCKET_TIMEOUT`` x (``RETRIES`` + 1) plus
 #: back-off and connect time, ~2 min); a re-send after that would add the jobs again.

@@ -1,0 +1,163 @@
+"""Costs and figures of the durability rules (issue 12), on the harness's private redis-server.
+
+``python -m bench.reliability --bulk 1000000 --adds 5000``
+
+* **Longest PING gap during a huge bulk add**: a separate process PINGs Redis in a loop while
+  this one runs ``Queue.add_bulk`` of ``--bulk`` jobs; reported: the longest time between two
+  PING replies (what every other client of Redis waits at worst), the longest single script
+  call Redis itself measured (SLOWLOG), the number of script calls and the bulk's rate.
+  ``--unchunked N`` runs the same with chunking off (one script call, as before) for N jobs.
+* **Per-add cost of the idempotency token**: ``--adds`` single adds with the token (as
+  shipped) and with the token left out (the script then skips its GET/SET), interleaved in
+  3 rounds: µs per add (client wall time, medians), Redis CPU µs per add, and Redis memory
+  held per token while it lives.
+
+Numbers on a loaded machine are rough; compare the rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import redis
+
+from bench.harness import RedisServer, cpu_now
+
+QUEUE = "rel"
+
+_PINGER = textwrap.dedent("""
+    import sys, time, redis
+    r = redis.Redis(port=int(sys.argv[1]))
+    r.ping()
+    print("ready", flush=True)
+    worst, n, last = 0.0, 0, time.perf_counter()
+    stop = time.perf_counter() + float(sys.argv[2])
+    while time.perf_counter() < stop:
+        r.ping()
+        now = time.perf_counter()
+        worst = max(worst, now - last)
+        last = now
+        n += 1
+        try:
+            if open(sys.argv[3]).read() == "stop":
+                break
+        except OSError:
+            pass
+    print(f"{worst} {n}", flush=True)
+""")
+
+
+def _queue(url: str) -> Any:
+    import nbqueue
+
+    return nbqueue.Queue(QUEUE, connection=nbqueue.connect(url))
+
+
+def bulk_gap(server: RedisServer, n: int, chunked: bool = True) -> dict[str, float]:
+    from nbqueue import ops
+
+    r = redis.Redis(port=server.port, decode_responses=True)
+    r.flushall()
+    r.config_set("slowlog-log-slower-than", 1000)  # µs: every script call over 1 ms
+    r.config_set("slowlog-max-len", 100_000)
+    r.slowlog_reset()
+    r.config_resetstat()
+    q = _queue(server.url)
+    items = [{"type": "t", "payload": {"i": i}} for i in range(n)]
+    flag = f"{server.dir}/stop-pinger"
+    with open(flag, "w") as f:
+        f.write("")
+    pinger = subprocess.Popen([sys.executable, "-c", _PINGER, str(server.port), "3600", flag],
+                              stdout=subprocess.PIPE, text=True)
+    assert pinger.stdout is not None
+    pinger.stdout.readline()  # ready
+    saved = ops.BULK_CHUNK_JOBS, ops.BULK_CHUNK_BYTES
+    if not chunked:
+        ops.BULK_CHUNK_JOBS = ops.BULK_CHUNK_BYTES = 10**12
+    try:
+        time.sleep(0.2)
+        t = time.perf_counter()
+        q.add_bulk(items)
+        secs = time.perf_counter() - t
+        time.sleep(0.2)
+    finally:
+        ops.BULK_CHUNK_JOBS, ops.BULK_CHUNK_BYTES = saved
+        with open(flag, "w") as f:
+            f.write("stop")
+    worst, pings = pinger.stdout.readline().split()
+    pinger.wait(30)
+    slow = [e for e in r.slowlog_get(100_000)
+            if str(e.get("command", b"")).lower().startswith(("evalsha", "eval", "b'eval"))]
+    calls = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    assert r.zcard(f"nbq:{{{QUEUE}}}:wait") == n, "not every job arrived"
+    return {"jobs": n, "seconds": secs, "rate": n / secs, "script_calls": calls,
+            "longest_ping_gap_ms": float(worst) * 1000, "pings": int(pings),
+            "longest_script_ms": max((e["duration"] for e in slow), default=0) / 1000}
+
+
+def add_cost(server: RedisServer, n: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+    from nbqueue import ops
+
+    r = redis.Redis(port=server.port, decode_responses=True)
+    out: dict[str, list[tuple[float, float, float]]] = {"with token": [], "no token": []}
+    real = ops.new_token
+    for _ in range(rounds):
+        for variant in ("with token", "no token"):
+            r.flushall()
+            q = _queue(server.url)
+            q.add({"type": "warm"})
+            ops.new_token = real if variant == "with token" else (lambda: "")  # type: ignore[assignment]
+            try:
+                mem0, cpu0 = int(r.info("memory")["used_memory"]), cpu_now(r)
+                t = time.perf_counter()
+                for i in range(n):
+                    q.add({"type": "t", "payload": {"i": i}})
+                wall = (time.perf_counter() - t) / n * 1e6
+                cpu = (cpu_now(r) - cpu0) / n * 1e6
+                mem = (int(r.info("memory")["used_memory"]) - mem0) / n
+            finally:
+                ops.new_token = real  # type: ignore[assignment]
+            out[variant].append((wall, cpu, mem))
+    res = {}
+    for variant, rows in out.items():
+        res[variant] = {"us_per_add": statistics.median(x[0] for x in rows),
+                        "redis_cpu_us_per_add": statistics.median(x[1] for x in rows),
+                        "redis_bytes_per_add": statistics.median(x[2] for x in rows)}
+    res["token"] = {k: res["with token"][k] - res["no token"][k] for k in res["with token"]}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__)
+    p.add_argument("--bulk", type=int, default=1_000_000)
+    p.add_argument("--unchunked", type=int, default=0,
+                   help="also run a bulk of this many jobs with chunking off (before)")
+    p.add_argument("--adds", type=int, default=5000)
+    a = p.parse_args(argv)
+    server = RedisServer().start()
+    try:
+        if a.adds:
+            for variant, row in add_cost(server, a.adds).items():
+                print(f"add one at a time, {variant:10}: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+        if a.unchunked:
+            row = bulk_gap(server, a.unchunked, chunked=False)
+            print("bulk, one script call: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
+                  flush=True)
+        if a.bulk:
+            row = bulk_gap(server, a.bulk)
+            print("bulk, chunked:         " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
+                  flush=True)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
