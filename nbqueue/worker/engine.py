@@ -25,7 +25,7 @@ import redis
 
 from ..backoff import BackoffStrategy
 from ..connection import Connection
-from ..errors import RedisUnavailableError
+from ..errors import RedisOutOfMemoryError, RedisUnavailableError
 from ..job import JobBase, ProgressSink
 from ..keys import DEAD_LETTER_QUEUE, DEFAULT_PREFIX
 from ..ops import QueueOps
@@ -252,7 +252,13 @@ class Engine:
         done, progress, logs, stats = parcel
         try:
             if progress or logs:
-                await outbox.send_extras(progress, logs)
+                try:
+                    await outbox.send_extras(progress, logs)
+                except RedisOutOfMemoryError as exc:
+                    # Progress and log lines are what a full Redis refuses; the finished jobs
+                    # that follow must still be recorded (finishing frees memory).
+                    log.warning("worker %s: %s; dropped %d progress reports and the log lines "
+                                "of %d jobs", self.token, exc, len(progress), len(logs))
             if done or stats:
                 oks, fetched = await fetcher.finish(done, stats, want)
             elif want > 0:

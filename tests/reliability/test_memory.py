@@ -90,8 +90,14 @@ def test_full_redis_refuses_adds_by_name_and_workers_still_drain_it(
 
     # Workers finish everything on the full server (retention trims completed jobs as they
     # finish, which frees memory).
+    def work(job: Any) -> str:
+        # progress and log lines are refused on a full Redis: the jobs must finish anyway
+        job.update_progress(50)
+        job.log("a line")
+        return "ok"
+
     done = threading.Event()
-    with Worker("mem", lambda job: "ok", conn, concurrency=4):
+    with Worker("mem", work, conn, concurrency=4):
         assert wait_until(lambda: r.zcard("nbq:{mem}:wait") == 0
                           and r.zcard("nbq:{mem}:active") == 0, 120), q.get_metrics()
         done.set()
