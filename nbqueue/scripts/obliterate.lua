@@ -23,14 +23,8 @@ for _, sid in ipairs(redis.call('ZRANGE', base .. 'schedulers', 0, -1)) do
   redis.call('DEL', base .. 'scheduler:' .. sid)
 end
 redis.call('DEL', base .. 'schedulers')
--- add tokens (add.lua): short-lived keys whose names cannot be known; one SCAN of this
--- node's keys (obliterate is rare; they would otherwise expire within minutes anyway)
-local cursor = '0'
-repeat
-  local r = redis.call('SCAN', cursor, 'MATCH', BASE:gsub('[%*%?%[%]\\]', '\\%0') .. 'add:*',
-    'COUNT', 1000)
-  cursor = r[1]
-  if #r[2] > 0 then redis.call('DEL', unpack(r[2])) end
-until cursor == '0'
+-- add tokens (add.lua: BASE .. 'add:<token>') are not looked for: finding them would take
+-- a SCAN of the whole keyspace inside this script (Redis blocked meanwhile); they expire by
+-- themselves within ops.ADD_TOKEN_TTL_MS.
 redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS)
 return n
