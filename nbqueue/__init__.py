@@ -5,6 +5,7 @@ The blocking API lives here; ``nbqueue.aio`` has the same names, awaitable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .batch import JobBatch, chunk_frame
@@ -28,20 +29,78 @@ from .job import Job
 from .manager import QueueManager
 from .predefined import (
     QueueName,
-    queue_llm_request,
-    queue_notification,
-    queue_service,
-    queue_workflow,
+    QueueService,
+    llm_request_job,
+    notification_job,
+    workflow_job,
 )
-from .queue import Queue
+from .queue import Queue, QueueBase
 from .records import Event
-from .scheduler import list_schedulers, remove_scheduler, schedule_recurring_job
+from .scheduler import JobScheduler, SchedulerInfo
 from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 queue_manager = QueueManager()
+queue_service = QueueService(queue_manager)
+
+
+# -- functions that resolve queue names through queue_manager ---------------------------------
+def _queue(queue: str | Queue) -> Queue:
+    if isinstance(queue, Queue):
+        return queue
+    if isinstance(queue, QueueBase):
+        raise TypeError("an nbqueue.aio.Queue needs the awaitable nbqueue.aio functions")
+    return queue_manager.get_queue(queue)
+
+
+def schedule_recurring_job(queue: str | Queue, data: Mapping[str, Any], cron: str | None = None,
+                           *, every: Any = None, tz: Any = None, scheduler_id: str | None = None,
+                           start: Any = None, end: Any = None, limit: int | None = None,
+                           **job_options: Any) -> SchedulerInfo:
+    """Add ``data`` to ``queue`` on a cron pattern (``"0 9 * * *"``) or ``every=`` interval.
+
+    ``queue`` is a name (``QueueName``) of ``nbqueue.queue_manager`` or a ``Queue``. ``tz``:
+    IANA zone of the pattern (default UTC). ``start``/``end``: datetimes or epoch ms;
+    ``limit``: at most this many jobs. Other keywords are job options (priority, attempts,
+    backoff, timeout, remove_on_*). Upserts by ``scheduler_id`` (default
+    ``<queue>:<type>:<pattern>``): running it again updates instead of adding a schedule.
+    """
+    return JobScheduler(_queue(queue)).upsert(
+        data, cron, every=every, tz=tz, scheduler_id=scheduler_id, start=start, end=end,
+        limit=limit, **job_options)
+
+
+def list_schedulers(queue: str | Queue) -> list[SchedulerInfo]:
+    """The job schedulers of ``queue``."""
+    return JobScheduler(_queue(queue)).list()
+
+
+def remove_scheduler(queue: str | Queue, scheduler_id: str) -> bool:
+    """Delete a scheduler and its pending (not yet started) job; False if there was none."""
+    return JobScheduler(_queue(queue)).remove(scheduler_id)
+
+
+def queue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
+                   priority: Any = None, **opts: Any) -> str:
+    """Queue a workflow run on ``QueueName.WORKFLOW``; returns the job id."""
+    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
+    return str(_queue(name).add(data, **options).id)
+
+
+def queue_llm_request(model: str, prompt: str, *, priority: Any = None, **opts: Any) -> str:
+    """Queue an LLM call on ``QueueName.LLM_REQUESTS`` (10/s, 3 at a time); returns the id."""
+    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
+    return str(_queue(name).add(data, **options).id)
+
+
+def queue_notification(user_id: str, message: str, *, channel: str | None = None,
+                       **opts: Any) -> str:
+    """Queue a notification for ``user_id`` on ``QueueName.NOTIFICATIONS``; returns the id."""
+    name, data, options = notification_job(user_id, message, channel=channel, **opts)
+    return str(_queue(name).add(data, **options).id)
+
 
 # -- notebook layer (imported lazily: pandas and ipywidgets load only when used) --------------
 from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: E402

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, cast
 
 from . import worker as _worker
@@ -14,7 +15,16 @@ from .connection import Connection, connect
 from .errors import *  # noqa: F403  (the same exceptions as nbqueue)
 from .job import AsyncJob as Job
 from .manager import QueueManager as _SyncManager
+from .predefined import (
+    AsyncQueueService,
+    QueueName,
+    llm_request_job,
+    notification_job,
+    workflow_job,
+)
 from .queue import AsyncQueue as Queue
+from .queue import QueueBase
+from .scheduler import AsyncJobScheduler, SchedulerInfo
 from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 
 JobBatch = AsyncJobBatch
@@ -106,15 +116,59 @@ class QueueManager(_SyncManager):
 queue_manager = QueueManager()
 
 
+queue_service = AsyncQueueService(queue_manager)
+
+
 # -- recurring jobs and the seed's predefined queues, awaitable ------------------------------
-from .predefined import QueueName  # noqa: E402
-from .predefined import aqueue_llm_request as queue_llm_request  # noqa: E402
-from .predefined import aqueue_notification as queue_notification  # noqa: E402
-from .predefined import aqueue_service as queue_service  # noqa: E402
-from .predefined import aqueue_workflow as queue_workflow  # noqa: E402
-from .scheduler import alist_schedulers as list_schedulers  # noqa: E402
-from .scheduler import aremove_scheduler as remove_scheduler  # noqa: E402
-from .scheduler import aschedule_recurring_job as schedule_recurring_job  # noqa: E402
+def _queue(queue: str | Queue) -> Queue:
+    if isinstance(queue, Queue):
+        return queue
+    if isinstance(queue, QueueBase):
+        raise TypeError("a blocking nbqueue.Queue needs the blocking nbqueue functions")
+    return cast(Queue, queue_manager.get_queue(queue))
+
+
+async def schedule_recurring_job(queue: str | Queue, data: Mapping[str, Any],
+                                 cron: str | None = None, *, every: Any = None, tz: Any = None,
+                                 scheduler_id: str | None = None, start: Any = None,
+                                 end: Any = None, limit: int | None = None,
+                                 **job_options: Any) -> SchedulerInfo:
+    """The awaitable ``nbqueue.schedule_recurring_job``."""
+    return await AsyncJobScheduler(_queue(queue)).upsert(
+        data, cron, every=every, tz=tz, scheduler_id=scheduler_id, start=start, end=end,
+        limit=limit, **job_options)
+
+
+async def list_schedulers(queue: str | Queue) -> list[SchedulerInfo]:
+    """The awaitable ``nbqueue.list_schedulers``."""
+    return await AsyncJobScheduler(_queue(queue)).list()
+
+
+async def remove_scheduler(queue: str | Queue, scheduler_id: str) -> bool:
+    """The awaitable ``nbqueue.remove_scheduler``."""
+    return await AsyncJobScheduler(_queue(queue)).remove(scheduler_id)
+
+
+async def queue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
+                         priority: Any = None, **opts: Any) -> str:
+    """The awaitable ``nbqueue.queue_workflow``."""
+    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
+    return str((await _queue(name).add(data, **options)).id)
+
+
+async def queue_llm_request(model: str, prompt: str, *, priority: Any = None,
+                            **opts: Any) -> str:
+    """The awaitable ``nbqueue.queue_llm_request``."""
+    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
+    return str((await _queue(name).add(data, **options)).id)
+
+
+async def queue_notification(user_id: str, message: str, *, channel: str | None = None,
+                             **opts: Any) -> str:
+    """The awaitable ``nbqueue.queue_notification``."""
+    name, data, options = notification_job(user_id, message, channel=channel, **opts)
+    return str((await _queue(name).add(data, **options)).id)
+
 
 __all__ += ["QueueName", "list_schedulers", "queue_llm_request", "queue_notification",
             "queue_service", "queue_workflow", "remove_scheduler", "schedule_recurring_job"]

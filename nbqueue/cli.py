@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import NbqueueError
+from .tables import METRIC_COLUMNS, WORKER_COLUMNS, format_table
 
 
 def _load_processor(spec: str) -> Any:
@@ -35,20 +36,6 @@ def _load_processor(spec: str) -> Any:
     for part in attr.split("."):
         fn = getattr(fn, part)
     return fn
-
-
-def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c)
-              for c in columns}
-    line = "  ".join(c.ljust(widths[c]) for c in columns)
-    out = [line, "  ".join("-" * widths[c] for c in columns)]
-    for r in rows:
-        out.append("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
-    return "\n".join(out)
-
-
-METRIC_COLUMNS = ("queue_name", "waiting", "active", "delayed", "completed", "failed",
-                  "paused", "total")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -87,10 +74,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
                      "total": st["waiting"] + st["active"] + st["delayed"]})
     print(format_table(rows, METRIC_COLUMNS) if rows else "no queues")
     return 0
-
-
-WORKER_COLUMNS = ("queue", "id", "host", "pid", "mode", "concurrency", "active", "started",
-                  "heartbeat")
 
 
 def cmd_workers(args: argparse.Namespace) -> int:

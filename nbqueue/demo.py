@@ -13,10 +13,10 @@ import secrets
 import time
 from typing import Any
 
-from .cli import format_table
 from .connection import connect
 from .keys import DEAD_LETTER_QUEUE
 from .manager import QueueManager
+from .tables import format_table
 from .types import JobPriority, JobState
 
 DEMO_PREFIX = "demo_data_processing_"

@@ -136,3 +136,4 @@ class QueueKeys:
         except KeyError:
             raise InvalidOptionError(
                 f"unknown job state {state!r}; use one of {', '.join(sets)}") from None
+

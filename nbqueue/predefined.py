@@ -5,8 +5,11 @@ rate limits. ``queue_service.initialize()`` creates every predefined queue (writ
 limit, or clearing a stale one, in Redis) and starts a worker for each queue that has a
 processor registered with ``queue_manager.register_processor``; ``shutdown()`` stops them.
 ``queue_workflow``, ``queue_llm_request`` and ``queue_notification`` add the seed's jobs and
-return the job id. The same names in ``nbqueue.aio`` are awaitable (the ``a``-prefixed
-functions and ``AsyncQueueService`` here).
+return the job id. The same names in ``nbqueue.aio`` are awaitable.
+
+This module is pure (no manager): the job builders below say what each helper adds, and the
+facades (``nbqueue``, ``nbqueue.aio``) own the functions that add them through their
+default ``queue_manager``, and the ``queue_service`` bound to it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from typing import Any
-
-from .scheduler import aschedule_recurring_job, schedule_recurring_job
 
 
 class QueueName(str, enum.Enum):
@@ -82,71 +83,11 @@ def notification_job(user_id: str, message: str, *, channel: str | None = None,
     return QueueName.NOTIFICATIONS.value, data, opts
 
 
-def _sync_manager() -> Any:
-    import nbqueue
-
-    return nbqueue.queue_manager
-
-
-def _async_manager() -> Any:
-    from . import aio
-
-    return aio.queue_manager
-
-
-def queue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
-                   priority: Any = None, **opts: Any) -> str:
-    """Queue a workflow run on ``QueueName.WORKFLOW``; returns the job id."""
-    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
-    return str(_sync_manager().queue(name).add(data, **options).id)
-
-
-def queue_llm_request(model: str, prompt: str, *, priority: Any = None, **opts: Any) -> str:
-    """Queue an LLM call on ``QueueName.LLM_REQUESTS`` (10/s, 3 at a time); returns the id."""
-    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
-    return str(_sync_manager().queue(name).add(data, **options).id)
-
-
-def queue_notification(user_id: str, message: str, *, channel: str | None = None,
-                       **opts: Any) -> str:
-    """Queue a notification for ``user_id`` on ``QueueName.NOTIFICATIONS``; returns the id."""
-    name, data, options = notification_job(user_id, message, channel=channel, **opts)
-    return str(_sync_manager().queue(name).add(data, **options).id)
-
-
-async def aqueue_workflow(workflow_name: str, input: Mapping[str, Any] | None = None, *,
-                          priority: Any = None, **opts: Any) -> str:
-    """``nbqueue.aio.queue_workflow``."""
-    name, data, options = workflow_job(workflow_name, input, priority=priority, **opts)
-    return str((await _async_manager().queue(name).add(data, **options)).id)
-
-
-async def aqueue_llm_request(model: str, prompt: str, *, priority: Any = None,
-                             **opts: Any) -> str:
-    """``nbqueue.aio.queue_llm_request``."""
-    name, data, options = llm_request_job(model, prompt, priority=priority, **opts)
-    return str((await _async_manager().queue(name).add(data, **options)).id)
-
-
-async def aqueue_notification(user_id: str, message: str, *, channel: str | None = None,
-                              **opts: Any) -> str:
-    """``nbqueue.aio.queue_notification``."""
-    name, data, options = notification_job(user_id, message, channel=channel, **opts)
-    return str((await _async_manager().queue(name).add(data, **options)).id)
-
-
 # -- queue_service ----------------------------------------------------------------------
 class _ServiceBase:
-    def __init__(self, manager: Any = None) -> None:
-        self._manager_arg = manager
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
         self.started: list[str] = []  # queues whose workers initialize() started
-
-    @property
-    def manager(self) -> Any:
-        return self._manager_arg if self._manager_arg is not None else self._default_manager()
-
-    def _default_manager(self) -> Any:
-        raise NotImplementedError
 
     def _queues(self) -> list[Any]:
         """Every predefined queue, created with the seed's settings on first use."""
@@ -158,10 +99,8 @@ class _ServiceBase:
 
 
 class QueueService(_ServiceBase):
-    """The seed's ``queueService`` over ``nbqueue.queue_manager`` (or ``manager``)."""
-
-    def _default_manager(self) -> Any:
-        return _sync_manager()
+    """The seed's ``queueService`` over ``manager`` (``nbqueue.queue_service``: over
+    ``nbqueue.queue_manager``)."""
 
     def initialize(self, *, mode: str = "thread", **worker_options: Any) -> list[str]:
         """Create all predefined queues (rate limits written to Redis) and start a worker
@@ -184,9 +123,6 @@ class QueueService(_ServiceBase):
 class AsyncQueueService(_ServiceBase):
     """``nbqueue.aio.queue_service``: awaitable ``initialize()``/``shutdown()``."""
 
-    def _default_manager(self) -> Any:
-        return _async_manager()
-
     async def initialize(self, *, mode: str = "asyncio", **worker_options: Any) -> list[str]:
         """See :meth:`QueueService.initialize`; workers default to the running loop."""
         for q in self._queues():
@@ -203,10 +139,5 @@ class AsyncQueueService(_ServiceBase):
         self.started = []
 
 
-queue_service = QueueService()
-aqueue_service = AsyncQueueService()
-
 __all__ = ["QUEUE_CONFIGS", "AsyncQueueService", "QueueName", "QueueService",
-           "aqueue_llm_request", "aqueue_notification", "aqueue_service", "aqueue_workflow",
-           "aschedule_recurring_job", "queue_llm_request", "queue_notification",
-           "queue_service", "queue_workflow", "schedule_recurring_job"]
+           "llm_request_job", "notification_job", "workflow_job"]

@@ -22,6 +22,7 @@ import redis.cluster
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from . import direct, scripts
+from .connection import describe_client
 from .errors import RedisOutOfMemoryError, RedisUnavailableError
 
 T = TypeVar("T")
@@ -58,8 +59,6 @@ _CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _unavailable(client: Any, exc: BaseException) -> RedisUnavailableError:
-    from .connection import describe_client  # late: connection imports protocol
-
     return RedisUnavailableError(f"Redis is unavailable at {describe_client(client)}: {exc}")
 
 
@@ -83,8 +82,6 @@ def _out_of_memory(client: Any, step: Call | Batch,
     write for want of memory (``-OOM``, also as wrapped by Redis 6 inside a script error)."""
     if not isinstance(exc, OutOfMemoryError) and "OOM command not allowed" not in str(exc):
         return None
-    from .connection import describe_client  # late: connection imports protocol
-
     queue = _step_queue(step)
     what = f"queue {queue!r}" if queue else "nbqueue"
     return RedisOutOfMemoryError(

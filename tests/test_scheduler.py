@@ -17,16 +17,16 @@ import redis
 
 import nbqueue
 import nbqueue.aio
-from nbqueue import InvalidOptionError, Queue, Worker
-from nbqueue.connection import Connection
-from nbqueue.scheduler import (
-    Schedule,
+from nbqueue import (
+    InvalidOptionError,
+    Queue,
+    Worker,
     list_schedulers,
-    make_schedule,
-    parse_tick_job_id,
     remove_scheduler,
     schedule_recurring_job,
 )
+from nbqueue.connection import Connection
+from nbqueue.scheduler import Schedule, make_schedule, parse_tick_job_id
 
 from .helpers import wait_for
 

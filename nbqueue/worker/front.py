@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ..backoff import BackoffStrategy
+from ..codejobs import wrap_processor
 from ..connection import Connection, connect
 from ..durations import to_ms
 from ..errors import InvalidOptionError, NbqueueError
@@ -55,8 +56,6 @@ class Worker:
         queue_name = validate_queue_name(queue_name)
         if allow_code:
             # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
-            from ..codejobs import wrap_processor
-
             processor = wrap_processor(processor, secret)
         if not callable(processor):
             raise TypeError(f"processor must be callable, not {type(processor).__name__}")
