@@ -11,16 +11,22 @@ from typing import Any
 from .batch import JobBatch, chunk_frame
 from .connection import Connection, connect
 from .errors import (
+    CodeSignatureError,
     EvictionPolicyError,
     InvalidOptionError,
+    JobActiveError,
+    JobCancelledError,
     JobFailedError,
     JobNotFoundError,
     JobStateError,
     JobTimeoutError,
     NbqueueError,
+    NoServerError,
     PayloadTooLargeError,
+    QueueBusyError,
     RedisOutOfMemoryError,
     RedisUnavailableError,
+    ResultTimeoutError,
     SignatureError,
     UnknownQueueError,
     UnrecoverableError,
@@ -121,12 +127,14 @@ def export(df: Any, path: Any, **kwargs: Any) -> Any:
     return _export(df, path, **kwargs)
 
 __all__ = [
-    "Connection", "Event", "EvictionPolicyError", "InvalidOptionError", "Job", "JobFailedError",
-    "JobNotFoundError", "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError",
-    "NbqueueError", "PayloadTooLargeError", "Queue", "QueueManager", "QueueMetrics", "QueueName",
-    "RedisOutOfMemoryError", "RedisUnavailableError", "SignatureError", "UnknownQueueError",
-    "UnrecoverableError", "Worker", "WorkerInfo", "connect", "dashboard", "export",
-    "load_ipython_extension", "queue_manager", "unload_ipython_extension",
+    "CodeSignatureError", "Connection", "Event", "EvictionPolicyError", "InvalidOptionError",
+    "Job", "JobActiveError", "JobCancelledError", "JobFailedError", "JobNotFoundError",
+    "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError", "NbqueueError",
+    "NoServerError", "PayloadTooLargeError", "Queue", "QueueBusyError", "QueueManager",
+    "QueueMetrics", "QueueName", "RedisOutOfMemoryError", "RedisUnavailableError",
+    "ResultTimeoutError", "SignatureError", "UnknownQueueError", "UnrecoverableError", "Worker",
+    "WorkerInfo", "connect", "dashboard", "export", "load_ipython_extension", "queue_manager",
+    "unload_ipython_extension",
 ]
 
 # -- recurring jobs and the seed's predefined queues (nbqueue.scheduler, nbqueue.predefined)

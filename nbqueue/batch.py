@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import InvalidOptionError, JobFailedError, JobNotFoundError
+from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .protocol import Batch, Call, Op
 from .records import parse_traces
 
@@ -359,7 +359,7 @@ class JobBatchBase(list["JobBase"]):
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 bar.update(done, failed, final=True)
-                raise TimeoutError(f"{len(self) - done} of {len(self)} job(s) not finished "
+                raise ResultTimeoutError(f"{len(self) - done} of {len(self)} job(s) not finished "
                                    f"after {timeout:g}s ({failed} failed); they keep "
                                    "running: wait again, or cancel()")
             yield from self._wait_step(deadline)
@@ -433,7 +433,7 @@ class JobBatchBase(list["JobBase"]):
         by_key = {(j.queue.name, j.id): j for j in self}
         while tracker.pending:
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"{tracker.pending} job(s) of the batch not finished "
+                raise ResultTimeoutError(f"{tracker.pending} job(s) of the batch not finished "
                                    "in time")
             newly = yield from self._wait_step(deadline)
             if newly:

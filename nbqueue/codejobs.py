@@ -34,7 +34,7 @@ import secrets
 import threading
 from typing import Any
 
-from .errors import SignatureError, UnrecoverableError
+from .errors import CodeSignatureError, UnrecoverableError
 from .processor import is_async
 
 __all__ = ["CODE_JOB_TYPE", "DEFAULT_TTL_MS", "CodeSignatureError", "add_code_job",
@@ -48,10 +48,6 @@ DEFAULT_TTL_MS = 120_000
 
 _generated: bytes | None = None
 _lock = threading.Lock()
-
-
-class CodeSignatureError(SignatureError, UnrecoverableError):
-    """A code job whose signature is missing or wrong: failed at once, never run."""
 
 
 def get_secret() -> bytes:

@@ -62,6 +62,19 @@ class JobStateError(NbqueueError, ValueError):
     delayed, re-prioritise an active one, update the data of a finished one...)."""
 
 
+class JobActiveError(JobStateError):
+    """The job is active (locked by a worker): it cannot be removed now."""
+
+
+class QueueBusyError(NbqueueError):
+    """The queue has active jobs: ``obliterate()`` refuses without ``force=True``."""
+
+
+class ResultTimeoutError(NbqueueError, TimeoutError):
+    """Waiting for a job's (or a batch's) result took longer than the timeout given; the
+    jobs keep running. Also a builtin ``TimeoutError``."""
+
+
 class JobFailedError(NbqueueError):
     """Raised by ``job.result()`` when the job ended failed; carries the reason.
 
@@ -88,10 +101,6 @@ class JobCancelledError(NbqueueError):
     error type ``cancelled``, without retry."""
 
 
-class LockLostError(NbqueueError):
-    """A worker tried to finish a job whose lock it no longer holds."""
-
-
 class UnrecoverableError(NbqueueError):
     """Raise inside a processor to fail the job at once, without further attempts."""
 
@@ -102,6 +111,10 @@ class JobTimeoutError(NbqueueError, TimeoutError):
 
 class SignatureError(NbqueueError):
     """A code job's HMAC signature is missing or wrong; the job is never run."""
+
+
+class CodeSignatureError(SignatureError, UnrecoverableError):
+    """A code job whose signature is missing or wrong: failed at once, never run."""
 
 
 NOTEBOOK_EXTRA = "nbqueue[notebook]"

@@ -118,6 +118,19 @@ class QueueKeys:
         """The list a parked worker BLPOPs: jobs handed over by ``add.lua`` land here."""
         return f"{self.base}h:{token}"
 
+    @property
+    def schedulers(self) -> str:
+        """The ZSET of the queue's job schedulers (see ``nbqueue.scheduler``)."""
+        return self.base + "schedulers"
+
+    @property
+    def scheduler_prefix(self) -> str:
+        """Prefix of one job scheduler's HASH (``scheduler(id)``)."""
+        return self.base + "scheduler:"
+
+    def scheduler(self, scheduler_id: str) -> str:
+        return self.scheduler_prefix + scheduler_id
+
     def minute(self, minute: int) -> str:
         """The per-minute history hash (see finish.lua)."""
         return f"{self.stats}:m:{minute}"

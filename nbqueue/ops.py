@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
 import logging
@@ -19,10 +20,13 @@ from typing import Any
 from . import serialization
 from .errors import (
     InvalidOptionError,
+    JobActiveError,
     JobFailedError,
     JobNotFoundError,
     JobStateError,
     NbqueueError,
+    QueueBusyError,
+    ResultTimeoutError,
 )
 from .keys import DEFAULT_PREFIX, QueueKeys, registry_key
 from .options import JobOptions, default_options, merge_options
@@ -68,12 +72,24 @@ def new_token() -> str:
     return os.urandom(12).hex()
 
 
+class OutcomeKind(str, enum.Enum):
+    """How an attempt ended, as ``finish.lua`` takes it (one letter on the wire)."""
+
+    COMPLETED = "c"
+    FAILED = "f"  # failed at once, never retried (unrecoverable, bad result, corrupt...)
+    EXHAUSTED = "x"  # failed, attempts exhausted
+    RETRY = "r"  # back to wait (or delayed by the backoff) for another attempt
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Outcome:
     """How one attempt ended, as the finish script takes it."""
 
     job: JobRecord
-    kind: str  # c completed | f failed | x failed, attempts exhausted | r retry
+    kind: OutcomeKind
     value: str  # result JSON (c) or failure reason
     error_type: str = ""
     retry_delay: int = 0
@@ -82,7 +98,7 @@ class Outcome:
 
     @property
     def terminal_failure(self) -> bool:
-        return self.kind in ("f", "x")
+        return self.kind is OutcomeKind.FAILED or self.kind is OutcomeKind.EXHAUSTED
 
 
 @dataclass
@@ -385,14 +401,14 @@ class QueueOps:
     def remove(self, job_id: str) -> Op[bool]:
         r = int((yield self.call("remove", str(job_id))))
         if r < 0:
-            raise NbqueueError(f"job {job_id} is active (locked by a worker) and cannot be "
+            raise JobActiveError(f"job {job_id} is active (locked by a worker) and cannot be "
                                "removed now; remove it once it has finished")
         return r == 1
 
     def obliterate(self, force: bool = False) -> Op[int]:
         r = int((yield self.call("obliterate", "1" if force else "0")))
         if r < 0:
-            raise NbqueueError(f"queue {self.name!r} has active jobs; stop its workers or "
+            raise QueueBusyError(f"queue {self.name!r} has active jobs; stop its workers or "
                                "pass force=True")
         # Out of the registry too (another slot on a cluster, hence a second call). A
         # process still adding to this queue registers it again within a minute.
@@ -513,7 +529,7 @@ class QueueOps:
         if code == 0:
             raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
         if code == -2:
-            raise NbqueueError(f"job {job_id} of {self.name!r} is in state {state!r}, "
+            raise JobStateError(f"job {job_id} of {self.name!r} is in state {state!r}, "
                                "which cancel does not handle")
         return code > 0
 
@@ -554,7 +570,7 @@ class QueueOps:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+                    raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s")
                 block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
                 last, events = yield from self.read_events(last, block)
                 if not events:
@@ -605,10 +621,10 @@ class QueueOps:
         for field, inc in stats.items():
             args += [field, inc]
         for o in outcomes:
-            keep = (o.job.opts.remove_on_complete if o.kind == "c"
+            keep = (o.job.opts.remove_on_complete if o.kind is OutcomeKind.COMPLETED
                     else o.job.opts.remove_on_fail)
             atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
-            args += [o.job.id, o.job.lock or "", o.kind, _wire_text(o.value),
+            args += [o.job.id, o.job.lock or "", o.kind.value, _wire_text(o.value),
                      _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms,
                      _wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield self.call("finish", *args)

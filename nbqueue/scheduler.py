@@ -240,8 +240,8 @@ class SchedulerOps:
 
     def __init__(self, ops: QueueOps) -> None:
         self.ops = ops
-        self.zset = ops.keys.base + "schedulers"
-        self.hash_prefix = ops.keys.base + "scheduler:"
+        self.zset = ops.keys.schedulers
+        self.hash_prefix = ops.keys.scheduler_prefix
 
     def call(self, script: str, *args: Any) -> Call:
         """``script`` with the queue's key prefix plus the schedulers ZSET."""

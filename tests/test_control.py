@@ -37,10 +37,10 @@ def _take(q, want=100, token="tok"):
 
 def _finish(q, ids, token="tok"):
     """Complete fetched jobs (the worker's finish call)."""
-    from nbqueue.ops import Outcome
+    from nbqueue.ops import Outcome, OutcomeKind
 
     records = q._run(q._ops.get_jobs_by_id(ids))
-    outcomes = [Outcome(rec, "c", "null") for rec in records]
+    outcomes = [Outcome(rec, OutcomeKind.COMPLETED, "null") for rec in records]
     oks, _ = q._run(q._ops.finish(outcomes, {}, 0, token, 30_000))
     assert all(oks)
 

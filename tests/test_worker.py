@@ -302,9 +302,10 @@ def test_lost_lock_outcome_is_dropped(conn, r):
     job = q.add({"type": "t"})
     fetched = q._run(q._ops.fetch(1, "w1", 30_000)).jobs[0]
     r.hset("nbq:{ll}:job:" + job.id, "lk", "someone-else")
-    from nbqueue.ops import Outcome
+    from nbqueue.ops import Outcome, OutcomeKind
 
-    oks, _ = q._run(q._ops.finish([Outcome(fetched, "c", "1")], {}, 0, "w1", 30_000))
+    done = [Outcome(fetched, OutcomeKind.COMPLETED, "1")]
+    oks, _ = q._run(q._ops.finish(done, {}, 0, "w1", 30_000))
     assert oks == [False]
     assert q.get_job_status(job.id).state is JobState.ACTIVE
 

@@ -26,7 +26,13 @@ except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no
 
 from ..batch import JobBatch, _is_dataframe
 from ..durations import to_ms
-from ..errors import InvalidOptionError, JobNotFoundError, JobStateError, UnknownQueueError
+from ..errors import (
+    InvalidOptionError,
+    JobNotFoundError,
+    JobStateError,
+    ResultTimeoutError,
+    UnknownQueueError,
+)
 from ..types import JobState
 
 __all__ = ["JobBatch", "NbqueueMagics"]  # JobBatch: nbqueue.batch, kept importable here
@@ -85,7 +91,7 @@ def _wait_for(jobs: list[Any], timeout_s: float | None, poll_ui: Any) -> list[An
             break
         if timeout_s is not None and elapsed >= timeout_s:
             left = sum(j.state not in _FINISHED for j in jobs)
-            raise TimeoutError(f"{left} job(s) not finished after {timeout_s:g}s "
+            raise ResultTimeoutError(f"{left} job(s) not finished after {timeout_s:g}s "
                                "(they keep running; use job.result() to wait again)")
         time.sleep(POLL_S)
     return [j.result(timeout=0) for j in jobs]

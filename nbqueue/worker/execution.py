@@ -20,7 +20,7 @@ from typing import Any
 from ..backoff import BackoffStrategy
 from ..errors import JobTimeoutError, UnrecoverableError
 from ..job import JobBase, ProgressSink
-from ..ops import Outcome
+from ..ops import Outcome, OutcomeKind
 from ..processor import Processor
 from ..records import JobRecord
 from ..serialization import dumps
@@ -41,14 +41,16 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
         if isinstance(result, Mapping) and result.get("success") is False:
             # The seed's "mark as failed": a structured failure, never retried.
             reason = str(result.get("error") or "processor returned success=False")
-            return Outcome(job, "f", reason, "returned_failure")
+            return Outcome(job, OutcomeKind.FAILED, reason, "returned_failure")
         try:
-            return Outcome(job, "c", dumps(result, "the processor's return value",
-                                           strict=False))
+            return Outcome(job, OutcomeKind.COMPLETED,
+                           dumps(result, "the processor's return value", strict=False))
         except Exception as exc:  # not JSON (or too deep, or circular): the job fails
-            return Outcome(job, "f", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return Outcome(job, OutcomeKind.FAILED, f"{type(exc).__name__}: {exc}",
+                           type(exc).__name__)
     if isinstance(error, UnrecoverableError):
-        return Outcome(job, "f", str(error) or "unrecoverable error", "unrecoverable")
+        return Outcome(job, OutcomeKind.FAILED, str(error) or "unrecoverable error",
+                       "unrecoverable")
     etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
     reason = str(error) or type(error).__name__
     attempts_made = job.attempts_made + 1
@@ -60,8 +62,8 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
                                                  backoff_strategy)
             except Exception as exc:  # a broken custom strategy must not lose the job
                 log.warning("backoff strategy failed (%s); retrying without delay", exc)
-        return Outcome(job, "r", reason, etype, delay)
-    return Outcome(job, "x", reason, etype)
+        return Outcome(job, OutcomeKind.RETRY, reason, etype, delay)
+    return Outcome(job, OutcomeKind.EXHAUSTED, reason, etype)
 
 
 def safe_classify(record: JobRecord, result: Any, error: BaseException | None,
@@ -71,8 +73,8 @@ def safe_classify(record: JobRecord, result: Any, error: BaseException | None,
     try:
         return classify(record, result, error, strategy, job)
     except Exception as exc:
-        return Outcome(record, "f", f"could not record the outcome: {type(exc).__name__}",
-                       type(exc).__name__)
+        return Outcome(record, OutcomeKind.FAILED,
+                       f"could not record the outcome: {type(exc).__name__}", type(exc).__name__)
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -80,7 +82,7 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def _shutdown_outcome(record: JobRecord) -> Outcome:
-    return Outcome(record, "r", "released at worker shutdown", "shutdown",
+    return Outcome(record, OutcomeKind.RETRY, "released at worker shutdown", "shutdown",
                    attempts_made=record.attempts_made)
 
 
@@ -146,7 +148,7 @@ class Execution:
     def complete(self, record: JobRecord, outcome: Outcome, duration: float) -> None:
         """Book a finished attempt; it is sent with the next flush. Its slot goes to the
         next ready job at once."""
-        if outcome.kind == "c":
+        if outcome.kind is OutcomeKind.COMPLETED:
             self.processed += 1
         elif outcome.terminal_failure:
             self.failed += 1

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..ops import Outcome, QueueOps
+from ..ops import Outcome, OutcomeKind, QueueOps
 from ..protocol import Call, run_async, single
 from ..records import Fetched, JobRecord
 from ..scheduler import TickFollower
@@ -76,7 +76,8 @@ class Fetcher:
         for corrupt in fetched.corrupt:
             record = JobRecord(id=corrupt.job_id, name="", data={},
                                opts=self.ops.defaults, lock=corrupt.lock)
-            self.outbox.done.append(Outcome(record, "f", corrupt.reason, "corrupt"))
+            self.outbox.done.append(
+                Outcome(record, OutcomeKind.FAILED, corrupt.reason, "corrupt"))
         jobs = fetched.jobs
         if jobs:
             await self._ticks.follow(self._call, jobs)

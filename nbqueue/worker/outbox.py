@@ -19,7 +19,7 @@ from typing import Any
 from .. import stats as stats_mod
 from ..job import JobBase
 from ..keys import DEAD_LETTER_QUEUE
-from ..ops import Outcome, QueueOps, dead_letter_entry
+from ..ops import Outcome, OutcomeKind, QueueOps, dead_letter_entry
 from ..protocol import run_async
 from ..records import JobRecord
 
@@ -65,7 +65,7 @@ class Outbox:
     def book(self, outcome: Outcome, duration: float) -> None:
         """A finished attempt: counted now, sent with the next flush."""
         stats_mod.record(self.stats, duration,
-                         outcome.error_type if outcome.kind != "c" else None)
+                         outcome.error_type if outcome.kind is not OutcomeKind.COMPLETED else None)
         self.done.append(outcome)
 
     def report_progress(self, job: JobBase, value: Any) -> None:
@@ -139,7 +139,7 @@ class Outbox:
                 log.warning("job %s of %s finished after its lock was lost (stalled and "
                             "re-queued, or removed); its outcome was dropped",
                             outcome.job.id, self.ops.name)
-            elif outcome.kind in ("f", "x"):
+            elif outcome.terminal_failure:
                 self.add_dead_letter(outcome.job, outcome.value, outcome.error_type)
 
     # -- dead letters ----------------------------------------------------------------------
