@@ -6,7 +6,8 @@ The blocking API lives here; ``nbqueue.aio`` has the same names, awaitable.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .batch import JobBatch, chunk_frame
 from .connection import Connection, connect
@@ -45,6 +46,11 @@ from .records import Event
 from .scheduler import JobScheduler, SchedulerInfo
 from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
 from .worker import Worker
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .notebook.dashboard import Dashboard
 
 __version__ = "0.1.0"
 
@@ -112,7 +118,7 @@ def queue_notification(user_id: str, message: str, *, channel: str | None = None
 from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: E402
 
 
-def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) -> Any:
+def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) -> Dashboard:
     """A live ipywidgets panel of ``queues`` (default: this kernel's): counts, progress,
     throughput, and Pause/Resume/Retry failed/Drain/Clean buttons (README: Notebooks)."""
     from .notebook.dashboard import Dashboard
@@ -120,7 +126,7 @@ def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) ->
     return Dashboard(queues, refresh=refresh, **kwargs)
 
 
-def export(df: Any, path: Any, **kwargs: Any) -> Any:
+def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
     """Write a DataFrame to ``path`` by suffix: .csv, .parquet (pyarrow), .md, .json."""
     from .frames import export as _export
 

@@ -6,15 +6,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import worker as _worker
 from .batch import AsyncJobBatch
 from .connection import Connection, connect
 from .errors import *  # noqa: F403  (the same exceptions as nbqueue)
 from .job import AsyncJob as Job
-from .manager import QueueManager as _SyncManager
+from .manager import ManagerBase
 from .predefined import (
     AsyncQueueService,
     QueueName,
@@ -22,10 +22,15 @@ from .predefined import (
     notification_job,
     workflow_job,
 )
+from .processor import Processor
+from .protocol import by_name
 from .queue import AsyncQueue as Queue
 from .queue import QueueBase
 from .scheduler import AsyncJobScheduler, SchedulerInfo
 from .types import JobPriority, JobState, JobStatus, QueueMetrics, WorkerInfo
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 JobBatch = AsyncJobBatch
 
@@ -33,20 +38,22 @@ __all__ = ["Job", "JobBatch", "JobPriority", "JobState", "JobStatus", "Queue", "
            "QueueMetrics", "Worker", "WorkerInfo", "connect", "queue_manager"]
 
 
-class Worker(_worker.Worker):
+class Worker(_worker.WorkerBase):
     """A worker whose lifecycle methods are awaitable; defaults to ``mode="asyncio"``."""
 
-    def __init__(self, queue_name: str, processor: Any,
+    def __init__(self, queue_name: str, processor: Processor | None,
                  connection: Connection | str | None = None, *, mode: str = "asyncio",
                  **options: Any) -> None:
         super().__init__(queue_name, processor, connection, mode=mode, **options)
 
-    async def start(self) -> Worker:  # type: ignore[override]
+    async def start(self) -> Worker:
+        """Start (on the running loop in asyncio mode) and return at once."""
         await asyncio.to_thread(lambda: self.connection)
-        _worker.Worker.start(self)
+        self._start()
         return self
 
-    async def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]
+    async def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
         if self._task is not None:
             assert self.engine is not None
             self.engine.request_stop(timeout)
@@ -60,11 +67,12 @@ class Worker(_worker.Worker):
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         else:
-            await asyncio.to_thread(_worker.Worker.stop, self, timeout)
+            await asyncio.to_thread(self._stop, timeout)
 
-    async def run(self) -> None:  # type: ignore[override]
+    async def run(self) -> None:
+        """Run until stopped (asyncio mode: on this loop; other modes: in a thread)."""
         if self.mode != "asyncio":
-            await asyncio.to_thread(_worker.Worker.run, self)
+            await asyncio.to_thread(self._run)
             return
         self.engine = self._new_engine(self.concurrency)
         await self.engine.run()
@@ -76,7 +84,7 @@ class Worker(_worker.Worker):
         await self.stop()
 
 
-class QueueManager(_SyncManager):
+class QueueManager(ManagerBase[Queue, Worker]):
     """The manager whose operations are awaitable (``await queue_manager.add_job(...)``)."""
 
     queue_class = Queue
@@ -84,33 +92,56 @@ class QueueManager(_SyncManager):
 
     async def start_worker(
             self, name: str, worker_concurrency: int | None = None, mode: str = "asyncio",
-            processor: Any = None, **worker_options: Any) -> Worker:
-        worker = cast(Worker, self._build_worker(name, worker_concurrency, mode, processor,
-                                                 worker_options))
+            processor: Processor | None = None, **worker_options: Any) -> Worker:
+        """Start a worker for ``name`` and return it (idempotent); asyncio mode by default."""
+        worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
         reused = self._reuse_worker(name, worker)
         if reused is not None:
-            return cast(Worker, reused)
-        old = cast("Worker | None", self._workers.pop(name, None))
+            return reused
+        old = self._workers.pop(name, None)
         if old is not None:
             await old.stop()
         self._workers[name] = worker
         return await worker.start()
 
-    async def stop_worker(
-            self, name: str, timeout: float | None = None) -> None:
-        worker = cast("Worker | None", self._workers.pop(name, None))
+    async def stop_worker(self, name: str, timeout: float | None = None) -> None:
+        """Stop the worker of ``name`` started here (gracefully), if any."""
+        worker = self._workers.pop(name, None)
         if worker is not None:
             await worker.stop(timeout)
 
     async def aclose(self, timeout: float | None = 10.0) -> None:
+        """Stop every worker this manager started."""
         for name in list(self._workers):
             await self.stop_worker(name, timeout)
 
-    async def metrics_frame(self, names: Any = None) -> Any:  # type: ignore[override]
+    async def metrics_frame(self, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per queue (its ``QueueMetrics``), as a DataFrame."""
         from .frames import metrics_frame
 
         names = list(names) if names is not None else sorted(self._queues)
         return metrics_frame([await self.queue(n).get_metrics() for n in names])
+
+    # -- the seed's operations, by queue name (awaitable) ---------------------------------
+    add_job = by_name(Queue, Queue.add)
+    add_jobs = by_name(Queue, Queue.add_bulk)
+    map = by_name(Queue, Queue.map)
+    get_queue_metrics = by_name(Queue, Queue.get_metrics)
+    get_job_status = by_name(Queue, Queue.get_job_status)
+    get_job = by_name(Queue, Queue.get_job)
+    pause_queue = by_name(Queue, Queue.pause)
+    resume_queue = by_name(Queue, Queue.resume)
+    drain_queue = by_name(Queue, Queue.drain)
+    clean_queue = by_name(Queue, Queue.clean)
+    retry_failed_jobs = by_name(Queue, Queue.retry_failed)
+    remove_job = by_name(Queue, Queue.remove)
+    promote_job = by_name(Queue, Queue.promote)
+    change_job_priority = by_name(Queue, Queue.change_priority)
+    update_job_data = by_name(Queue, Queue.update_data)
+    set_global_concurrency = by_name(Queue, Queue.set_global_concurrency)
+    get_workers = by_name(Queue, Queue.get_workers)
+    cancel_job = by_name(Queue, Queue.cancel)
+    get_job_logs = by_name(Queue, Queue.get_job_logs)
 
 
 queue_manager = QueueManager()
@@ -125,7 +156,7 @@ def _queue(queue: str | Queue) -> Queue:
         return queue
     if isinstance(queue, QueueBase):
         raise TypeError("a blocking nbqueue.Queue needs the blocking nbqueue functions")
-    return cast(Queue, queue_manager.get_queue(queue))
+    return queue_manager.get_queue(queue)
 
 
 async def schedule_recurring_job(queue: str | Queue, data: Mapping[str, Any],

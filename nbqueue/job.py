@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import JobNotFoundError
 from .protocol import Op, async_method, sync_method
@@ -24,7 +24,7 @@ class ProgressSink(Protocol):
     def report_log(self, job_id: str, line: str) -> None: ...
 
 
-class _Done:
+class _Done(Awaitable[None]):
     """What ``update_progress`` returns inside a worker: awaiting it is optional."""
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -35,10 +35,13 @@ class _Done:
         return "<progress reported>"
 
 
+JB = TypeVar("JB", bound="JobBase")
+
+
 class JobBase:
     """A job of one queue. Attributes mirror BullMQ's (``attempts_made``, ``progress``...)."""
 
-    def __init__(self, queue: QueueBase, record: JobRecord,
+    def __init__(self, queue: QueueBase[Any, Any], record: JobRecord,
                  sink: ProgressSink | None = None) -> None:
         self.queue = queue
         self._record = record
@@ -134,7 +137,7 @@ class JobBase:
             raise JobCancelledError(f"job {self.id} of {self.queue.name!r} was cancelled")
 
     # -- operations (one definition, bound to sync or asyncio below) -------------------
-    def _refresh(self) -> Op[JobBase]:
+    def _refresh(self: JB) -> Op[JB]:
         record = yield from self.queue._ops.get_job(self.id)
         if record is None:
             raise JobNotFoundError(f"job {self.id} not found in queue {self.queue.name!r}")
@@ -269,13 +272,13 @@ class Job(JobBase):
             except Exception:
                 pass
 
-    def update_progress(self, value: Any) -> Any:
+    def update_progress(self, value: Any) -> bool | _Done:
         """Report progress (a number 0-100 or any JSON value); inside a worker it is batched."""
         if self._sink is not None:
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
 
-    def log(self, message: Any) -> Any:
+    def log(self, message: Any) -> int | _Done:
         """Append a line to the job's log (inside a worker: batched with the next flush,
         like progress). Read it with ``get_logs()`` / ``Queue.get_job_logs(id)``."""
         if self._sink is not None:
@@ -303,13 +306,13 @@ class AsyncJob(JobBase):
     async def _run(self, op: Op[Any]) -> Any:
         return await self.queue._run(op)
 
-    def update_progress(self, value: Any) -> Any:
+    def update_progress(self, value: Any) -> Awaitable[bool | None]:
         """Report progress; returns an awaitable (inside a worker, awaiting is optional)."""
         if self._sink is not None:
             return self._in_worker_progress(value)
         return self._update_progress_now(value)
 
-    def log(self, message: Any) -> Any:
+    def log(self, message: Any) -> Awaitable[int | None]:
         """Append a line to the job's log; returns an awaitable (inside a worker the line
         is batched and awaiting is optional)."""
         if self._sink is not None:

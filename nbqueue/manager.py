@@ -12,34 +12,39 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .connection import Connection, connect
 from .errors import UnknownQueueError
 from .keys import DEFAULT_PREFIX, validate_queue_name
 from .predefined import QUEUE_CONFIGS, QueueName
+from .protocol import by_name
 from .queue import Queue, QueueBase
-from .worker import Processor, Worker
+from .worker import Processor, Worker, WorkerBase
 
 if TYPE_CHECKING:
     import pandas as pd
 
-_MANAGERS: weakref.WeakSet[QueueManager] = weakref.WeakSet()
+_MANAGERS: weakref.WeakSet[ManagerBase[Any, Any]] = weakref.WeakSet()
+
+Q = TypeVar("Q", bound=QueueBase[Any, Any])
+W = TypeVar("W", bound=WorkerBase)
 
 
-class QueueManager:
-    """Owns the queues and workers of one connection. ``queue_manager`` is the default one."""
+class ManagerBase(Generic[Q, W]):
+    """Owns the queues and workers of one connection, by name. ``QueueManager`` (blocking)
+    and ``nbqueue.aio.QueueManager`` bind the per-queue operations to their queue class."""
 
-    queue_class: type[QueueBase] = Queue
-    worker_class: type[Worker] = Worker
+    queue_class: type[Q]
+    worker_class: type[W]
 
     def __init__(self, connection: Connection | str | None = None, *,
                  prefix: str = DEFAULT_PREFIX) -> None:
         self._connection_arg = connection
         self.prefix = prefix
-        self._queues: dict[str, QueueBase] = {}
+        self._queues: dict[str, Q] = {}
         self._processors: dict[str, tuple[Processor, dict[str, Any]]] = {}
-        self._workers: dict[str, Worker] = {}
+        self._workers: dict[str, W] = {}
         self._lock = threading.RLock()
         _MANAGERS.add(self)
 
@@ -60,7 +65,7 @@ class QueueManager:
     def get_queue(self, name: str, worker_concurrency: int | None = None,
                   rate_limiter: Mapping[str, int] | None = None,
                   default_job_options: Mapping[str, Any] | None = None,
-                  **queue_options: Any) -> Any:
+                  **queue_options: Any) -> Q:
         """The queue ``name``, created on first call; later calls may change its settings."""
         name = validate_queue_name(name)
         with self._lock:
@@ -90,7 +95,7 @@ class QueueManager:
         return self._connection_arg if isinstance(self._connection_arg, Connection) \
             else _LazyConnection(self)
 
-    def queue(self, name: str) -> Any:
+    def queue(self, name: str) -> Q:
         """A queue this manager knows (or a predefined one); unknown names are an error."""
         if isinstance(name, QueueName):
             name = name.value
@@ -108,7 +113,7 @@ class QueueManager:
             f"queue_manager.get_queue({name!r}) first")
 
     @property
-    def queues(self) -> dict[str, Any]:
+    def queues(self) -> dict[str, Q]:
         return dict(self._queues)
 
     # -- workers -------------------------------------------------------------------------
@@ -120,7 +125,7 @@ class QueueManager:
         self._processors[name] = (processor, worker_options)
 
     def _build_worker(self, name: str, worker_concurrency: int | None, mode: str,
-                      processor: Processor | None, options: dict[str, Any]) -> Worker:
+                      processor: Processor | None, options: dict[str, Any]) -> W:
         queue = self.queue(name)
         if processor is None and (name in self._processors or not options.get("allow_code")):
             if name not in self._processors:
@@ -133,7 +138,7 @@ class QueueManager:
         return self.worker_class(name, processor, self.connection, concurrency=concurrency,
                                  mode=mode, prefix=self.prefix, **options)
 
-    def _reuse_worker(self, name: str, worker: Worker) -> Worker | None:
+    def _reuse_worker(self, name: str, worker: W) -> W | None:
         """A running worker with the same settings is returned instead of a second one."""
         old = self._workers.get(name)
         if old is None or not old.is_running:
@@ -148,9 +153,42 @@ class QueueManager:
                       "changed); the old one stops gracefully", stacklevel=3)
         return None
 
+    @property
+    def workers(self) -> dict[str, W]:
+        return dict(self._workers)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop every worker this manager started (also run at interpreter exit)."""
+        import sys
+
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            try:
+                w._stop(timeout)  # blocking in both APIs: this also runs at interpreter exit
+            except Exception:  # shutting down: keep stopping the others
+                pass
+        panels = sys.modules.get("nbqueue.notebook.dashboard")
+        if panels is not None:  # dashboards of this manager stop polling Redis
+            panels.close_panels(self)
+
+    def __repr__(self) -> str:
+        return (f"<QueueManager queues={sorted(self._queues)} "
+                f"workers={sorted(self._workers)}>")
+
+
+class QueueManager(ManagerBase[Queue, Worker]):
+    """Owns the queues and workers of one connection. ``queue_manager`` is the default one.
+
+    Every operation of a ``Queue`` is here too, by queue name (the seed's API):
+    ``add_job(name, data, **options)`` is ``get_queue(name).add(data, **options)``."""
+
+    queue_class = Queue
+    worker_class = Worker
+
     def start_worker(self, name: str, worker_concurrency: int | None = None,
                      mode: str = "thread", processor: Processor | None = None,
-                     **worker_options: Any) -> Any:
+                     **worker_options: Any) -> Worker:
         """Start a worker for ``name`` in the background and return it (idempotent)."""
         worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
         with self._lock:
@@ -163,111 +201,33 @@ class QueueManager:
             self._workers[name] = worker
         return worker.start()
 
-    def stop_worker(self, name: str, timeout: float | None = None) -> Any:
+    def stop_worker(self, name: str, timeout: float | None = None) -> None:
+        """Stop the worker of ``name`` started here (gracefully), if any."""
         with self._lock:
             worker = self._workers.pop(name, None)
         if worker is not None:
-            return worker.stop(timeout)
-        return None
-
-    @property
-    def workers(self) -> dict[str, Worker]:
-        return dict(self._workers)
-
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Stop every worker this manager started (also run at interpreter exit)."""
-        import sys
-
-        with self._lock:
-            workers, self._workers = list(self._workers.values()), {}
-        for w in workers:
-            try:
-                w.stop(timeout)
-            except Exception:  # shutting down: keep stopping the others
-                pass
-        panels = sys.modules.get("nbqueue.notebook.dashboard")
-        if panels is not None:  # dashboards of this manager stop polling Redis
-            panels.close_panels(self)
+            worker.stop(timeout)
 
     # -- the seed's operations, by queue name --------------------------------------------
-    def add_job(self, name: str, data: Mapping[str, Any], *, priority: Any = None,
-                schedule: Mapping[str, Any] | None = None, job_id: str | None = None,
-                attempts: int | None = None, backoff: Any = None, timeout: Any = None,
-                delay: Any = None, remove_on_complete: Any = None,
-                remove_on_fail: Any = None, lifo: bool | None = None,
-                deduplication: Mapping[str, Any] | None = None) -> Any:
-        return self.queue(name).add(
-            data, priority=priority, schedule=schedule, job_id=job_id, attempts=attempts,
-            backoff=backoff, timeout=timeout, delay=delay,
-            remove_on_complete=remove_on_complete, remove_on_fail=remove_on_fail,
-            lifo=lifo, deduplication=deduplication)
-
-    def add_jobs(self, name: str, jobs: Iterable[Any], **options: Any) -> Any:
-        return self.queue(name).add_bulk(jobs, **options)
-
-    def map(self, name: str, items: Any, *, chunksize: int | None = None,
-            job_type: str | None = None, **options: Any) -> Any:
-        """``Queue.map`` on the queue ``name``: one job per data dict, per ``chunksize``
-        dicts or per ``chunksize`` DataFrame rows; returns their ``JobBatch``."""
-        return self.queue(name).map(items, chunksize=chunksize, job_type=job_type, **options)
-
-    def get_queue_metrics(self, name: str) -> Any:
-        return self.queue(name).get_metrics()
-
-    def get_job_status(self, name: str, job_id: str) -> Any:
-        return self.queue(name).get_job_status(job_id)
-
-    def get_job(self, name: str, job_id: str) -> Any:
-        return self.queue(name).get_job(job_id)
-
-    def pause_queue(self, name: str) -> Any:
-        return self.queue(name).pause()
-
-    def resume_queue(self, name: str) -> Any:
-        return self.queue(name).resume()
-
-    def drain_queue(self, name: str, delayed: bool = False) -> Any:
-        return self.queue(name).drain(delayed)
-
-    def clean_queue(self, name: str, grace_ms: Any = 0, limit: int = 0,
-                    state: str = "completed") -> Any:
-        return self.queue(name).clean(grace_ms, limit, state)
-
-    def retry_failed_jobs(self, name: str) -> Any:
-        return self.queue(name).retry_failed()
-
-    def remove_job(self, name: str, job_id: str) -> Any:
-        return self.queue(name).remove(job_id)
-
-    def promote_job(self, name: str, job_id: str) -> Any:
-        """Run delayed job ``job_id`` now (``Queue.promote``)."""
-        return self.queue(name).promote(job_id)
-
-    def change_job_priority(self, name: str, job_id: str, priority: Any,
-                            lifo: bool = False) -> Any:
-        """Re-prioritise a waiting or delayed job (``Queue.change_priority``)."""
-        return self.queue(name).change_priority(job_id, priority, lifo)
-
-    def update_job_data(self, name: str, job_id: str, data: Mapping[str, Any]) -> Any:
-        """Replace the data of a job that has not finished (``Queue.update_data``)."""
-        return self.queue(name).update_data(job_id, data)
-
-    def set_global_concurrency(self, name: str, limit: int | None) -> Any:
-        """At most ``limit`` active jobs of ``name`` across all workers (None: no limit)."""
-        return self.queue(name).set_global_concurrency(limit)
-
-    def get_workers(self, name: str) -> Any:
-        """The workers serving ``name`` in any process or host: a list of ``WorkerInfo``."""
-        return self.queue(name).get_workers()
-
-    def cancel_job(self, name: str, job_id: str) -> Any:
-        """Cancel a job (see ``Queue.cancel``): True if cancelled or its stop requested,
-        False if it had finished already."""
-        return self.queue(name).cancel(job_id)
-
-    def get_job_logs(self, name: str, job_id: str) -> Any:
-        """The job's log lines (``job.log`` and captured print/logging output)."""
-        return self.queue(name).get_job_logs(job_id)
+    add_job = by_name(Queue, Queue.add)
+    add_jobs = by_name(Queue, Queue.add_bulk)
+    map = by_name(Queue, Queue.map)
+    get_queue_metrics = by_name(Queue, Queue.get_metrics)
+    get_job_status = by_name(Queue, Queue.get_job_status)
+    get_job = by_name(Queue, Queue.get_job)
+    pause_queue = by_name(Queue, Queue.pause)
+    resume_queue = by_name(Queue, Queue.resume)
+    drain_queue = by_name(Queue, Queue.drain)
+    clean_queue = by_name(Queue, Queue.clean)
+    retry_failed_jobs = by_name(Queue, Queue.retry_failed)
+    remove_job = by_name(Queue, Queue.remove)
+    promote_job = by_name(Queue, Queue.promote)
+    change_job_priority = by_name(Queue, Queue.change_priority)
+    update_job_data = by_name(Queue, Queue.update_data)
+    set_global_concurrency = by_name(Queue, Queue.set_global_concurrency)
+    get_workers = by_name(Queue, Queue.get_workers)
+    cancel_job = by_name(Queue, Queue.cancel)
+    get_job_logs = by_name(Queue, Queue.get_job_logs)
 
     def metrics_frame(self, names: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per queue (its ``QueueMetrics``), as a DataFrame."""
@@ -276,16 +236,13 @@ class QueueManager:
         names = list(names) if names is not None else sorted(self._queues)
         return metrics_frame([self.queue(n).get_metrics() for n in names])
 
-    def __repr__(self) -> str:
-        return (f"<QueueManager queues={sorted(self._queues)} "
-                f"workers={sorted(self._workers)}>")
 
 
 class _LazyConnection:
     """Stands in for the manager's connection until a queue first does I/O."""
 
-    def __init__(self, manager: QueueManager) -> None:
-        self._manager = manager
+    def __init__(self, manager: ManagerBase[Any, Any]) -> None:
+        self._manager: ManagerBase[Any, Any] = manager
 
     def resolve(self) -> Connection:
         return self._manager.connection

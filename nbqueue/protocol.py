@@ -293,18 +293,30 @@ S = TypeVar("S")
 
 
 def sync_method(op: Callable[Concatenate[S, P], Op[T]]) -> Callable[Concatenate[S, P], T]:
-    @functools.wraps(op)
-    def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+    def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined]
 
+    functools.update_wrapper(method, op)
     return method
+
+
+def by_name(kind: type[S], method: Callable[Concatenate[S, P], T],
+            ) -> Callable[Concatenate[Any, str, P], T]:
+    """``method`` of a queue class, as a manager method that takes the queue's name first
+    (``queue_manager.get_job_status(name, id)`` is ``queue(name).get_job_status(id)``).
+    ``kind`` is that queue class: it fixes the types (``nbqueue.Queue.add`` gives ``Job``)."""
+    def call(self: Any, name: str, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return method(self.queue(name), *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    return call
 
 
 def async_method(
     op: Callable[Concatenate[S, P], Op[T]],
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    @functools.wraps(op)
-    async def method(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(op(self, *args, **kwargs))  # type: ignore[attr-defined]
 
+    functools.update_wrapper(method, op)
     return method

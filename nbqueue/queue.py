@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import redis
 
@@ -33,11 +33,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-class QueueBase:
-    """Everything a queue does, defined once; ``Queue`` and ``aio.Queue`` bind it to I/O."""
+J = TypeVar("J", bound=JobBase)
+B = TypeVar("B", bound=JobBatchBase)
 
-    job_class: type[JobBase] = JobBase
-    batch_class: type[JobBatchBase] = JobBatchBase
+
+class QueueBase(Generic[J, B]):
+    """Everything a queue does, defined once; ``Queue`` and ``aio.Queue`` bind it to I/O.
+
+    Generic in the job handle ``J`` and the batch ``B`` that its operations return."""
+
+    job_class: type[J]
+    batch_class: type[B]
 
     def __init__(self, name: str, connection: Connection | str | redis.Redis | None = None, *,
                  prefix: str = DEFAULT_PREFIX,
@@ -77,7 +83,8 @@ class QueueBase:
                 self._connection = Connection.from_client(self._connection)
             else:
                 self._connection = connect(self._connection)
-        return self._connection
+        connection: Connection = self._connection
+        return connection
 
     def _with_config(self, op: Op[Any]) -> Op[Any]:
         if self._config_pending:
@@ -92,23 +99,23 @@ class QueueBase:
         """Run ``op`` (bound by the subclasses: blocking, or a coroutine for asyncio)."""
         raise NotImplementedError
 
-    def _job(self, record: JobRecord) -> JobBase:
+    def _job(self, record: JobRecord) -> J:
         return self.job_class(self, record)
 
     # -- operations ---------------------------------------------------------------------
-    def _add(self, data: Mapping[str, Any], **opts: Any) -> Op[JobBase]:
+    def _add(self, /, data: Mapping[str, Any], **opts: Any) -> Op[J]:
         """Add one job; ``job_id`` of an existing job returns that job (idempotent)."""
         return self._job((yield from self._ops.add(data, opts)))
 
-    def _add_bulk(self, jobs: Iterable[Any], **opts: Any) -> Op[JobBatchBase]:
+    def _add_bulk(self, /, jobs: Iterable[Any], **opts: Any) -> Op[B]:
         """Add many jobs in one round trip. Items: data dicts, or (data, options) pairs.
 
         Returns a ``JobBatch`` (a list of the jobs, with wait/results/... methods)."""
         items = [(j[0], {**opts, **j[1]}) if isinstance(j, tuple) else (j, opts) for j in jobs]
         return self.batch_class(self._job(r) for r in (yield from self._ops.add_bulk(items)))
 
-    def _map(self, items: Any, *, chunksize: int | None = None, job_type: str | None = None,
-             **job_options: Any) -> Op[JobBatchBase]:
+    def _map(self, /, items: Any, *, chunksize: int | None = None, job_type: str | None = None,
+             **job_options: Any) -> Op[B]:
         """Add one job per data dict, per ``chunksize`` dicts, or per ``chunksize`` rows of a
         DataFrame (payloads: ``nbqueue.batch.map_items``); returns their ``JobBatch``.
 
@@ -140,51 +147,51 @@ class QueueBase:
             batch.extend(self._job(r) for r in records)
         return batch
 
-    def _get_job(self, job_id: str) -> Op[JobBase | None]:
+    def _get_job(self, /, job_id: str) -> Op[J | None]:
         record = yield from self._ops.get_job(job_id)
         return None if record is None else self._job(record)
 
-    def _get_job_status(self, job_id: str) -> Op[JobStatus | None]:
+    def _get_job_status(self, /, job_id: str) -> Op[JobStatus | None]:
         record = yield from self._ops.get_job(job_id)
         return None if record is None else record.to_status()
 
-    def _get_jobs(self, states: Iterable[str] | str | None = None, start: int = 0,
-                  limit: int = 100) -> Op[list[JobBase]]:
+    def _get_jobs(self, /, states: Iterable[str] | str | None = None, start: int = 0,
+                  limit: int = 100) -> Op[list[J]]:
         return [self._job(r) for r in (yield from self._ops.get_jobs(states, start, limit))]
 
-    def _get_metrics(self) -> Op[QueueMetrics]:
+    def _get_metrics(self, /) -> Op[QueueMetrics]:
         return (yield from self._ops.metrics())
 
-    def _get_stats(self) -> Op[dict[str, float]]:
+    def _get_stats(self, /) -> Op[dict[str, float]]:
         return (yield from self._ops.stats())
 
-    def _get_history(self, minutes: int = 60) -> Op[list[tuple[int, int, int]]]:
+    def _get_history(self, /, minutes: int = 60) -> Op[list[tuple[int, int, int]]]:
         return (yield from self._ops.history(minutes))
 
-    def _pause(self) -> Op[None]:
+    def _pause(self, /) -> Op[None]:
         yield from self._ops.set_paused(True)
 
-    def _resume(self) -> Op[None]:
+    def _resume(self, /) -> Op[None]:
         yield from self._ops.set_paused(False)
 
-    def _is_paused(self) -> Op[bool]:
+    def _is_paused(self, /) -> Op[bool]:
         return (yield from self._ops.is_paused())
 
-    def _drain(self, delayed: bool = False) -> Op[int]:
+    def _drain(self, /, delayed: bool = False) -> Op[int]:
         """Remove all waiting jobs (and delayed ones with ``delayed=True``)."""
         return (yield from self._ops.drain(delayed))
 
-    def _clean(self, grace: Any = 0, limit: int = 0, state: str = "completed") -> Op[int]:
+    def _clean(self, /, grace: Any = 0, limit: int = 0, state: str = "completed") -> Op[int]:
         """Remove up to ``limit`` (0 = all) jobs of ``state`` older than ``grace`` (ms)."""
         return (yield from self._ops.clean(to_ms(grace, "grace"), limit, state))
 
-    def _retry_failed(self, limit: int = 0) -> Op[int]:
+    def _retry_failed(self, /, limit: int = 0) -> Op[int]:
         return (yield from self._ops.retry_failed(limit))
 
-    def _remove(self, job_id: str) -> Op[bool]:
+    def _remove(self, /, job_id: str) -> Op[bool]:
         return (yield from self._ops.remove(job_id))
 
-    def _cancel(self, job_id: str) -> Op[bool]:
+    def _cancel(self, /, job_id: str) -> Op[bool]:
         """Cancel a job. A waiting or delayed job ends ``failed`` (error type ``cancelled``)
         at once; an active one is stopped by its worker (asyncio: its task is cancelled;
         process mode: its child stops it or is replaced; thread mode: cooperatively, see
@@ -193,51 +200,51 @@ class QueueBase:
         no-op); an unknown id raises ``JobNotFoundError``."""
         return (yield from self._ops.cancel(job_id))
 
-    def _get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> Op[list[str]]:
+    def _get_job_logs(self, /, job_id: str, start: int = 0, end: int = -1) -> Op[list[str]]:
         """The job's log lines, oldest first (``job.log`` and the print/logging output its
         processor wrote); the newest 1000 lines are kept, and the log goes with the job."""
         return (yield from self._ops.get_logs(job_id, start, end))
 
-    def _obliterate(self, force: bool = False) -> Op[int]:
+    def _obliterate(self, /, force: bool = False) -> Op[int]:
         return (yield from self._ops.obliterate(force))
 
     # -- control (BullMQ parity) -----------------------------------------------------------
-    def _promote(self, job_id: str) -> Op[None]:
+    def _promote(self, /, job_id: str) -> Op[None]:
         """Run delayed job ``job_id`` now: it joins its priority level as if added now.
         A job that is not delayed raises ``JobStateError``; a missing one JobNotFoundError."""
         yield from self._ops.promote(job_id)
 
-    def _change_priority(self, job_id: str, priority: Any, lifo: bool = False) -> Op[None]:
+    def _change_priority(self, /, job_id: str, priority: Any, lifo: bool = False) -> Op[None]:
         """Move waiting or delayed job ``job_id`` to another priority level (the back of
         it; ``lifo=True``: the front). Active or finished jobs raise ``JobStateError``."""
         yield from self._ops.change_priority(job_id, priority, lifo)
 
-    def _update_data(self, job_id: str, data: Mapping[str, Any]) -> Op[None]:
+    def _update_data(self, /, job_id: str, data: Mapping[str, Any]) -> Op[None]:
         """Replace the data of job ``job_id`` (same rules and size limit as ``add``); a
         finished job raises ``JobStateError``."""
         yield from self._ops.update_data(job_id, data)
 
-    def _get_deduplication_job_id(self, dedup_id: str) -> Op[str | None]:
+    def _get_deduplication_job_id(self, /, dedup_id: str) -> Op[str | None]:
         """The id of the job deduplication id ``dedup_id`` points to while it is in force
         (None: adding with it now adds a job)."""
         return (yield from self._ops.get_deduplication_job_id(dedup_id))
 
-    def _set_global_concurrency(self, limit: int | None) -> Op[None]:
+    def _set_global_concurrency(self, /, limit: int | None) -> Op[None]:
         """At most ``limit`` active jobs in this queue across all workers and machines
         (enforced by the fetch script); None removes the limit."""
         value = None if limit is None else validate_global_concurrency(limit)
         yield from self._ops.set_global_concurrency(value)
         self.global_concurrency = value
 
-    def _get_global_concurrency(self) -> Op[int | None]:
+    def _get_global_concurrency(self, /) -> Op[int | None]:
         return (yield from self._ops.global_concurrency())
 
-    def _get_workers(self) -> Op[list[WorkerInfo]]:
+    def _get_workers(self, /) -> Op[list[WorkerInfo]]:
         """The workers serving this queue, from every process and host (the registry their
         heartbeats keep); a worker that stops heartbeating drops out after its ttl."""
         return (yield from self._ops.get_workers())
 
-    def _read_events(self, last_id: str = "$", block: Any = None,
+    def _read_events(self, /, last_id: str = "$", block: Any = None,
                      count: int = 500) -> Op[tuple[str, list[Event]]]:
         """Events after ``last_id`` ("0" = from the start of the capped stream)."""
         if last_id == "$":
@@ -267,7 +274,7 @@ class QueueBase:
                 if getattr(w, "queue_name", None) == self.name]
 
 
-class Queue(QueueBase):
+class Queue(QueueBase[Job, JobBatch]):
     """A queue with blocking methods. ``nbqueue.aio.Queue`` has the same ones, awaitable."""
 
     job_class = Job
@@ -346,7 +353,7 @@ class Queue(QueueBase):
         return history_frame(self.name, self.get_history(minutes))
 
 
-class AsyncQueue(QueueBase):
+class AsyncQueue(QueueBase[AsyncJob, AsyncJobBatch]):
     """A queue with awaitable methods (``nbqueue.aio.Queue``; one client per event loop)."""
 
     job_class = AsyncJob
@@ -401,8 +408,8 @@ class AsyncQueue(QueueBase):
             for event in batch:
                 yield event
 
-    async def jobs_frame(self, states: Any = None, limit: int = 100,
-                         columns: Any = None) -> Any:
+    async def jobs_frame(self, states: Iterable[str] | str | None = None, limit: int = 100,
+                         columns: Any = None) -> pd.DataFrame:
         """As ``nbqueue.Queue.jobs_frame``: ``limit`` jobs in total, concise columns."""
         from .frames import jobs_frame
 
@@ -411,7 +418,7 @@ class AsyncQueue(QueueBase):
                           columns if columns is None or isinstance(columns, str)
                           else list(columns))
 
-    async def metrics_history_frame(self, minutes: int = 60) -> Any:
+    async def metrics_history_frame(self, minutes: int = 60) -> pd.DataFrame:
         from .frames import history_frame
 
         return history_frame(self.name, await self.get_history(minutes))

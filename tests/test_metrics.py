@@ -325,8 +325,7 @@ def test_stalled_failures_count_in_the_history(populated: Connection) -> None:
 # -- the registry of queue names -------------------------------------------------------
 def test_registry_lists_queues_from_adds_schedulers_and_settings(
         conn: Connection, r: redis.Redis) -> None:
-    from nbqueue import aio
-    from nbqueue import schedule_recurring_job
+    from nbqueue import aio, schedule_recurring_job
 
     Queue("added", connection=conn).add({"type": "t"})
     Queue("limited", connection=conn, rate_limiter={"max": 1, "duration": 1000}).get_metrics()

@@ -21,7 +21,7 @@ from ..processor import Processor, is_async
 from .engine import COALESCE_S, Engine, queue_job_factory
 from .execution import Execution, JobFactory, classify, safe_classify
 from .fetching import MAX_BLOCK_S, Fetcher
-from .front import MODES, Worker
+from .front import MODES, Worker, WorkerBase
 from .outbox import STATS_EVERY_S, Outbox
 from .threads import JobThreads
 from .upkeep import Upkeep
@@ -30,4 +30,5 @@ log = logging.getLogger("nbqueue.worker")
 
 __all__ = ["COALESCE_S", "DEAD_LETTER", "MAX_BLOCK_S", "MODES", "STATS_EVERY_S", "Engine",
            "Execution", "Fetcher", "JobFactory", "JobThreads", "Outbox", "Processor",
-           "Upkeep", "Worker", "classify", "is_async", "queue_job_factory", "safe_classify"]
+           "Upkeep", "Worker", "WorkerBase", "classify", "is_async", "queue_job_factory",
+           "safe_classify"]

@@ -27,22 +27,11 @@ log = logging.getLogger("nbqueue.worker")
 MODES = ("thread", "asyncio", "process")
 
 
-class Worker:
-    """Processes the jobs of one queue with ``processor(job)`` (sync or async).
+class WorkerBase:
+    """What ``Worker`` and ``nbqueue.aio.Worker`` share: options, the engine, the modes.
 
-    ``start()`` returns at once (thread/asyncio/process modes); ``run()`` blocks until
-    ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
-    seconds, whatever still runs then goes back to the queue.
-
-    Every worker registers in its queue's worker registry (``Queue.get_workers()``) and
-    heartbeats every ``heartbeat_interval`` ms (default 5 s); a worker that dies drops out
-    3 intervals after its last heartbeat, a stopped one at once. In process mode each
-    child process is one registered worker.
-
-    ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
-    a slot that frees up starts the next job without a round trip; it trades strict
-    priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
-    """
+    The lifecycle steps here block (``_start``, ``_run``, ``_stop``); ``Worker`` exposes them
+    as is, ``nbqueue.aio.Worker`` as awaitables."""
 
     def __init__(self, queue_name: str, processor: Processor | None,
                  connection: Connection | str | None = None, *, concurrency: int = 1,
@@ -109,10 +98,10 @@ class Worker:
     def processed(self) -> int:
         return self.engine.processed if self.engine else 0
 
-    def start(self) -> Worker:
+    def _start(self) -> None:
         """Start in the background and return at once."""
         if self.is_running:
-            return self
+            return
         _ = self.connection  # resolve (and check) the connection in the caller's thread
         if self.mode == "process":
             self._start_processes()
@@ -127,7 +116,6 @@ class Worker:
                                             daemon=True)
             self._thread.start()
             ready.wait(5)
-        return self
 
     def _thread_main(self, ready: threading.Event) -> None:
         assert self.engine is not None
@@ -155,7 +143,7 @@ class Worker:
                  for i in range(self.processes)]
         self._children.extend(process.start_children(specs, self.queue_name))
 
-    def run(self) -> None:
+    def _run(self) -> None:
         """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this)."""
         if self.mode == "process":
             self._start_processes()
@@ -165,7 +153,7 @@ class Worker:
             except KeyboardInterrupt:
                 pass
             finally:
-                self.stop()
+                self._stop()
             return
         self.engine = self._new_engine(self.concurrency)
         engine = self.engine
@@ -179,7 +167,7 @@ class Worker:
 
         asyncio.run(main())
 
-    def stop(self, timeout: float | None = None) -> None:
+    def _stop(self, timeout: float | None = None) -> None:
         """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
         wait = (timeout if timeout is not None else self._engine_kwargs["grace"]) + 10
         if self.engine is not None:
@@ -195,16 +183,47 @@ class Worker:
             err, self._error = self._error, None
             raise NbqueueError(f"the worker of {self.queue_name!r} had died: {err}") from err
 
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return (f"<Worker {self.queue_name!r} mode={self.mode} "
+                f"concurrency={self.concurrency} {state}>")
+
+
+class Worker(WorkerBase):
+    """Processes the jobs of one queue with ``processor(job)`` (sync or async).
+
+    ``start()`` returns at once (thread/asyncio/process modes); ``run()`` blocks until
+    ``stop()`` or a signal; ``stop()`` is graceful: active jobs finish within ``grace``
+    seconds, whatever still runs then goes back to the queue.
+
+    Every worker registers in its queue's worker registry (``Queue.get_workers()``) and
+    heartbeats every ``heartbeat_interval`` ms (default 5 s); a worker that dies drops out
+    3 intervals after its last heartbeat, a stopped one at once. In process mode each
+    child process is one registered worker.
+
+    ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
+    a slot that frees up starts the next job without a round trip; it trades strict
+    priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
+    """
+
+    def start(self) -> Worker:
+        """Start in the background and return at once."""
+        self._start()
+        return self
+
+    def run(self) -> None:
+        """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this)."""
+        self._run()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: finish active jobs (hand back what outlives the grace period)."""
+        self._stop(timeout)
+
     def __enter__(self) -> Worker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return (f"<Worker {self.queue_name!r} mode={self.mode} "
-                f"concurrency={self.concurrency} {state}>")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
