@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -261,17 +262,18 @@ class QueueBase(Generic[J, B]):
 
     def _display_workers(self) -> list[Any]:
         """Workers to show with this queue: the registry (every host) where the queue has
-        ``get_workers``, else the workers this process started."""
-        from . import queue_manager
-
+        ``get_workers``, else the workers this process's default manager started."""
         get_workers = getattr(self, "get_workers", None)
         if get_workers is not None:
             try:
                 return list(get_workers())
             except Exception:
                 pass
-        return [w for w in queue_manager.workers.values()
-                if getattr(w, "queue_name", None) == self.name]
+        # The default manager lives in the package facade, which imports this module: look it
+        # up (display only), do not import it (tests/test_structure.py: no import cycles).
+        manager = getattr(sys.modules.get(__package__ or "nbqueue"), "queue_manager", None)
+        workers = manager.workers.values() if manager is not None else ()
+        return [w for w in workers if getattr(w, "queue_name", None) == self.name]
 
 
 class Queue(QueueBase[Job, JobBatch]):
