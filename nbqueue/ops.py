@@ -624,7 +624,7 @@ class QueueOps:
             keep = (o.job.opts.remove_on_complete if o.kind is OutcomeKind.COMPLETED
                     else o.job.opts.remove_on_fail)
             atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
-            args += [o.job.id, o.job.lock or "", o.kind.value, _wire_text(o.value),
+            args += [o.job.id, o.job.lock or "", o.kind._value_, _wire_text(o.value),
                      _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms,
                      _wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield self.call("finish", *args)

@@ -203,9 +203,9 @@ class Engine:
             if jobs.stopping and not jobs.running and not outbox.pending:
                 continue  # all finished and flushed: stop now, not at the end of the grace
             # Wait for a finished job, a stop request, new work, or a due time.
-            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(wake.wait())}
             now = time.monotonic()
             timeout: float | None = None
+            wait_block = False
             if not jobs.stopping and want > 0 and fetcher.idle:
                 if fetcher.limit_until > now:
                     timeout = fetcher.limit_until - now
@@ -220,20 +220,26 @@ class Engine:
                         secs = fetcher.block_secs()
                         if secs <= 0.001:
                             fetcher.idle = False
-                            waits.pop().cancel()
                             continue
                         block = asyncio.ensure_future(fetcher.block_and_accept(secs, want))
-                    waits.add(block)
+                    wait_block = True
             elif stop_deadline is not None:
                 timeout = max(0.0, stop_deadline - now)
             first = jobs.next_deadline()
             if first is not None:
                 first = max(0.0, first - now)
                 timeout = first if timeout is None else min(timeout, first)
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                if w is not block:
-                    w.cancel()
+            if not wait_block and timeout is None:
+                await wake.wait()  # the busy case: no task, no timer
+            else:
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(wake.wait())}
+                if wait_block:
+                    assert block is not None
+                    waits.add(block)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    if w is not block:
+                        w.cancel()
             if fetcher.idle and 0 < fetcher.limit_until <= time.monotonic():
                 fetcher.idle = False  # the rate-limit window has passed: fetch again
                 fetcher.limit_until = 0.0

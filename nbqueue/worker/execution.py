@@ -38,6 +38,8 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
              job_handle: Any = None) -> Outcome:
     """Turn how an attempt ended into an outcome (the retry rules live here)."""
     if error is None:
+        if result is None:  # the common no-value case, without a JSON round
+            return Outcome(job, OutcomeKind.COMPLETED, "null")
         if isinstance(result, Mapping) and result.get("success") is False:
             # The seed's "mark as failed": a structured failure, never retried.
             reason = str(result.get("error") or "processor returned success=False")
@@ -136,8 +138,8 @@ class Execution:
     def start(self, record: JobRecord) -> None:
         job = self.job_factory(record, self.outbox)
         if self.is_async:
-            task = asyncio.ensure_future(self._run_async(record, job))
-            self.running[record.id] = (record, task)
+            assert self.loop is not None
+            self.running[record.id] = (record, self.loop.create_task(self._run_async(record, job)))
             return
         assert self._pool is not None
         self.running[record.id] = (record, None)

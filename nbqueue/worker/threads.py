@@ -22,11 +22,17 @@ class JobThreads:
         self.size, self._prefix = size, prefix
         self._work: queue_mod.SimpleQueue[Callable[[], None] | None] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = threading.Semaphore(0)
+        # One token per idle thread (a C-level queue: cheaper than a Semaphore per job).
+        self._idle: queue_mod.SimpleQueue[None] = queue_mod.SimpleQueue()
 
     def submit(self, fn: Callable[[], None]) -> None:
         self._work.put(fn)
-        if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
+        try:
+            self._idle.get_nowait()  # an idle thread will take it
+            return
+        except queue_mod.Empty:
+            pass
+        if len(self._threads) < self.size:
             t = threading.Thread(target=self._run, daemon=True,
                                  name=f"{self._prefix}_{len(self._threads)}")
             t.start()
@@ -39,7 +45,7 @@ class JobThreads:
                 return
             fn()
             del fn
-            self._idle.release()
+            self._idle.put(None)
 
     def shutdown(self) -> None:
         while True:  # drop what has not started
