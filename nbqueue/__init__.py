@@ -21,6 +21,7 @@ from .errors import (
     JobNotFoundError,
     JobStateError,
     JobTimeoutError,
+    MissingDependencyError,
     NbqueueError,
     NoServerError,
     PayloadTooLargeError,
@@ -135,7 +136,8 @@ def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
 __all__ = [
     "CodeSignatureError", "Connection", "Event", "EvictionPolicyError", "InvalidOptionError",
     "Job", "JobActiveError", "JobCancelledError", "JobFailedError", "JobNotFoundError",
-    "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError", "NbqueueError",
+    "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError",
+    "MissingDependencyError", "NbqueueError",
     "NoServerError", "PayloadTooLargeError", "Queue", "QueueBusyError", "QueueManager",
     "QueueMetrics", "QueueName", "RedisOutOfMemoryError", "RedisUnavailableError",
     "ResultTimeoutError", "SignatureError", "UnknownQueueError", "UnrecoverableError", "Worker",

@@ -586,7 +586,7 @@ class JobBatch(JobBatchBase):
         if not self:
             Progress(0, Progress.pick(progress)).update(0, 0, final=True)
             return self
-        from .notebook.kernel import cooperative  # dashboard clicks work while it waits
+        from .kernel import cooperative  # dashboard clicks work while it waits
 
         self._run(cooperative(self._wait(timeout, progress)))
         return self
@@ -598,7 +598,7 @@ class JobBatch(JobBatchBase):
         ``return_exceptions=True``, which puts the exception in its place."""
         if not self:
             return []
-        from .notebook.kernel import cooperative
+        from .kernel import cooperative
 
         return list(self._run(cooperative(self._results(timeout, return_exceptions,
                                                          progress))))

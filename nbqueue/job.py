@@ -260,8 +260,8 @@ class Job(JobBase):
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job's return value (raises ``JobFailedError`` if it failed,
         ``TimeoutError`` after ``timeout`` s). In a notebook, dashboard clicks are handled
-        while it waits (``nbqueue.notebook.kernel``)."""
-        from .notebook.kernel import cooperative
+        while it waits (``nbqueue.kernel``)."""
+        from .kernel import cooperative
 
         return self._run(cooperative(self._result(timeout)))
 

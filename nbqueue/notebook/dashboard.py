@@ -16,7 +16,7 @@ history, the progress of the active jobs) and setting one trait. It stops on ``s
 ``close()``, ``queue_manager.close()``, when the panel is garbage-collected, and when the
 cell that displayed it is re-run (that closes the previous panel of the cell).
 
-Clicks: see :mod:`nbqueue.notebook.kernel`. Destructive actions (drain, clean, remove,
+Clicks: see :mod:`nbqueue.kernel`. Destructive actions (drain, clean, remove,
 obliterate) are confirmed in the panel first; the kernel refuses them unconfirmed too.
 """
 
@@ -43,11 +43,11 @@ try:
 except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no [notebook])
     raise MissingDependencyError(str(_exc.name), "nbqueue.dashboard()") from _exc
 
+from .. import kernel as _kernel
 from ..display import fmt_duration, fmt_time, progress_percent
 from ..keys import QueueKeys
 from ..ops import parse_worker
 from ..protocol import Batch, Call, run_sync
-from . import kernel as _kernel
 
 __all__ = ["RATE_WINDOW_S", "SPARK_MINUTES", "Dashboard"]
 

@@ -70,7 +70,7 @@ def wait_for(jobs: list[Any], timeout_s: float | None) -> list[Any]:
     Raises ``TimeoutError`` when ``timeout_s`` passes first and ``JobFailedError`` for a
     failed job (as ``job.result()`` does).
     """
-    from .kernel import process_ui_events, waiting
+    from ..kernel import process_ui_events, waiting
 
     with waiting():
         return _wait_for(jobs, timeout_s, process_ui_events)

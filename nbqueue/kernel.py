@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..protocol import Op
+from .protocol import Op
 
 log = logging.getLogger("nbqueue.notebook")
 T = TypeVar("T")
