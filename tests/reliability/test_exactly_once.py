@@ -11,6 +11,7 @@ Before idempotency tokens that stored every job twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -116,6 +117,79 @@ def test_async_add_resent_during_a_freeze_stores_one_job(fresh_server: RedisProc
     assert r.zcard("nbq:{aonce}:wait") == 2
     assert job.id == "2"
     conn.close()
+
+
+class _CuttingProxy:
+    """A TCP proxy to Redis that, when armed, drops the next reply and cuts the connection:
+    the add ran in Redis, its client never hears of it and reconnects (redis-py retries)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.target = port
+        self.armed = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, replies: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if replies and self.armed.is_set():
+                    self.armed.clear()
+                    break  # the reply is lost with the connection
+                dst.sendall(data)
+        except OSError:
+            pass
+        import socket
+
+        for sock in (src, dst):  # shutdown first: it wakes the other pump's recv too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_add_whose_reply_is_lost_with_its_connection_stores_one_job(
+        fresh_server: RedisProcess) -> None:
+    r = fresh_server.client()
+    proxy = _CuttingProxy(fresh_server.port)
+    conn = connect(f"redis://127.0.0.1:{proxy.port}/0")
+    q = Queue("cut-once", conn)
+    q.add({"type": "warm"})
+    before = _evalsha_calls(r)
+    proxy.armed.set()
+    job = q.add({"type": "t"})  # ran, reply lost, reconnect, re-sent
+    assert _evalsha_calls(r) - before >= 2
+    assert job.id == "2" and r.zcard("nbq:{cut-once}:wait") == 2
+    bulk = (proxy.armed.set(), q.add_bulk([{"type": "t"}] * 5))[1]
+    assert [j.id for j in bulk] == ["3", "4", "5", "6", "7"]
+    assert r.zcard("nbq:{cut-once}:wait") == 7
+    assert check_states(r, "cut-once") == []
+    conn.close()
+    proxy.close()
 
 
 def test_same_token_twice_returns_the_first_calls_jobs(conn: Any, r: redis.Redis) -> None:
