@@ -24,7 +24,7 @@ import redis
 from rhelpers import check_states
 
 from nbqueue import Queue
-from nbqueue.ops import Outcome
+from nbqueue.ops import Outcome, OutcomeKind
 from nbqueue.protocol import run_sync
 
 pytestmark = pytest.mark.reliability
@@ -83,8 +83,9 @@ def _setup(q: Queue) -> dict[str, Any]:
     q.add({"type": "d"}, delay=1)
     fetched = _run(q, q._ops.fetch(4, "w1", 60_000))
     jobs = fetched.jobs
-    _run(q, q._ops.finish([Outcome(jobs[0], "c", "1"), Outcome(jobs[1], "f", "no", "E")],
-                          {}, 0, "w1", 60_000))
+    done = [Outcome(jobs[0], OutcomeKind.COMPLETED, "1"),
+            Outcome(jobs[1], OutcomeKind.FAILED, "no", "E")]
+    _run(q, q._ops.finish(done, {}, 0, "w1", 60_000))
     time.sleep(0.01)  # the delayed job is due now
     return {"active": jobs[2:], "done": jobs[:2]}
 
@@ -137,7 +138,8 @@ def case_fetch(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
 
 def case_finish(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     a, b = s["active"]
-    outcomes = [Outcome(a, "c", "1"), Outcome(b, "r", "again", "E", retry_delay=10)]
+    outcomes = [Outcome(a, OutcomeKind.COMPLETED, "1"),
+                Outcome(b, OutcomeKind.RETRY, "again", "E", retry_delay=10)]
     for key in ("completed", "delayed", "active", "ctr"):
         with wrong_type(r, BASE + key):
             assert _attempt(lambda: _run(q, q._ops.finish(outcomes, {}, 0, "w1", 60_000)))
