@@ -27,7 +27,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from .errors import EvictionPolicyError, RedisUnavailableError
+from .errors import EvictionPolicyError, InvalidOptionError, RedisUnavailableError
 
 __all__ = ["Connection", "connect", "describe_client", "mask_url"]
 
@@ -379,8 +379,6 @@ def _check_scheme(url: str, source: str) -> None:
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in URL_SCHEMES:
         return
-    from .errors import InvalidOptionError
-
     where = "the url argument (or --url)" if source == "url" else f"${source}"
     shown = re.sub(r"^([^@/]*?):[^@]*@", r"\1:***@", mask_url(text))  # user:pw@host
     raise InvalidOptionError(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Generator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .errors import JobNotFoundError
+from .display import job_html, job_text
+from .errors import JobCancelledError, JobNotFoundError
+from .options import parse_priority
 from .protocol import Op, async_method, sync_method
 from .records import JobRecord
+from .serialization import dumps
 from .types import JobState, JobStatus
 
 if TYPE_CHECKING:
@@ -142,8 +146,6 @@ class JobBase:
         """Raise ``JobCancelledError`` if this job's cancel was requested (inside a
         worker); the attempt then ends failed with error type ``cancelled``."""
         if self.cancelled:
-            from .errors import JobCancelledError
-
             raise JobCancelledError(f"job {self.id} of {self.queue.name!r} was cancelled")
 
     # -- operations (one definition, bound to sync or asyncio below) -------------------
@@ -181,10 +183,6 @@ class JobBase:
     def _change_priority(self, priority: Any, lifo: bool = False) -> Op[None]:
         """Move this waiting or delayed job to priority level ``priority`` (its back;
         ``lifo=True``: its front). ``JobStateError`` if it is active or finished."""
-        from dataclasses import replace
-
-        from .options import parse_priority
-
         yield from self.queue._ops.change_priority(self.id, priority, lifo)
         self._record.opts = replace(self._record.opts, priority=parse_priority(priority))
 
@@ -215,8 +213,6 @@ class JobBase:
         return ok
 
     def _in_worker_progress(self, value: Any) -> _Done:
-        from .serialization import dumps
-
         dumps(value, "progress")  # a bad value fails here, in the processor, not later
         self._record.progress = value
         self._sink.report_progress(self, value)  # type: ignore[union-attr]
@@ -228,13 +224,9 @@ class JobBase:
                 f"state={self._record.state.value}>")
 
     def _repr_html_(self) -> str:
-        from .display import job_html
-
         return job_html(self)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        from .display import job_text
-
         p.text(job_text(self))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import serialization
+from .durations import to_ms
 from .errors import (
     InvalidOptionError,
     JobActiveError,
@@ -29,7 +30,7 @@ from .errors import (
     ResultTimeoutError,
 )
 from .keys import DEFAULT_PREFIX, QueueKeys, registry_key
-from .options import JobOptions, default_options, merge_options
+from .options import JobOptions, default_options, merge_options, parse_priority
 from .protocol import Batch, Call, Op
 from .records import (
     FETCH_STRIDE,
@@ -114,8 +115,6 @@ class RateLimit:
             return value
         if not isinstance(value, Mapping) or set(value) - {"max", "duration"}:
             raise InvalidOptionError("rate_limiter must be a dict {'max': n, 'duration': ms}")
-        from .durations import to_ms
-
         n = value.get("max")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidOptionError(f"rate_limiter max must be an int >= 1: {n!r}")
@@ -424,8 +423,6 @@ class QueueOps:
 
     def change_priority(self, job_id: str, priority: Any, lifo: bool = False) -> Op[str]:
         """New priority of a waiting or delayed job; returns its state."""
-        from .options import parse_priority
-
         prio = parse_priority(priority)
         if not isinstance(lifo, bool):
             raise InvalidOptionError(f"lifo must be a bool: {lifo!r}")
@@ -751,8 +748,6 @@ def _utf8_safe(text: str, data: Any, name: str) -> tuple[str, str]:
     """Lone surrogates cannot be sent to Redis as UTF-8: JSON-escape them (``\\ud800``),
     which round-trips exactly, instead of failing deep in the client with UnicodeEncodeError."""
     if not _encodable(text):
-        import json
-
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
     if not _encodable(name):
         name = name.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -20,6 +20,7 @@ from .batch import (
     map_items,
 )
 from .connection import Connection, connect
+from .display import queue_html, queue_text
 from .durations import to_ms
 from .errors import InvalidOptionError
 from .job import AsyncJob, Job, JobBase
@@ -315,8 +316,6 @@ class Queue(QueueBase[Job, JobBatch]):
 
     def _repr_html_(self) -> str:
         """Counts by state, paused, and workers (one round trip for the counts)."""
-        from .display import queue_html
-
         try:
             return queue_html(self.get_metrics(), self._display_workers())
         except Exception as exc:  # Redis away: the name and why there is nothing more
@@ -324,8 +323,6 @@ class Queue(QueueBase[Job, JobBatch]):
                     f"{html.escape(str(exc))}</div>")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        from .display import queue_text
-
         try:
             p.text(queue_text(self.get_metrics(), self._display_workers()))
         except Exception as exc:
