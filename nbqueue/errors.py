@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import redis.exceptions
+from redis.exceptions import OutOfMemoryError as _RedisOutOfMemoryError
 
 
 class NbqueueError(Exception):
@@ -21,7 +21,7 @@ class RedisUnavailableError(NbqueueError, ConnectionError):
     """Redis cannot be reached; the message names the URL (password masked)."""
 
 
-class RedisOutOfMemoryError(NbqueueError, redis.exceptions.OutOfMemoryError):
+class RedisOutOfMemoryError(NbqueueError, _RedisOutOfMemoryError):
     """Redis refused a write: its memory is full (``maxmemory`` under ``noeviction``).
 
     The message names the queue. Nothing of the refused call was written. Workers keep
