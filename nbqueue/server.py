@@ -175,14 +175,13 @@ def revive(home: Path) -> bool:
     :data:`REVIVE_BACKOFF_S` of a restart that failed. Safe from many threads and
     processes at once (the start is under a file lock, and a running server is reused).
     """
-    sock = socket_path(home)
-    if _ping(sock):
-        return True
-    if (home / _STOPPED).exists():
-        return False
     key = str(home)
     failed_at = _revive_failed.get(key)
     if failed_at is not None and time.monotonic() - failed_at < REVIVE_BACKOFF_S:
+        return False  # (no PING either: a frozen server makes each one wait its timeout)
+    if _ping(socket_path(home)):
+        return True
+    if (home / _STOPPED).exists():
         return False
     try:
         _ensure(home)
@@ -207,6 +206,13 @@ def _ensure(home: Path) -> str:
     with _locked(home / _LOCKFILE):
         if _ping(sock):  # another process started it while we waited for the lock
             return _url(sock)
+        pid = _read_pid(home / _PIDFILE)
+        if pid is not None and _is_redis_process(pid) and not _is_zombie(pid):
+            # alive but not answering (frozen, swapping, loading a big AOF): a second
+            # server on the same socket and append-only file would corrupt it
+            raise NoServerError(
+                f"the embedded redis-server (pid {pid}) is running but does not answer on "
+                f"{sock}; not starting a second one{_log_tail(home / _LOGFILE)}")
         _start(home, sock)
     return _url(sock)
 

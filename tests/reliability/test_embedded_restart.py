@@ -87,3 +87,22 @@ def test_an_explicit_embedded_url_is_revived_too(embedded_home: Path) -> None:
     assert Queue("emb-url", conn).add({"type": "t"}).id == "1"
     assert server.status().running
     conn.close()
+
+
+def test_a_frozen_embedded_server_is_not_doubled(embedded_home: Path) -> None:
+    """Alive but not answering (SIGSTOP): no second server on the same socket and AOF."""
+    conn = connect()
+    q = Queue("emb-frozen", conn)
+    q.add({"type": "t"})
+    pid = server.status().pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert server.revive(embedded_home) is False
+        with pytest.raises(nbqueue.NoServerError, match="not starting a second one"):
+            server.ensure_server()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert server.status().pid == pid
+    assert q.get_metrics().waiting == 1
+    conn.close()
