@@ -29,6 +29,10 @@ def _load_processor(spec: str) -> Any:
         module = util.module_from_spec(loaded)
         sys.modules[path.stem] = module
         loaded.loader.exec_module(module)
+        # not importable by name elsewhere: process-mode children get its code by value
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
     else:
         sys.path.insert(0, ".")
         module = importlib.import_module(module_name)

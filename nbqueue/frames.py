@@ -54,7 +54,7 @@ JOB_COLUMNS: tuple[str, ...] = (
 ALL_JOB_COLUMNS: tuple[str, ...] = (
     "queue", "name", "state", "priority", "attempts_made", "attempts", "progress",
     "created", "processed", "finished", "wait_s", "run_s", "failed_reason",
-    "error_type", "returnvalue", "data")
+    "error_type", "last_error", "returnvalue", "data")
 HISTORY_COLUMNS: tuple[str, ...] = ("queue", "completed", "failed", "finished")
 
 #: The categories of ``jobs_frame()["state"]``, in lifecycle order.
@@ -114,6 +114,20 @@ def _columns(columns: str | Sequence[str] | None) -> list[str]:
     return picked
 
 
+def last_error(job: JobBase) -> str | None:
+    """The newest failed attempt in one line: its traceback's last line (``KeyError:
+    'price'``), else the failure reason; None for a job that never failed."""
+    traces = job.stacktrace
+    if traces:
+        lines = [ln for ln in traces[-1].splitlines() if ln.strip()]
+        if lines:
+            return lines[-1].strip()
+    if job.failed_reason:
+        etype = job._record.error_type
+        return f"{etype}: {job.failed_reason}" if etype else job.failed_reason
+    return None
+
+
 def jobs_frame(jobs: Iterable[JobBase],
                columns: str | Sequence[str] | None = None) -> pd.DataFrame:
     """One row per job, indexed by job id: the concise ``JOB_COLUMNS`` by default,
@@ -139,6 +153,7 @@ def jobs_frame(jobs: Iterable[JobBase],
         "run_s": _seconds(finished, processed),
         "failed_reason": pd.Series([j.failed_reason for j in jobs], dtype="object"),
         "error_type": pd.Series([j._record.error_type for j in jobs], dtype="object"),
+        "last_error": pd.Series([last_error(j) for j in jobs], dtype="object"),
         "returnvalue": pd.Series([j.returnvalue for j in jobs], dtype="object"),
         "data": pd.Series([j.data for j in jobs], dtype="object"),
     }, columns=picked)

@@ -174,7 +174,7 @@ def test_kernel_workers_rerun_and_shutdown(redis_url: str, r: Any, tmp_path: Pat
         _execute(kc, KERNEL_SETUP)
         _execute(kc, "queue_manager.get_queue('kq')")
         _execute(kc, KERNEL_CELL)
-        _execute(kc, "first = w; first_pids = [p.pid for p in w._children]")
+        _execute(kc, "first = w; first_pids = w.child_pids")
         # re-running the same cell (a new `triple`): still one worker for the queue
         _execute(kc, KERNEL_CELL)
         out = _execute(kc, """
@@ -186,7 +186,7 @@ queue_manager.get_queue("kq-thread")
 t = queue_manager.start_worker("kq-thread", processor=lambda job: job.payload + 1)
 print("thread result:", queue_manager.add_job("kq-thread", {"type": "t", "payload": 1})
       .result(timeout=60))
-pids = [p.pid for p in w._children]
+pids = w.child_pids
 _ws.extend([w, t])
 print("pids:", pids)
 """)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbqueue import Queue, Worker, serialization
+from nbqueue import JobFailedError, Queue, Worker, serialization
 
 TS = pd.Timestamp("2024-03-01 12:30:00", tz="Europe/Berlin")
 UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
@@ -144,3 +144,24 @@ def test_enqueue_magic_with_a_dataframe_points_at_chunks(r) -> None:
         ip.run_cell_magic("enqueue", "vals", "frame")
     assert "--chunks" in str(err.value) and "Queue.map" in str(err.value)
     assert r.dbsize() == 0
+def _returns_unstorable(job):
+    return {"ok": 1, "bad": {"handle": open}}
+
+
+async def _returns_unstorable_async(job):
+    return _returns_unstorable(job)
+
+
+@pytest.mark.parametrize("mode", ["thread", "asyncio", "process"])
+def test_unstorable_result_fails_the_attempt_naming_the_key(conn, mode) -> None:
+    q = Queue(f"bad-{mode}", conn)
+    proc = _returns_unstorable_async if mode == "asyncio" else _returns_unstorable
+    with Worker(q.name, proc, conn, mode=mode):
+        job = q.add({"type": "t"})
+        with pytest.raises(JobFailedError) as err:
+            job.result(timeout=60)
+    assert err.value.error_type == "result_not_json"
+    assert "value['bad']['handle']" in str(err.value.reason)
+    assert "builtin_function_or_method" in str(err.value.reason)
+
+

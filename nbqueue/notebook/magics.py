@@ -180,6 +180,13 @@ def _nbqueue_parser() -> _Parser:
     s.add_argument("job_id")
     s.add_argument("priority", help="critical|high|normal|low|background or 1..5")
     s.add_argument("--lifo", action="store_true", help="to the front of its new level")
+    s = sub.add_parser("logs", help="a job's log (job.log, captured print/logging output)")
+    s.add_argument("queue")
+    s.add_argument("job_id")
+    s = sub.add_parser("cancel", help="cancel a job (waiting/delayed: at once; active: its "
+                                      "worker stops it)")
+    s.add_argument("queue")
+    s.add_argument("job_id")
     s = sub.add_parser("workers", help="registered workers (any process or host) as a "
                                        "DataFrame")
     s.add_argument("queues", nargs="*")
@@ -192,6 +199,24 @@ def _nbqueue_parser() -> _Parser:
     s.add_argument("--grace", default="0", help="only older than this (e.g. 1h)")
     s.add_argument("--limit", type=int, default=0)
     return p
+
+
+class JobLogView:
+    """What ``%nbqueue logs`` shows: the job's log lines, as text or an HTML block."""
+
+    def __init__(self, queue: str, job_id: str, lines: list[str]) -> None:
+        self.queue, self.job_id, self.lines = queue, job_id, lines
+
+    def __repr__(self) -> str:
+        head = f"log of job {self.job_id} of {self.queue!r} ({len(self.lines)} lines)"
+        return "\n".join([head, *self.lines])
+
+    def _repr_html_(self) -> str:
+        import html as _html
+
+        body = _html.escape("\n".join(self.lines)) or "<i>(empty)</i>"
+        return (f"<div class='nbqueue-logs'><b>log of job {_html.escape(self.job_id)} of "
+                f"{_html.escape(self.queue)}</b><pre>{body}</pre></div>")
 
 
 @magics_class
@@ -328,6 +353,8 @@ class NbqueueMagics(Magics):
         %nbqueue pause|resume|retry QUEUE
         %nbqueue promote QUEUE JOB_ID              run a delayed job now
         %nbqueue priority QUEUE JOB_ID PRIORITY [--lifo]   re-prioritise a waiting/delayed job
+        %nbqueue logs QUEUE JOB_ID      the job's log: job.log() and its print/logging output
+        %nbqueue cancel QUEUE JOB_ID    cancel a job (active: its worker stops it)
         %nbqueue workers [QUEUE ...]    registered workers of any process/host (DataFrame)
         %nbqueue drain QUEUE [--delayed]
         %nbqueue clean QUEUE [--state completed|failed] [--grace 1h] [--limit N]
@@ -423,6 +450,20 @@ class NbqueueMagics(Magics):
         prio = parse_priority(args.priority)
         _manager().get_queue(args.queue).change_priority(args.job_id, prio, args.lifo)
         print(f"job {args.job_id} of {args.queue!r} now has priority {prio}")
+
+    def _cmd_logs(self, args: argparse.Namespace) -> Any:
+        q = _manager().get_queue(args.queue)
+        if q.get_job(args.job_id) is None:
+            raise JobNotFoundError(f"job {args.job_id} not found in queue {args.queue!r}")
+        return JobLogView(args.queue, args.job_id, q.get_job_logs(args.job_id))
+
+    def _cmd_cancel(self, args: argparse.Namespace) -> Any:
+        if _manager().get_queue(args.queue).cancel(args.job_id):
+            print(f"job {args.job_id} of {args.queue!r}: cancelled (an active job ends once "
+                  "its worker has stopped it)")
+        else:
+            print(f"job {args.job_id} of {args.queue!r} had finished already: nothing to "
+                  "cancel")
 
     def _cmd_workers(self, args: argparse.Namespace) -> Any:
         from ..frames import workers_frame

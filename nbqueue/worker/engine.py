@@ -65,7 +65,8 @@ class Engine:
                  dead_letter: bool = True, grace: float = 30.0, prefetch: int = 0,
                  worker_name: str | None = None,
                  job_factory: JobFactory | None = None, mode: str = "thread",
-                 heartbeat_interval: int = HEARTBEAT_MS) -> None:
+                 heartbeat_interval: int = HEARTBEAT_MS,
+                 process_payload: bytes | None = None) -> None:
         self.queue_name = queue_name
         self.processor = processor
         self.connection = connection
@@ -76,26 +77,46 @@ class Engine:
         self.prefetch = prefetch
         self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ops = QueueOps(queue_name, prefix=prefix)
-        self.is_async = is_async(processor)
+        # process mode: this engine runs no job body; ``concurrency`` children do (process.py)
+        self.is_async = is_async(processor) and process_payload is None
         if job_factory is None:
             job_factory = queue_job_factory(queue_name, connection, prefix, self.is_async)
         self.outbox = Outbox(self.ops, prefix=prefix,
                              dead_letter=dead_letter and queue_name != DEAD_LETTER_QUEUE)
+        children = None
+        if process_payload is not None:
+            from .process import ChildPool
+
+            children = ChildPool(concurrency, process_payload, name=queue_name,
+                                 on_done=self._child_done, on_progress=self.outbox.put_progress,
+                                 on_log=self.outbox.report_log,
+                                 on_lost=self._child_lost,
+                                 on_started=self._child_started)
         self.jobs = Execution(processor, concurrency, is_async=self.is_async,
                               job_factory=job_factory, outbox=self.outbox,
-                              backoff_strategy=backoff_strategy)
+                              backoff_strategy=backoff_strategy, children=children)
         self.fetcher = Fetcher(self.ops, self.token, self.lock_ms, self.jobs, self.outbox)
         self.upkeep = Upkeep(self.ops, self.token, lock_ms=self.lock_ms,
                              stalled_ms=stalled_interval, max_stalled=max_stalled_count,
                              jobs=self.jobs, outbox=self.outbox,
                              heartbeat_ms=heartbeat_interval,
                              info={"host": socket.gethostname(), "pid": os.getpid(),
-                                   "mode": mode, "concurrency": concurrency})
+                                   "mode": mode, "concurrency": concurrency},
+                             new_client=connection.new_async)
         self.loop: asyncio.AbstractEventLoop | None = None
         # called (on the loop) once the worker is in the registry: Worker.start() waits for it
         self.on_registered: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._client: Any = None
+
+    def _child_done(self, record: JobRecord, outcome: Any, duration: float) -> None:
+        self.jobs.child_done(record, outcome, duration)
+
+    def _child_lost(self, record: JobRecord) -> None:
+        self.jobs.let_go(record)
+
+    def _child_started(self, record: JobRecord) -> None:
+        self.jobs.child_started(record)
 
     @property
     def processed(self) -> int:

@@ -14,18 +14,23 @@ import functools
 import inspect
 import logging
 import time
+import traceback
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backoff import BackoffStrategy
-from ..errors import JobTimeoutError, UnrecoverableError
+from ..errors import JobCancelledError, JobTimeoutError, UnrecoverableError
 from ..job import JobBase, ProgressSink
 from ..ops import Outcome, OutcomeKind
 from ..processor import Processor
 from ..records import JobRecord
 from ..serialization import dumps
+from . import capture
 from .outbox import Outbox
 from .threads import JobThreads
+
+if TYPE_CHECKING:
+    from .process import ChildPool
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -33,10 +38,30 @@ JobFactory = Callable[[JobRecord, ProgressSink], JobBase]
 """Builds the handle a processor receives for a fetched job (bound to the outbox)."""
 
 
+MAX_TRACE_FRAMES = 30  # the newest frames of a failed attempt's traceback
+MAX_TRACE_CHARS = 8_000  # and at most this much of its text (the end kept)
+
+
+def format_traceback(error: BaseException) -> str:
+    """A failed attempt's traceback as stored on the job: the newest frames (the runner's
+    own frame, the oldest, left out), cut to ``MAX_TRACE_CHARS`` from the end."""
+    tb = error.__traceback__
+    if tb is None:
+        return ""
+    if tb.tb_next is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+        tb = tb.tb_next  # the runner that called the processor
+    lines = traceback.format_exception(type(error), error, tb, limit=-MAX_TRACE_FRAMES)
+    text = "".join(lines)
+    if len(text) > MAX_TRACE_CHARS:
+        text = "[traceback cut]\n..." + text[-MAX_TRACE_CHARS:]
+    return text
+
+
 def classify(job: JobRecord, result: Any = None, error: BaseException | None = None,
              backoff_strategy: BackoffStrategy | None = None,
              job_handle: Any = None) -> Outcome:
     """Turn how an attempt ended into an outcome (the retry rules live here)."""
+    etype = ""
     if error is None:
         if result is None:  # the common no-value case, without a JSON round
             return Outcome(job, OutcomeKind.COMPLETED, "null")
@@ -47,13 +72,17 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
         try:
             return Outcome(job, OutcomeKind.COMPLETED,
                            dumps(result, "the processor's return value", strict=False))
-        except Exception as exc:  # not JSON (or too deep, or circular): the job fails
-            return Outcome(job, OutcomeKind.FAILED, f"{type(exc).__name__}: {exc}",
-                           type(exc).__name__)
+        except Exception as exc:  # not storable: this attempt fails, naming the key
+            error, etype = exc, "result_not_json"
+    if isinstance(error, JobCancelledError) or (
+            job_handle is not None and getattr(job_handle, "cancelled", False)):
+        return cancelled_outcome(job)
+    trace = format_traceback(error) if not etype else ""
     if isinstance(error, UnrecoverableError):
         return Outcome(job, OutcomeKind.FAILED, str(error) or "unrecoverable error",
-                       "unrecoverable")
-    etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
+                       "unrecoverable", stacktrace=trace)
+    if not etype:
+        etype = "timeout" if isinstance(error, JobTimeoutError) else type(error).__name__
     reason = str(error) or type(error).__name__
     attempts_made = job.attempts_made + 1
     if attempts_made < job.opts.attempts:
@@ -64,8 +93,13 @@ def classify(job: JobRecord, result: Any = None, error: BaseException | None = N
                                                  backoff_strategy)
             except Exception as exc:  # a broken custom strategy must not lose the job
                 log.warning("backoff strategy failed (%s); retrying without delay", exc)
-        return Outcome(job, OutcomeKind.RETRY, reason, etype, delay)
-    return Outcome(job, OutcomeKind.EXHAUSTED, reason, etype)
+        return Outcome(job, OutcomeKind.RETRY, reason, etype, delay, stacktrace=trace)
+    return Outcome(job, OutcomeKind.EXHAUSTED, reason, etype, stacktrace=trace)
+
+
+def cancelled_outcome(job: JobRecord) -> Outcome:
+    """A job stopped by its cancel: failed, not retried, not dead-lettered."""
+    return Outcome(job, OutcomeKind.FAILED, "cancelled", "cancelled")
 
 
 def safe_classify(record: JobRecord, result: Any, error: BaseException | None,
@@ -93,7 +127,8 @@ class Execution:
 
     def __init__(self, processor: Processor, concurrency: int, *, is_async: bool,
                  job_factory: JobFactory, outbox: Outbox,
-                 backoff_strategy: BackoffStrategy | None = None) -> None:
+                 backoff_strategy: BackoffStrategy | None = None,
+                 children: ChildPool | None = None) -> None:
         self.processor = processor
         self.concurrency = concurrency
         self.is_async = is_async
@@ -116,16 +151,27 @@ class Execution:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._pool: JobThreads | None = None
+        # process mode: the executor children that run the bodies (process.py)
+        self.children = children
+        # handles of running jobs (thread/asyncio), for cancel; async jobs being cancelled
+        self._handles: dict[str, JobBase] = {}
+        self._cancelling: set[str] = set()
 
     def open(self, wake: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
         self._wake = wake
+        if self.children is not None:
+            self.children.open()
+            return
+        capture.install()  # print/logging of a processor -> its job's log
         if not self.is_async:
             self._pool = JobThreads(self.concurrency, "nbqueue-job")
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
+        if self.children is not None:
+            self.children.close()
 
     # -- slots -----------------------------------------------------------------------------
     def take(self, record: JobRecord) -> None:
@@ -136,7 +182,12 @@ class Execution:
             self.ready.append(record)
 
     def start(self, record: JobRecord) -> None:
+        if self.children is not None:
+            self.running[record.id] = (record, None)
+            self.children.submit(record)  # its timeout runs from its dispatch to a child
+            return
         job = self.job_factory(record, self.outbox)
+        self._handles[record.id] = job
         if self.is_async:
             assert self.loop is not None
             self.running[record.id] = (record, self.loop.create_task(self._run_async(record, job)))
@@ -157,6 +208,7 @@ class Execution:
         self.outbox.book(outcome, duration)
         self.deadlines.pop(record.id, None)
         self.running.pop(record.id, None)
+        self._handles.pop(record.id, None)
         if self.ready and not self.stopping:
             self.start(self.ready.popleft())
         assert self._wake is not None
@@ -174,12 +226,66 @@ class Execution:
         for record, task in list(self.running.values()):
             if task is not None:
                 task.cancel()
+            elif self.children is not None:
+                self.children.abort(record.id, respawn=False)  # its body must not run on
             outcomes.append(_shutdown_outcome(record))
         outcomes.extend(_shutdown_outcome(record) for record in self.ready)
         self.running.clear()
         self.ready.clear()
         self.deadlines.clear()
+        self._handles.clear()
         return outcomes
+
+    # -- cancel ----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        """Stop a job this worker holds (its cancel was requested: cancel.lua). A prefetched
+        one fails at once; a running one: asyncio task cancelled, process-mode child
+        signalled (killed if it cannot stop), thread mode cooperative (``job.cancelled``)."""
+        for record in self.ready:
+            if record.id == job_id:
+                self.ready.remove(record)
+                self.complete(record, cancelled_outcome(record), 0.0)
+                return
+        entry = self.running.get(job_id)
+        if entry is None:
+            return  # finished meanwhile (its outcome stands), or not ours any more
+        record, task = entry
+        handle = self._handles.get(job_id)
+        if handle is not None and handle._cancel_requested is not None:
+            handle._cancel_requested.set()
+        if task is not None:
+            self._cancelling.add(job_id)
+            task.cancel()
+        elif self.children is not None and self.children.cancel(job_id):
+            self.complete(record, cancelled_outcome(record), 0.0)  # had not started
+
+    def child_started(self, record: JobRecord) -> None:
+        """Process mode: ``record`` went to a child now; its timeout counts from here."""
+        if record.opts.timeout and record.id in self.running:
+            self.deadlines[record.id] = time.monotonic() + record.opts.timeout / 1000
+            assert self._wake is not None
+            self._wake.set()  # the loop's wait must end by this deadline
+
+    def let_go(self, record: JobRecord) -> None:
+        """Process mode: the child running ``record`` died. Stop holding the job without an
+        outcome (its lock is no longer renewed), as if this worker had died: the stalled
+        sweep re-queues or fails it by the stalled rules. Its slot goes to the next job."""
+        entry = self.running.get(record.id)
+        if entry is None or entry[0] is not record:
+            return
+        self.running.pop(record.id, None)
+        self.deadlines.pop(record.id, None)
+        if self.ready and not self.stopping:
+            self.start(self.ready.popleft())
+        assert self._wake is not None
+        self._wake.set()
+
+    def child_done(self, record: JobRecord, outcome: Outcome, duration: float) -> None:
+        """Process mode: a child's outcome (or the pool's, for a child it had to kill)."""
+        entry = self.running.get(record.id)
+        if entry is None or entry[0] is not record:
+            return  # timed out or handed back meanwhile: this result is void
+        self.complete(record, outcome, duration)
 
     # -- async runner ----------------------------------------------------------------------
     async def _run_async(self, record: JobRecord, job: JobBase) -> None:
@@ -188,17 +294,23 @@ class Execution:
         result: Any = None
         error: BaseException | None = None
         try:
-            work = self.processor(job)
-            if timeout is None:
-                result = await work
-            else:
-                try:
-                    result = await asyncio.wait_for(work, timeout)
-                except asyncio.TimeoutError:
-                    raise JobTimeoutError(
-                        f"job exceeded its timeout of {record.opts.timeout} ms") from None
+            with capture.job_output(record.id, self.outbox.report_log):
+                work = self.processor(job)
+                if timeout is None:
+                    result = await work
+                else:
+                    try:
+                        result = await asyncio.wait_for(work, timeout)
+                    except asyncio.TimeoutError:
+                        raise JobTimeoutError(
+                            f"job exceeded its timeout of {record.opts.timeout} ms") from None
         except asyncio.CancelledError:
+            if record.id in self._cancelling:  # job.cancel(): the job ends, failed
+                self._cancelling.discard(record.id)
+                self.complete(record, cancelled_outcome(record), time.monotonic() - started)
+                return
             self.running.pop(record.id, None)
+            self._handles.pop(record.id, None)
             raise
         except BaseException as exc:  # the processor's failure is the job's, not ours
             error = exc
@@ -212,7 +324,8 @@ class Execution:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = self.processor(job)
+            with capture.job_output(record.id, self.outbox.report_log):
+                result = self.processor(job)
             if inspect.isawaitable(result):  # a sync function that returned a coroutine
                 assert self.loop is not None
                 result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
@@ -254,8 +367,11 @@ class Execution:
             error = JobTimeoutError(f"job exceeded its timeout of {record.opts.timeout} ms")
             if self._pool is not None:
                 self._pool.size += 1  # the stuck thread runs on; keep our concurrency
+            if self.children is not None:
+                self.children.abort(job_id)  # kill its child (a new one takes its place)
             self.complete(record, classify(record, None, error, self.backoff_strategy),
                           (record.opts.timeout or 0) / 1000)
 
     def describe(self) -> str:
-        return f"running={sorted(self.running)} ready={[r.id for r in self.ready]}"
+        extra = f" {self.children.describe()}" if self.children is not None else ""
+        return f"running={sorted(self.running)} ready={[r.id for r in self.ready]}{extra}"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
 import signal
 import threading
 from typing import Any
@@ -61,7 +59,15 @@ class WorkerBase:
         self._connection_arg = connection
         self.concurrency = concurrency
         self.mode = mode
-        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        if processes is not None and (isinstance(processes, bool)
+                                      or not isinstance(processes, int) or processes < 1):
+            raise InvalidOptionError(f"processes must be an int >= 1: {processes!r}")
+        # Process mode runs one job per child at a time (see process.py): as many children
+        # as jobs at once, max(concurrency, processes); ``processes`` is kept for callers
+        # that used it to size the pool.
+        self.processes = max(concurrency, processes or 0)
+        if mode == "process":
+            self.concurrency = self.processes
         self.name = name
         self._engine_kwargs: dict[str, Any] = dict(
             prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
@@ -73,7 +79,6 @@ class WorkerBase:
         self.engine: Engine | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
-        self._children: list[Any] = []
         self._error: BaseException | None = None
 
     @property
@@ -83,8 +88,15 @@ class WorkerBase:
         return self._connection_arg
 
     def _new_engine(self, concurrency: int) -> Engine:
+        payload = None
+        if self.mode == "process":
+            payload = process.child_payload(
+                self.processor, url=self.connection.url, cluster=self.connection.cluster,
+                queue_name=self.queue_name, prefix=self._engine_kwargs["prefix"],
+                backoff_strategy=self._engine_kwargs["backoff_strategy"])
         return Engine(self.queue_name, self.processor, self.connection,
-                      concurrency=concurrency, worker_name=self.name, **self._engine_kwargs)
+                      concurrency=concurrency, worker_name=self.name, process_payload=payload,
+                      **self._engine_kwargs)
 
     @property
     def is_running(self) -> bool:
@@ -92,7 +104,13 @@ class WorkerBase:
             return self._thread.is_alive()
         if self._task is not None:
             return not self._task.done()
-        return any(p.is_alive() for p in self._children)
+        return False
+
+    @property
+    def child_pids(self) -> list[int]:
+        """Process mode: the pids of the executor children running job bodies now."""
+        pool = self.engine.jobs.children if self.engine is not None else None
+        return [c.proc.pid for c in pool.children] if pool is not None else []
 
     @property
     def processed(self) -> int:
@@ -103,9 +121,7 @@ class WorkerBase:
         if self.is_running:
             return
         _ = self.connection  # resolve (and check) the connection in the caller's thread
-        if self.mode == "process":
-            self._start_processes()
-        elif self.mode == "asyncio" and _running_loop() is not None:
+        if self.mode == "asyncio" and _running_loop() is not None:
             self.engine = self._new_engine(self.concurrency)
             self._task = asyncio.ensure_future(self.engine.run())
         else:
@@ -134,27 +150,12 @@ class WorkerBase:
         finally:
             ready.set()
 
-    def _start_processes(self) -> None:
-        per_child = math.ceil(self.concurrency / self.processes)
-        specs = [dict(self._engine_kwargs, url=self.connection.url,
-                      cluster=self.connection.cluster, queue_name=self.queue_name,
-                      processor=self.processor, concurrency=per_child,
-                      worker_name=f"{self.name}-{i}" if self.name else None)
-                 for i in range(self.processes)]
-        self._children.extend(process.start_children(specs, self.queue_name))
-
     def _run(self) -> None:
-        """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this)."""
-        if self.mode == "process":
-            self._start_processes()
-            try:
-                for p in self._children:
-                    p.join()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                self._stop()
-            return
+        """Run in the foreground until ``stop()``, SIGINT or SIGTERM (the CLI uses this).
+
+        SIGTERM/SIGINT stop gracefully in every mode: no new jobs, running ones finish
+        within ``grace``, the rest go back to the queue; in process mode the children of
+        jobs handed back are killed, and no child outlives this call."""
         self.engine = self._new_engine(self.concurrency)
         engine = self.engine
 
@@ -177,8 +178,6 @@ class WorkerBase:
             if self._thread.is_alive() and self.engine is not None:
                 log.error("worker did not stop within %.0fs: %s", wait, self.engine.describe())
             self._thread = None
-        process.stop_children(self._children, wait)
-        self._children = []
         if self._error is not None:
             err, self._error = self._error, None
             raise NbqueueError(f"the worker of {self.queue_name!r} had died: {err}") from err
@@ -198,8 +197,8 @@ class Worker(WorkerBase):
 
     Every worker registers in its queue's worker registry (``Queue.get_workers()``) and
     heartbeats every ``heartbeat_interval`` ms (default 5 s); a worker that dies drops out
-    3 intervals after its last heartbeat, a stopped one at once. In process mode each
-    child process is one registered worker.
+    3 intervals after its last heartbeat, a stopped one at once. In process mode the
+    parent (which runs the engine) is the registered worker; its children only run bodies.
 
     ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
     a slot that frees up starts the next job without a round trip; it trades strict

@@ -78,6 +78,10 @@ class Outbox:
         else:
             loop.call_soon_threadsafe(self._put_progress, job.id, value)
 
+    def put_progress(self, job_id: str, value: Any) -> None:
+        """Progress of ``job_id`` reported on the loop (process mode: from a child)."""
+        self._put_progress(job_id, value)
+
     def _put_progress(self, job_id: str, value: Any) -> None:
         self.progress[job_id] = value
         assert self._wake is not None
@@ -139,7 +143,7 @@ class Outbox:
                 log.warning("job %s of %s finished after its lock was lost (stalled and "
                             "re-queued, or removed); its outcome was dropped",
                             outcome.job.id, self.ops.name)
-            elif outcome.terminal_failure:
+            elif outcome.terminal_failure and outcome.error_type != "cancelled":
                 self.add_dead_letter(outcome.job, outcome.value, outcome.error_type)
 
     # -- dead letters ----------------------------------------------------------------------

@@ -1,69 +1,413 @@
-"""Process mode: N child processes, each running its own engine.
+"""Process mode: the parent runs the engine, child processes only run job bodies.
 
-The processor is pickled by value (cloudpickle) and handed to each child directly, never
-through Redis. Children stop on SIGTERM/SIGINT like a foreground worker (graceful, within
-the grace period).
+The process that holds a job's lock must not be the one that runs its body (BullMQ's
+sandboxed processors): a body that holds the GIL in one long C call (``sum(range(4 *
+10**9))``) would otherwise stop the lock renewal, and the job would be re-run elsewhere.
+So the parent does all the Redis work (fetch, locks, finish, stalled sweep, cancel) on its
+engine loop, and a :class:`ChildPool` of executor processes runs the bodies:
+
+- each child gets the processor once, at spawn (pickled by value with cloudpickle,
+  through its pipe: never through Redis), then receives job records over the pipe and
+  sends back progress, log lines (``job.log``, captured print/logging) and the outcome;
+- **one job per child at a time**: ``concurrency`` children. Killing a child can then
+  never lose another job, and a timed-out or cancelled body that will not stop (stuck in
+  C code) is ended by killing its child and starting a new one, which costs one spawn. The
+  price is a process per concurrent job (memory) - which is what CPU-bound work wants
+  anyway; I/O-bound work belongs in thread or asyncio mode;
+- cancel: the parent signals the child (SIGUSR1): a sync body gets ``JobCancelledError``
+  raised at its next bytecode, an async one has its task cancelled; a child that has not
+  reported within ``CANCEL_GRACE_S`` (a C call holding the GIL) is killed and replaced;
+- timeout: past the job's ``timeout`` the child is killed and replaced (the attempt fails
+  with error type ``timeout``);
+- a child that dies on its own (segfault, OOM kill, ``kill -9``) is replaced, and its job
+  is treated exactly as a job whose worker died: the parent lets go of it (stops renewing
+  its lock), and the stalled sweep re-queues it or fails it by the stalled rules;
+- children ignore SIGINT/SIGTERM (a Ctrl-C or a process-group SIGTERM reaches the parent,
+  which stops gracefully: it stops fetching, lets running bodies finish within the grace
+  period, hands back the rest and kills their children), and die with the parent
+  (``PR_SET_PDEATHSIG`` on Linux; elsewhere they exit when the pipe closes, once idle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import multiprocessing
+import multiprocessing.util  # (see below)
 import os
 import signal
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
-from ..connection import Connection
-from .engine import Engine
+from ..errors import JobCancelledError
+from ..ops import Outcome
+from ..records import JobRecord
+
+# Imported at nbqueue's import, so that multiprocessing's own exit hook (which joins every
+# child) is registered before nbqueue's (which stops the workers, and so their children):
+# atexit runs the later one first.
+
+log = logging.getLogger("nbqueue.worker")
+
+CANCEL_GRACE_S = 2.0  # a cancelled body that has not stopped by then: its child is killed
+RESPAWN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)  # children dying at once, again and again
 
 
-def child_main(payload: bytes) -> None:
-    """Entry point of a process-mode child: unpickle the processor, run one engine."""
+# -- the child ----------------------------------------------------------------------------
+class _PipeSink:
+    """A child's ``ProgressSink``: progress and log lines go to the parent over the pipe."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def report_progress(self, job: Any, value: Any) -> None:
+        self.conn.send(("progress", job.id, value))
+
+    def report_log(self, job_id: str, line: str) -> None:
+        self.conn.send(("log", job_id, line))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: ask the kernel to SIGKILL us when the parent dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # pragma: no cover - no libc: the pipe's EOF still ends us
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
+    """A child: run the jobs the parent sends, one at a time, until told to stop."""
+    _die_with_parent(parent_pid)
+    current: dict[str, Any] = {}  # "job", "task", "body" of the job running now
+
+    def on_term(signum: int, frame: Any) -> None:
+        # A busy child ignores SIGTERM (a process-group SIGTERM also reaches the parent,
+        # which stops gracefully and ends its children); an idle one just exits.
+        if not current:
+            os._exit(0)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
     import cloudpickle
 
+    from ..connection import Connection
+    from ..processor import is_async
+    from ..queue import AsyncQueue, Queue
+    from . import capture
+    from .execution import safe_classify
+
+    capture.install()  # before basicConfig, so its handler writes through the proxies
     logging.basicConfig(level=os.environ.get("NBQUEUE_LOG_LEVEL", "WARNING"))
     spec = cloudpickle.loads(payload)
-    conn = Connection(spec.pop("url"), cluster=spec.pop("cluster"))
-    engine = Engine(spec.pop("queue_name"), spec.pop("processor"), conn, **spec)
+    processor = spec["processor"]
+    asynchronous = is_async(processor)
+    connection = Connection(spec["url"], cluster=spec["cluster"])
+    queue = (AsyncQueue if asynchronous else Queue)(spec["queue_name"], connection,
+                                                    prefix=spec["prefix"])
+    sink = _PipeSink(conn)
+    loop = asyncio.new_event_loop() if asynchronous else None
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, engine.request_stop)
-        await engine.run()
+    def on_cancel(signum: int, frame: Any) -> None:
+        job = current.get("job")
+        if job is None:
+            return  # between jobs: the cancel came too late, the outcome stands
+        job._cancel_requested.set()
+        task = current.get("task")
+        if task is not None:
+            assert loop is not None
+            loop.call_soon_threadsafe(task.cancel)
+        elif current.get("body"):
+            raise JobCancelledError(f"job {job.id} was cancelled")
 
-    asyncio.run(main())
+    signal.signal(signal.SIGUSR1, on_cancel)
+    conn.send(("ready",))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if msg[0] != "run":
+            return  # "stop"
+        record: JobRecord = msg[1]
+        job = queue.job_class(queue, record, sink=sink)
+        started = time.monotonic()
+        result: Any = None
+        error: BaseException | None = None
+        current["job"] = job
+        try:
+            with capture.job_output(record.id, sink.report_log):
+                if asynchronous:
+                    assert loop is not None
+                    task = loop.create_task(processor(job))
+                    current["task"] = task
+                    result = loop.run_until_complete(task)
+                else:
+                    current["body"] = True
+                    result = processor(job)
+                    current["body"] = False
+        except BaseException as exc:  # the processor's failure is the job's
+            error = exc
+        finally:
+            current.clear()
+        outcome = safe_classify(record, result, error, spec["backoff_strategy"], job)
+        conn.send(("done", record.id, outcome.kind, outcome.value, outcome.error_type,
+                   outcome.retry_delay, outcome.stacktrace, time.monotonic() - started))
 
 
-def start_children(specs: Sequence[dict[str, Any]], queue_name: str) -> list[Any]:
-    """Start one child per engine spec (``Engine`` keyword arguments plus url, cluster,
-    queue_name and processor); returns the processes."""
-    import multiprocessing
+# -- the parent ---------------------------------------------------------------------------
+class _Child:
+    __slots__ = ("cancel_at", "conn", "job", "proc", "ready", "spawned", "started")
 
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.job: JobRecord | None = None
+        self.ready = False  # loaded its processor: jobs go to ready children only
+        self.started = 0.0
+        self.spawned = time.monotonic()
+        self.cancel_at: asyncio.TimerHandle | None = None
+
+
+Done = Callable[[JobRecord, Outcome, float], None]
+
+
+class ChildPool:
+    """The executor children of a process-mode engine. Lives on the engine's loop."""
+
+    def __init__(self, size: int, payload: bytes, *, name: str, on_done: Done,
+                 on_progress: Callable[[str, Any], None],
+                 on_log: Callable[[str, str], None],
+                 on_lost: Callable[[JobRecord], None],
+                 on_started: Callable[[JobRecord], None]) -> None:
+        self.size = size
+        self.payload = payload
+        self.name = name
+        self.on_done = on_done
+        self.on_progress = on_progress
+        self.on_log = on_log
+        self.on_lost = on_lost
+        self.on_started = on_started
+        self.children: list[_Child] = []
+        self.pending: collections.deque[JobRecord] = collections.deque()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.spawned = 0
+        self._quick_deaths = 0
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self.loop is not None
+        ctx = multiprocessing.get_context("spawn")
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=child_main, args=(self.payload, child_end, os.getpid()),
+                           daemon=True, name=f"nbqueue-child-{self.name}-{self.spawned}")
+        proc.start()
+        child_end.close()
+        self.spawned += 1
+        child = _Child(proc, parent_end)
+        self.children.append(child)
+        self.loop.add_reader(parent_end.fileno(), self._readable, child)
+        self._dispatch()
+
+    def close(self) -> None:
+        """Stop every child: idle ones are told to exit, busy ones (their jobs were handed
+        back) are killed; none outlives this call by more than a few seconds."""
+        self._closed = True
+        for child in self.children:
+            self._forget(child)
+            if child.job is None:
+                try:
+                    child.conn.send(("stop",))
+                except OSError:
+                    pass
+            else:
+                child.proc.kill()
+        deadline = time.monotonic() + 3
+        for child in self.children:
+            child.proc.join(max(0.0, deadline - time.monotonic()))
+            if child.proc.is_alive():
+                child.proc.kill()
+                child.proc.join(2)
+            child.conn.close()
+        self.children = []
+
+    # -- jobs --------------------------------------------------------------------------
+    def submit(self, record: JobRecord) -> None:
+        self.pending.append(record)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for child in self.children:
+            if not self.pending:
+                return
+            if child.job is None and child.ready:
+                record = self.pending.popleft()
+                child.job, child.started = record, time.monotonic()
+                try:
+                    child.conn.send(("run", record))
+                except OSError:  # died meanwhile: _readable sees the EOF and recovers
+                    pass
+                self.on_started(record)  # its timeout counts from now
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job: unstarted ones are dropped (True: the caller books the outcome);
+        a running one's child is signalled, then killed if it has not reported within
+        ``CANCEL_GRACE_S``. Returns False when the child was signalled (the outcome
+        comes from the child, or from the kill)."""
+        for record in self.pending:
+            if record.id == job_id:
+                self.pending.remove(record)
+                return True
+        child = self._child_of(job_id)
+        if child is None:
+            return False
+        try:
+            os.kill(child.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+        assert self.loop is not None
+        if child.cancel_at is None:
+            child.cancel_at = self.loop.call_later(CANCEL_GRACE_S, self._force_cancel, child,
+                                                   child.job)
+        return False
+
+    def _force_cancel(self, child: _Child, record: JobRecord | None) -> None:
+        child.cancel_at = None
+        if record is None or child.job is not record:
+            return  # it reported in time
+        from .execution import cancelled_outcome
+
+        log.warning("job %s did not stop within %.0fs of its cancel; killing its child %s",
+                    record.id, CANCEL_GRACE_S, child.proc.pid)
+        self._replace(child)
+        self.on_done(record, cancelled_outcome(record), time.monotonic() - child.started)
+
+    def abort(self, job_id: str, respawn: bool = True) -> None:
+        """The job is over for the engine (timed out, handed back): stop its body now by
+        killing its child (a new one takes its place unless ``respawn`` is False: the
+        engine is stopping); an unstarted one is dropped."""
+        for record in self.pending:
+            if record.id == job_id:
+                self.pending.remove(record)
+                return
+        child = self._child_of(job_id)
+        if child is not None:
+            self._replace(child, respawn)
+
+    def _child_of(self, job_id: str) -> _Child | None:
+        for child in self.children:
+            if child.job is not None and child.job.id == job_id:
+                return child
+        return None
+
+    def describe(self) -> str:
+        return (f"children={[(c.proc.pid, c.job.id if c.job else None) for c in self.children]}"
+                f" pending={[r.id for r in self.pending]}")
+
+    # -- messages and deaths -------------------------------------------------------------
+    def _readable(self, child: _Child) -> None:
+        try:
+            while child.conn.poll():
+                msg = child.conn.recv()
+                self._handle(child, msg)
+        except (EOFError, OSError):
+            self._died(child)
+
+    def _handle(self, child: _Child, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            child.ready = True
+            self._dispatch()
+        elif kind == "progress":
+            self.on_progress(msg[1], msg[2])
+        elif kind == "log":
+            self.on_log(msg[1], msg[2])
+        elif kind == "done":
+            record = child.job
+            child.job = None
+            if child.cancel_at is not None:
+                child.cancel_at.cancel()
+                child.cancel_at = None
+            self._quick_deaths = 0
+            if record is not None and record.id == msg[1]:
+                _, _, k, value, etype, delay, trace, duration = msg
+                self.on_done(record, Outcome(record, k, value, etype, delay,
+                                             stacktrace=trace), duration)
+            self._dispatch()
+
+    def _died(self, child: _Child) -> None:
+        if child not in self.children:
+            return
+        record = child.job
+        self._forget(child)
+        self.children.remove(child)
+        child.proc.join(1)
+        code = child.proc.exitcode
+        child.conn.close()
+        if time.monotonic() - child.spawned < 2:
+            self._quick_deaths += 1
+        if record is not None:
+            log.error("the child running job %s of %s died (exit code %s); starting "
+                      "another. The job is left to the stalled rules, as if its worker "
+                      "had died", record.id, self.name, code)
+            self.on_lost(record)
+        if not self._closed:
+            self._respawn_later()
+
+    def _replace(self, child: _Child, respawn: bool = True) -> None:
+        """Kill ``child`` (its job is over for us) and start another in its place."""
+        self._forget(child)
+        if child in self.children:
+            self.children.remove(child)
+        child.proc.kill()
+        child.proc.join(2)
+        child.conn.close()
+        if respawn and not self._closed:
+            self._spawn()
+
+    def _respawn_later(self) -> None:
+        assert self.loop is not None
+        k = min(self._quick_deaths, len(RESPAWN_BACKOFF_S) - 1)
+        if k >= len(RESPAWN_BACKOFF_S) - 1:
+            log.error("children of %s keep dying at start; retrying every %.0fs", self.name,
+                      RESPAWN_BACKOFF_S[-1])
+        self.loop.call_later(RESPAWN_BACKOFF_S[k], self._respawn)
+
+    def _respawn(self) -> None:
+        if not self._closed and len(self.children) < self.size:
+            self._spawn()
+
+    def _forget(self, child: _Child) -> None:
+        if child.cancel_at is not None:
+            child.cancel_at.cancel()
+            child.cancel_at = None
+        if self.loop is not None:
+            try:
+                self.loop.remove_reader(child.conn.fileno())
+            except (OSError, ValueError):
+                pass
+
+
+def child_payload(processor: Any, *, url: str, cluster: bool, queue_name: str, prefix: str,
+                  backoff_strategy: Any) -> bytes:
+    """What every child gets once, at spawn: the processor pickled by value (cloudpickle;
+    a function from an importable module travels by reference and is imported there)."""
     import cloudpickle
 
-    ctx = multiprocessing.get_context("spawn")
-    children = []
-    for i, spec in enumerate(specs):
-        payload = cloudpickle.dumps(spec)
-        proc = ctx.Process(target=child_main, args=(payload,), daemon=True,
-                           name=f"nbqueue-worker-{queue_name}-{i}")
-        proc.start()
-        children.append(proc)
-    return children
-
-
-def stop_children(children: Sequence[Any], wait: float) -> None:
-    """SIGTERM every child (a graceful stop), wait up to ``wait`` s each, then kill."""
-    for p in children:
-        if p.is_alive() and p.pid:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for p in children:
-        p.join(wait)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
+    return cloudpickle.dumps({"processor": processor, "url": url, "cluster": cluster,
+                              "queue_name": queue_name, "prefix": prefix,
+                              "backoff_strategy": backoff_strategy})

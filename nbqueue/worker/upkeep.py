@@ -7,17 +7,21 @@ The heartbeat registers the worker in its queue's worker registry (``Queue.get_w
 at start, renews it every ``heartbeat_ms`` (one script call: never on the per-job path) with
 the number of jobs running, and takes it out at a graceful stop; a worker that dies drops
 out when its registration expires, ``HEARTBEAT_TTL_FACTOR`` intervals after its last beat.
+The cancel listener blocks (BLPOP, on a connection of its own) on this worker's cancel
+list, where ``cancel.lua`` pushes the id of an active job it holds: no polling, and the
+list has the queue's hash tag, so it lives in the queue's slot on a Redis Cluster. A list
+rather than pub/sub: a request made while the listener reconnects waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..ops import QueueOps
-from ..protocol import run_async
+from ..protocol import Call, run_async, single
 from .execution import Execution
 from .outbox import Outbox
 
@@ -31,7 +35,8 @@ class Upkeep:
     def __init__(self, ops: QueueOps, token: str, *, lock_ms: int, stalled_ms: int,
                  max_stalled: int, jobs: Execution, outbox: Outbox,
                  heartbeat_ms: int = HEARTBEAT_MS,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None,
+                 new_client: Callable[[], Any] | None = None) -> None:
         self.ops = ops
         self.heartbeat_ms = heartbeat_ms
         self.info = dict(info or {})  # host, pid, mode, concurrency
@@ -42,6 +47,7 @@ class Upkeep:
         self.jobs = jobs
         self.outbox = outbox
         self.client: Any = None
+        self.new_client = new_client
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, client: Any) -> None:
@@ -50,6 +56,8 @@ class Upkeep:
         self._tasks = [asyncio.create_task(self.renew_locks()),
                        asyncio.create_task(self.sweep_stalled()),
                        asyncio.create_task(self.heartbeat())]
+        if self.new_client is not None:
+            self._tasks.append(asyncio.create_task(self.listen_cancels()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -111,3 +119,25 @@ class Upkeep:
             except Exception as exc:
                 log.warning("stalled-job check failed: %s", exc)
             await asyncio.sleep(self.stalled_ms / 1000)
+
+    async def listen_cancels(self) -> None:
+        assert self.new_client is not None
+        key = self.ops.keys.cancel_list(self.token)
+        client = self.new_client()
+        try:
+            while True:
+                try:
+                    popped = await run_async(client, single(Call.cmd("BLPOP", key, 5)))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("worker %s: cancel listener: %s", self.token, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if popped:
+                    self.jobs.cancel(str(popped[1]))
+        finally:
+            try:
+                await client.aclose()
+            except Exception:
+                pass
