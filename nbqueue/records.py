@@ -114,12 +114,14 @@ def parse_traces(value: str | None) -> list[str]:
 FETCH_STRIDE = 10
 
 
-class CorruptJob(Exception):
-    """A fetched job whose stored fields cannot be parsed; the worker fails it."""
+@dataclass(frozen=True, slots=True)
+class CorruptJob:
+    """A fetched job whose stored fields cannot be parsed (a value, not an error: the
+    worker fails the job with ``reason``)."""
 
-    def __init__(self, job_id: str, lock: str, reason: str) -> None:
-        super().__init__(reason)
-        self.job_id, self.lock, self.reason = job_id, lock, reason
+    job_id: str
+    lock: str
+    reason: str
 
 
 @dataclass
