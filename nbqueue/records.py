@@ -46,6 +46,9 @@ class JobRecord:
     stalled_count: int = 0
     delay: int = 0
     lock: str | None = field(default=None, repr=False)
+    # set by a fetch: the first attempt's wait (add or end of delay -> start, server ms);
+    # -1 for later attempts and records not from a fetch
+    wait_ms: int = field(default=-1, repr=False)
     stacktrace: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -111,7 +114,7 @@ def parse_traces(value: str | None) -> list[str]:
     return [str(parsed)]
 
 
-FETCH_STRIDE = 10
+FETCH_STRIDE = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,8 @@ def parse_fetch(reply: list[Any]) -> Fetched:
     jobs: list[JobRecord] = []
     corrupt: list[CorruptJob] = []
     for i in range(2, len(reply), FETCH_STRIDE):
-        (job_id, lock, name, data, opts, atm, ts, prio, prog, stc) = reply[i:i + FETCH_STRIDE]
+        (job_id, lock, name, data, opts, atm, ts, prio, prog, stc,
+         wait) = reply[i:i + FETCH_STRIDE]
         try:
             payload = json.loads(data)
             if not isinstance(payload, dict):
@@ -147,7 +151,8 @@ def parse_fetch(reply: list[Any]) -> Fetched:
                 id=job_id, name=name, data=payload,
                 opts=JobOptions.from_stored(opts, priority=int(prio)),
                 state=JobState.ACTIVE, timestamp=int(float(ts)), attempts_made=int(atm),
-                progress=_json(prog, 0), stalled_count=int(stc), lock=lock))
+                progress=_json(prog, 0), stalled_count=int(stc), lock=lock,
+                wait_ms=int(wait)))
         except (TypeError, ValueError) as exc:
             corrupt.append(CorruptJob(job_id, lock, f"corrupt job hash: {exc}"))
     return Fetched(jobs, corrupt, int(reply[0]), int(reply[1]))

@@ -14,9 +14,10 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0
                               2.5, 5.0, 7.5, 10.0)
 
 
-# Wait-time (added, or due, to first start) histogram buckets, seconds. finish.lua counts
-# them (server clock) into ``wait:<le>`` / ``wait:inf`` / ``wait_sum``; keep both lists equal
-# (tests/test_metrics.py checks).
+# Wait-time histogram buckets, seconds: from add (or the end of a job's delay) to the start
+# of its first attempt, as the fetch script measured it on the server clock
+# (``JobRecord.wait_ms``). Counted with the durations: ``wait:<le>``, ``wait:inf``,
+# ``wait_sum``.
 WAIT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                    10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -40,3 +41,17 @@ def record(stats: MutableMapping[str, Any], duration_s: float, error_type: str |
     stats["dur_sum"] += duration_s
     if error_type:
         stats[f"error:{error_type}"] += 1
+
+
+def record_wait(stats: MutableMapping[str, Any], wait_ms: int) -> None:
+    """Count one first attempt's wait (``JobRecord.wait_ms``; < 0: not a first attempt)."""
+    if wait_ms < 0:
+        return
+    wait_s = wait_ms / 1000
+    for le in WAIT_BUCKETS:
+        if wait_s <= le:
+            stats[wait_field(le)] += 1
+            break
+    else:
+        stats["wait:inf"] += 1
+    stats["wait_sum"] += wait_s

@@ -305,16 +305,24 @@ def test_wait_time_histogram_and_retries_counter(conn: Connection, r: redis.Redi
     assert get(s, "nbqueue_job_duration_seconds_count", queue="wt") == 7  # every attempt
 
 
-def test_wait_buckets_agree_with_finish_lua() -> None:
-    import re
+def test_wait_buckets_are_cumulative_in_the_scrape() -> None:
+    from collections import Counter
 
-    from nbqueue import scripts
-    from nbqueue.stats import WAIT_BUCKETS, wait_field
+    from nbqueue.metrics import families
+    from nbqueue.stats import record_wait
 
-    lua = scripts.get("finish").source
-    pairs = re.findall(r"\{(\d+), '([\d.]+)'\}", lua)
-    assert [int(ms) for ms, _ in pairs] == [round(le * 1000) for le in WAIT_BUCKETS]
-    assert [f"wait:{name}" for _, name in pairs] == [wait_field(le) for le in WAIT_BUCKETS]
+    stats: Counter[str] = Counter()
+    for ms in (0, 4, 6, 2_000, 7_200_000, -1):  # -1: a later attempt, not counted
+        record_wait(stats, ms)
+    data = {"q": {"stats": dict(stats), "states": dict.fromkeys(
+        ("waiting", "active", "delayed", "completed", "failed"), 0), "paused": False,
+        "schedulers": 0, "priorities": {}, "oldest_waiting_s": 0.0, "workers": 0}}
+    wait = next(f for f in families(data) if f.name == "nbqueue_job_wait_seconds")
+    buckets = {s.labels["le"]: s.value for s in wait.samples if s.name.endswith("_bucket")}
+    assert buckets["0.005"] == 2 and buckets["0.01"] == 3 and buckets["2.5"] == 4
+    assert buckets["3600.0"] == 4 and buckets["+Inf"] == 5
+    total = next(s.value for s in wait.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(7202.01)
 
 
 def test_stalled_failures_count_in_the_history(populated: Connection) -> None:

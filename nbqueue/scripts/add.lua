@@ -209,7 +209,7 @@ for k = 1, n do
         -- the fields of a fetch reply entry (includes/fetch.lua)
         local hkey = BASE .. 'h:' .. taker
         redis.pcall('RPUSH', hkey, cjson.encode({id, lock, name, data, opts, '0', now_s, prio,
-          '', '0'}))
+          '', '0', 0}))  -- wait 0: started as it was added
         redis.pcall('PEXPIRE', hkey, taker_lock_ms)  -- a worker that died parked: gone with it
         emit('added', {id}, {'then', 'active', 'also', 'drained'})
       end

@@ -12,30 +12,10 @@
 --   cancel.lua) fails it instead with error type 'cancelled'; such failures emit
 --   `cancelled` besides `failed` (and the worker does not dead-letter them).
 -- Returns {status per job (1 done, 0 lock lost or job gone)..., <fetch reply>}.
--- Also counts into the stats hash: completed, failed, retries, the wait-time histogram of
--- first attempts (wait:<le>, wait_sum) and the per-minute history.
+-- Also counts into the stats hash: completed, failed, retries and the per-minute history.
 -- @include common
 -- @include fetch
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
--- Wait time of first attempts (from add, or the end of the initial delay, to the start;
--- server clock), as histogram counts in the stats hash: one HINCRBY per bucket used in this
--- call. The bounds are nbqueue.stats.WAIT_BUCKETS (seconds, as the field names print them).
-local WAIT_LE = {{5, '0.005'}, {10, '0.01'}, {25, '0.025'}, {50, '0.05'}, {100, '0.1'},
-  {250, '0.25'}, {500, '0.5'}, {1000, '1'}, {2500, '2.5'}, {5000, '5'}, {10000, '10'},
-  {30000, '30'}, {60000, '60'}, {300000, '300'}, {900000, '900'}, {3600000, '3600'}}
-local waits, wait_sum, nwaits = {}, 0, 0
-local function note_wait(pon, ts, delay)
-  local started, added = tonumber(pon), tonumber(ts)
-  if not (started and added) then return end
-  local ms = math.max(0, started - added - (tonumber(delay) or 0))
-  local field = 'wait:inf'
-  for i = 1, #WAIT_LE do
-    if ms <= WAIT_LE[i][1] then field = 'wait:' .. WAIT_LE[i][2]; break end
-  end
-  waits[field] = (waits[field] or 0) + 1
-  wait_sum = wait_sum + ms
-  nwaits = nwaits + 1
-end
 local nstats = tonumber(ARGV[8])
 local first_job = 9 + 2 * nstats
 local MAX_TRACES = 10
@@ -96,7 +76,6 @@ for i = first_job, #ARGV, 10 do
     if kind ~= 'r' and held[2] then release_dedup(held[2], id) end
     statuses[#statuses + 1] = 1
     finished[#finished + 1] = id
-    if held[4] == '1' then note_wait(held[5], held[6], held[7]) end
     if kind == 'c' then
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id
@@ -143,13 +122,9 @@ emit('waiting', retry_now)
 emit('delayed', retry_later)
 if #retry_now > 0 then push_marker() end
 
--- Retries (attempts that failed and will run again) and first-attempt wait times.
+-- Retries: attempts that failed and will run again (one command, only when there are).
 if #retry_now + #retry_later > 0 then
   redis.call('HINCRBY', K_STATS, 'retries', #retry_now + #retry_later)
-end
-if nwaits > 0 then
-  for field, n in pairs(waits) do redis.call('HINCRBY', K_STATS, field, n) end
-  redis.call('HINCRBYFLOAT', K_STATS, 'wait_sum', string.format('%.3f', wait_sum / 1000))
 end
 
 -- Worker counters, and the per-minute history (one small hash per minute, kept a day).

@@ -66,6 +66,7 @@ class Outbox:
         """A finished attempt: counted now, sent with the next flush."""
         stats_mod.record(self.stats, duration,
                          outcome.error_type if outcome.kind is not OutcomeKind.COMPLETED else None)
+        stats_mod.record_wait(self.stats, outcome.job.wait_ms)  # first attempts only
         self.done.append(outcome)
 
     def report_progress(self, job: JobBase, value: Any) -> None:

@@ -3,7 +3,8 @@
 -- limit (meta field gc), pops up to `want`
 -- jobs in priority order, locks them for this worker, and returns them.
 -- Returns {next_delay_ms, limit_ttl_ms, id, lock, name, data, opts, attempts_made, ts,
---          prio, progress, stalled_count, (10 fields per job)...}
+--          prio, progress, stalled_count, wait_ms, (11 fields per job)...}
+--   wait_ms: a first attempt's wait (add or end of delay -> now), -1 for later attempts.
 
 -- Returns the earliest due time still delayed after promotion (nil: none).
 local function promote_delayed()
@@ -68,7 +69,8 @@ local function fetch_jobs(want, token, lock_ms)
     local id = popped[i]
     local key = JOB .. id
     -- pcall: a key that is not a hash is no job (it just leaves the wait set)
-    local f = redis.pcall('HMGET', key, 'name', 'data', 'opts', 'atm', 'ts', 'prio', 'prog', 'stc', 'ats')
+    local f = redis.pcall('HMGET', key, 'name', 'data', 'opts', 'atm', 'ts', 'prio', 'prog', 'stc', 'ats',
+      'delay')
     if type(f) == 'table' and not f.err and f[2] then
       local runs = (tonumber(f[9]) or 0) + 1
       local lock = token .. ':' .. runs
@@ -80,6 +82,11 @@ local function fetch_jobs(want, token, lock_ms)
       r[#r + 1] = id; r[#r + 1] = lock; r[#r + 1] = f[1] or ''; r[#r + 1] = f[2]
       r[#r + 1] = f[3] or '{}'; r[#r + 1] = f[4] or '0'; r[#r + 1] = f[5] or '0'
       r[#r + 1] = f[6] or '3'; r[#r + 1] = f[7] or ''; r[#r + 1] = f[8] or '0'
+      -- wait ms of a first attempt (add, or the end of its delay, to now; server clock),
+      -- -1 for a later one: the worker counts it (nbqueue_job_wait_seconds), no command here
+      local wait, added = -1, tonumber(f[5])
+      if runs == 1 and added then wait = math.max(0, NOW - added - (tonumber(f[10]) or 0)) end
+      r[#r + 1] = wait
     end
   end
   if #ids > 0 then
