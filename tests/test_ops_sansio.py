@@ -61,7 +61,8 @@ def fetched_job(job_id: str, data: Any = None, *, lock: str = "L", atm: int = 0,
                 opts: str = "{}", prio: int = 3) -> list[Any]:
     """One job as the fetch/finish scripts return it (FETCH_STRIDE fields)."""
     text = json.dumps({"type": "t", "n": job_id} if data is None else data)
-    fields = [job_id, lock, "t", text, opts, str(atm), "1700000000000", str(prio), "", "0"]
+    fields = [job_id, lock, "t", text, opts, str(atm), "1700000000000", str(prio), "", "0",
+              25 if atm == 0 else -1]  # wait ms of a first attempt (-1: a later one)
     assert len(fields) == FETCH_STRIDE
     return fields
 
@@ -192,6 +193,9 @@ def test_finish_sends_one_letter_per_outcome_and_reads_verdicts_and_next_jobs() 
     assert args.count("c") == 1 and args.count("r") == 1  # the kinds, on the wire
     assert "dur_sum" in args
     assert oks == [True, False]  # job 2's lock was lost: its outcome was dropped
+    assert f.jobs[0].wait_ms == 25 and fetched.jobs[0].wait_ms == 25  # first attempts
+    _, again = drive(OPS.fetch(1, "w", 30_000), [[-1, 0, *fetched_job("3", atm=1)]])
+    assert again.jobs[0].wait_ms == -1  # a later attempt: no wait observed
     assert [r.id for r in fetched.jobs] == ["9"]
 
 
