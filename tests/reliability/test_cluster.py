@@ -270,3 +270,30 @@ def test_cluster_global_concurrency_and_deduplication(cluster_url):
             w.stop()
     assert running[1] == 2
     assert q.get_workers() == []
+
+
+def test_cluster_registry_of_queue_names_and_scrape(cluster_url):
+    """The registry key lives in another slot than every queue: it is written beside the
+    add (never inside a queue's script), and a scrape reads it, then each queue's slot."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from redis.cluster import key_slot
+
+    from nbqueue.keys import registry_key
+    from nbqueue.metrics import QueueCollector
+
+    conn = nbqueue.connect(cluster_url)
+    names = ["reg-a", "reg-b", "reg-c"]
+    assert len({key_slot(registry_key().encode())} | {
+        key_slot(QueueKeys(n).wait.encode()) for n in names}) == 4
+    for i, name in enumerate(names):
+        Queue(name, conn).add_bulk([{"type": "t"}] * (i + 1))
+    client = conn.sync()
+    assert set(names) <= set(client.smembers(registry_key()))
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(conn))
+    text = generate_latest(registry).decode()
+    assert "nbqueue_up 1.0" in text
+    for i, name in enumerate(names):
+        assert f'nbqueue_queue_jobs{{queue="{name}",state="waiting"}} {float(i + 1)}' in text
+    Queue("reg-b", conn).obliterate()
+    assert "reg-b" not in set(client.smembers(registry_key()))
