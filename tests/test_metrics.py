@@ -412,3 +412,17 @@ def test_workers_online_from_the_worker_registry(conn: Connection, r: redis.Redi
     q._run(q._ops.deregister("w-1"))
     s = parse(generate_latest(registry).decode())
     assert get(s, "nbqueue_workers_online", queue="fleet") == 1
+
+
+def test_finished_counters_are_the_history_as_counters(populated: Connection) -> None:
+    """nbqueue_jobs_finished_total holds the same totals as the per-minute history (its
+    increase over a minute is that minute's row), stalled failures included."""
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(populated))
+    s = parse(generate_latest(registry).decode())
+    for name in ("mq", "mp", "ms"):
+        history = Queue(name, connection=populated).get_history(10)
+        assert get(s, "nbqueue_jobs_finished_total", queue=name, state="completed") == sum(
+            c for _, c, _ in history), name
+        assert get(s, "nbqueue_jobs_finished_total", queue=name, state="failed") == sum(
+            f for _, _, f in history), name
