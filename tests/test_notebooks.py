@@ -110,9 +110,9 @@ def test_02_dashboard(embedded_env: dict[str, str], tmp_path: Path,
     assert "error: poison message" in out  # the drill-down's job detail
     assert "workers running: 0" in out and "dashboard refreshing: False" in out
     states = widget_states(nb)
-    panels = [s for s in states.values() if "data" in s and "queues" in s.get("data", {})]
+    panels = [s for s in states.values() if "state_json" in s]
     assert len(panels) == 1
-    rows = {r["name"]: r for r in panels[0]["data"]["queues"]}
+    rows = {r["name"]: r for r in json.loads(panels[0]["state_json"])["queues"]}
     assert list(rows) == ["nb02_reports", "nb02_flaky", "dead_letter"]
     assert rows["nb02_reports"]["counts"]["completed"] == 11  # 10 low + 1 urgent
     assert panels[0]["live"] is False  # stopped at the end, and shown as stopped

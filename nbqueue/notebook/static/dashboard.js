@@ -128,7 +128,12 @@ function render({ model, el }) {
       draw();
     }
   });
-  model.on("change:data", draw);
+  let data = {};
+  function readData() {
+    try { data = JSON.parse(model.get("state_json") || "{}"); } catch (e) { data = {}; }
+  }
+  readData();
+  model.on("change:state_json", () => { readData(); draw(); });
   model.on("change:detail", draw);
   model.on("change:live", draw);
   model.on("change:kernel", () => { flushHeld(); draw(); });
@@ -166,7 +171,7 @@ function render({ model, el }) {
     const bar = h("td", { class: "nbq-prog", title: c.active ? `${c.active} active, mean progress ${pct ?? 0}%` : "no active job" },
       h("span", { class: "nbq-bar" }, h("span", { class: "nbq-fill", style: `width:${c.active ? (pct ?? 0) : 0}%` })),
       h("span", { class: "nbq-pct" }, c.active ? `${Math.round(pct ?? 0)}%` : "-"));
-    const rate = h("td", { class: "nbq-num nbq-rate", title: `finished jobs per second over the last ${model.get("data").rate_window} s` },
+    const rate = h("td", { class: "nbq-num nbq-rate", title: `finished jobs per second over the last ${data.rate_window} s` },
       q.rate === null ? "-" : q.rate.toFixed(q.rate < 10 ? 2 : 1));
     const dis = !live;
     const actions = h("td", { class: "nbq-actions" },
@@ -245,7 +250,6 @@ function render({ model, el }) {
   }
 
   function draw() {
-    const data = model.get("data") || {};
     const queues = data.queues || [];
     const live = model.get("live");
     const head = h("div", { class: "nbq-head" },
@@ -263,9 +267,9 @@ function render({ model, el }) {
     const workers = data.workers || [];
     const wline = h("div", { class: "nbq-workers" }, h("span", { class: "nbq-k" }, "workers "),
       workers.length ? workers.map((w) => h("span", { class: "nbq-worker nbq-w-" + w.state,
-        title: `${w.queue}: ${w.mode} x${w.concurrency} on ${w.host}` },
+        title: `${w.queue}: ${w.mode} x${w.concurrency} on ${w.host}`
+          + (w.active !== null && w.active !== undefined ? `, ${w.active} active at its last heartbeat` : "") },
         `${w.queue} ${w.mode}×${w.concurrency} ${w.state}`
-        + (w.active !== null && w.active !== undefined ? `, ${w.active} active` : "")
         + (w.host && w.host !== "this kernel" ? ` @ ${w.host}` : "")))
         : h("span", { class: "nbq-muted" }, "none started here"));
     const msg = data.message ? h("div", { class: "nbq-msg" + (data.message_ok === false ? " nbq-bad" : ""), role: "status" }, data.message) : null;
