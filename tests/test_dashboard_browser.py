@@ -228,7 +228,7 @@ def test_dashboard_in_jupyterlab(browser_paths, redis_server, tmp_path: Path) ->
         if has_tb:  # tracebacks are stored once the workbench work (issue 11) is in
             assert "Traceback" in session.js(
                 "return document.querySelector('.nbq-tb pre').innerText")
-        session.js("document.querySelector('.nbq-jobdetail').scrollIntoView()")
+        session.js("document.querySelector('.nbq-drill').scrollIntoView()")
         session.screenshot("05-failed-job-detail")
         assert _cut_text(session) == []
         session.js("document.querySelector(\"button[data-action='close-drill']\").click()")

@@ -129,6 +129,9 @@ def test_nbqueue_line_magic(ip) -> None:
     assert isinstance(status, pd.DataFrame) and status.loc["ctl", "waiting"] == 3
     jobs = ip.run_line_magic("nbqueue", "jobs ctl --state waiting --limit 2")
     assert len(jobs) == 2 and set(jobs["state"]) == {"waiting"}
+    assert "data" not in jobs.columns
+    everything = ip.run_line_magic("nbqueue", "jobs ctl --all")
+    assert len(everything) == 3 and "data" in everything.columns
     ip.run_line_magic("nbqueue", "pause ctl")
     assert mgr.get_queue_metrics("ctl").paused
     ip.run_line_magic("nbqueue", "resume ctl")

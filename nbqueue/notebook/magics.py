@@ -157,7 +157,8 @@ def _nbqueue_parser() -> _Parser:
     s.add_argument("queue")
     s.add_argument("--state", "-s", action="append",
                    help="waiting|active|delayed|completed|failed (repeatable or a,b)")
-    s.add_argument("--limit", "-n", type=int, default=100)
+    s.add_argument("--limit", "-n", type=int, default=100, help="jobs in total (0: all)")
+    s.add_argument("--all", "-a", action="store_true", help="every column, not the concise set")
     s = sub.add_parser("dashboard", help="the live widget panel")
     s.add_argument("queues", nargs="*")
     s.add_argument("--refresh", type=float, default=1.0)
@@ -345,7 +346,7 @@ class NbqueueMagics(Magics):
         """Inspect and control queues.
 
         %nbqueue status [QUEUE ...]            counts (DataFrame; all queues of this kernel)
-        %nbqueue jobs QUEUE [--state S] [--limit N]   jobs (DataFrame)
+        %nbqueue jobs QUEUE [--state S] [--limit N] [--all]   jobs (DataFrame)
         %nbqueue dashboard [QUEUE ...] [--refresh S]  the live widget panel
         %nbqueue worker start QUEUE [--concurrency N] [--mode thread|asyncio|process]
                                     [--processor FUNC] [--allow-code]
@@ -388,7 +389,8 @@ class NbqueueMagics(Magics):
             if bad:
                 raise UsageError(f"%nbqueue jobs: unknown state {bad[0]!r}; use one of "
                                  f"{', '.join(sorted(valid))}")
-        return _manager().get_queue(args.queue).jobs_frame(states, args.limit)
+        return _manager().get_queue(args.queue).jobs_frame(
+            states, args.limit, columns="all" if args.all else None)
 
     def _cmd_dashboard(self, args: argparse.Namespace) -> Any:
         from .dashboard import Dashboard

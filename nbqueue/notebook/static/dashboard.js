@@ -235,7 +235,8 @@ function render({ model, el }) {
       can.promote ? textButton("Promote", () => send("job_promote", name, { job: j.id }), { action: "job_promote", title: "run this delayed job now" }) : null,
       can.cancel ? textButton("Cancel", () => send("job_cancel", name, { job: j.id }), { action: "job_cancel" }) : null,
       can.remove ? textButton("Remove", () => ask("job_remove", name, {}, j.id), { danger: true, action: "job_remove" }) : null);
-    const kv = [["state", `${j.state}${j.progress !== null ? `, ${j.progress}%` : ""}`], ["attempts", j.attempts],
+    const showPct = j.progress !== null && (j.state === "active" || j.progress > 0);
+    const kv = [["state", `${j.state}${showPct ? `, ${j.progress}%` : ""}`], ["attempts", j.attempts],
       ["priority", j.priority], ["created", j.created], ["started", `${j.started} (waited ${j.waited})`],
       ["finished", `${j.finished} (ran ${j.ran})`]];
     const grid = h("div", { class: "nbq-kv" }, kv.map(([k, v]) => [h("span", { class: "nbq-k" }, k), h("span", {}, String(v))]));
