@@ -304,6 +304,18 @@ def test_rerunning_a_cell_closes_its_previous_panel(mgr, monkeypatch) -> None:
         second.close()
 
 
+def test_default_queues_include_dead_letter_once_it_has_jobs(mgr) -> None:
+    q = mgr.get_queue("dash-default")
+    q.add({"type": "t", "payload": {}}, job_id="dd1", attempts=1)
+    with Worker("dash-default", lambda job: 1 / 0, mgr.connection):
+        _wait(lambda: mgr.get_queue("dead_letter").get_metrics().waiting >= 1)
+    panel = Dashboard(refresh=None, manager=mgr)
+    try:
+        assert panel.queue_names[-1] == "dead_letter"
+    finally:
+        panel.close()
+
+
 def test_no_queues_message(mgr) -> None:
     panel = Dashboard(refresh=None, manager=mgr)
     try:

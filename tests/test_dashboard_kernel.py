@@ -3,7 +3,7 @@
 A real ipykernel (jupyter_client) runs the cells; the test sends the click exactly as a
 frontend does (a ``comm_msg`` on the shell channel for the panel's comm) while the cell is
 blocked, and watches Redis. What happens depends on what the installed kernel allows (see
-``nbqueue.notebook.kernel``):
+``nbqueue.kernel``):
 
 - ipykernel 7.4+ with subshell routing: the click runs at once;
 - ipykernel 6: nbqueue's wait loop processes it (cooperative), within about a second;

@@ -135,6 +135,8 @@ class Dashboard(anywidget.AnyWidget):
             queues = [queues]
         if queues is None:
             names = sorted(manager.queues)
+            if names and DEAD_LETTER not in names and _has_jobs(manager, DEAD_LETTER):
+                names.append(DEAD_LETTER)  # where this kernel's failed jobs end up
             queues = names
         resolved: list[Any] = [q if hasattr(q, "get_metrics") else manager.get_queue(str(q))
                                for q in queues]
@@ -600,6 +602,16 @@ class Dashboard(anywidget.AnyWidget):
                 f"for the live panel</div><table>{head}{''.join(body)}</table>"
                 f"<div style='font-size:90%'>workers: {workers or 'none started here'}</div>"
                 "</div>")
+
+
+def _has_jobs(manager: Any, name: str) -> bool:
+    """Whether queue ``name`` has ever had a job (its id counter exists)."""
+    try:
+        keys = QueueKeys(name)
+        client = manager.connection.sync()
+        return bool(client.exists(keys.base + "ctr"))
+    except Exception:
+        return False
 
 
 def _pairs(members: Any) -> list[tuple[Any, Any]]:

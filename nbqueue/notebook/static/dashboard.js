@@ -257,7 +257,8 @@ function render({ model, el }) {
       h("b", {}, "nbqueue"),
       h("span", { class: "nbq-muted" }, ` ${queues.length} queue(s) · ${live ? "live" : "stopped"} · ${data.refreshed || ""}`),
       kernelNote() ? h("span", { class: "nbq-kernel nbq-k-" + model.get("kernel") }, kernelNote()) : null);
-    const table = h("table", { class: "nbq-table" },
+    const table = h("table", { class: "nbq-table" + (live ? "" : " nbq-stale"),
+      title: live ? null : "refresh stopped: these are the last values read" },
       h("thead", {}, h("tr", {}, h("th", { class: "nbq-name" }, "queue"),
         STATES.map((s) => h("th", { class: `nbq-num nbq-${s}`, title: s }, LABELS[s])),
         h("th", { title: "mean progress of the active jobs" }, "progress"),
