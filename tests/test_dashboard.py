@@ -387,3 +387,25 @@ def test_rich_reprs_of_job_queue_and_batch(mgr) -> None:
     p = P()
     q._repr_pretty_(p, False)
     assert "Queue 'dash-repr'" in p.out and "completed" in p.out
+
+
+def test_job_actions_promote_and_cancel(mgr) -> None:
+    q = mgr.get_queue("dash-jobact")
+    q.add({"type": "t", "payload": {}}, job_id="later", delay=600_000)
+    q.add({"type": "t", "payload": {}}, job_id="queued")
+    panel = Dashboard(["dash-jobact"], refresh=None, manager=mgr)
+    try:
+        panel.act("job", "dash-jobact", job_id="later")
+        can = panel.detail["job"]["can"]
+        assert can["promote"] and can["cancel"] and not can["retry"]
+        ok, text = panel.act("job_promote", "dash-jobact", job_id="later")
+        assert ok and "promoted" in text and q.get_job("later").get_state() == "waiting"
+        assert panel.detail["job"]["state"] == "waiting"  # the detail shows it at once
+        ok, text = panel.act("job_cancel", "dash-jobact", job_id="queued")
+        assert ok and "cancelled" in text
+        job = q.get_job("queued")
+        assert job is None or job.get_state() == "failed"
+        ok, text = panel.act("job_retry", "dash-jobact", job_id="nope")
+        assert not ok and "no longer exists" in text
+    finally:
+        panel.close()
