@@ -224,10 +224,10 @@ def test_dashboard_in_jupyterlab(browser_paths, redis_server, tmp_path: Path) ->
              "the job detail")
         detail = session.js("return document.querySelector('.nbq-jobdetail').innerText")
         assert "bad input 7" in detail and "ValueError" in detail
-        has_tb = session.js("return !!document.querySelector('.nbq-tb pre')")
-        if has_tb:  # tracebacks are stored once the workbench work (issue 11) is in
-            assert "Traceback" in session.js(
-                "return document.querySelector('.nbq-tb pre').innerText")
+        traceback = session.js("const p = document.querySelector('.nbq-tb pre');"
+                               "return p ? p.innerText : '';")
+        assert "Traceback" in traceback and "in work" in traceback
+        assert "ValueError: bad input 7" in traceback
         session.js("document.querySelector('.nbq-drill').scrollIntoView()")
         session.screenshot("05-failed-job-detail")
         assert _cut_text(session) == []
