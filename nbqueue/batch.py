@@ -40,7 +40,6 @@ SWEEP_EVERY_S = 5.0  # re-read the states of unfinished jobs this often (one que
 MULTI_QUEUE_SWEEP_S = 0.5  # ... and this often when the batch spans several queues
 STEP_BLOCK_S = 0.5  # longest blocking read of the event stream per step
 DEFAULT_DF_CHUNK = 1000  # rows per job when Queue.map gets a DataFrame without chunksize
-MAP_ADD_CHUNK = 1000  # jobs per add call of Queue.map (each call is one round trip)
 MAP_RETENTION = {"age": 86400}  # Queue.map's default remove_on_complete / remove_on_fail
 FINAL = ("completed", "failed", "missing")
 _END_EVENTS = {"completed": "completed", "failed": "failed", "removed": "missing"}
@@ -425,6 +424,12 @@ class JobBatchBase(list["JobBase"]):
             replies = yield Batch([j.queue._ops.call("cancel", j.id, "cancelled")
                                    for j in part])
             n += sum(1 for code, _ in replies if int(code) > 0)
+            notified = {j.queue.name: j.queue for j, (code, _) in zip(part, replies)
+                        if int(code) == 3}
+            for queue in notified.values():  # jobs depend on these: tell them now
+                from .flows import resolve
+
+                yield from resolve(queue._ops)
         return n
 
     def _newly_finished(self, deadline: float | None) -> Op[list[JobBase]]:

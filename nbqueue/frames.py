@@ -4,7 +4,8 @@ The column sets are part of the public API and do not depend on the input: an em
 gives an empty frame with the same columns and dtypes.
 
 ``metrics_frame`` (index ``queue``):
-    waiting, active, completed, failed, delayed (int64), paused (bool), total (int64).
+    waiting, active, completed, failed, delayed (int64), paused (bool), total,
+    waiting_children (int64: jobs held until their dependencies complete).
 ``jobs_frame`` (index ``job_id``), the concise default set ``JOB_COLUMNS``:
     name (str), state (Categorical of :class:`~nbqueue.JobState` values), progress
     (float64, percent 0-100 as everywhere in nbqueue; 100 for a completed job; NaN when the
@@ -45,7 +46,7 @@ __all__ = ["ALL_JOB_COLUMNS", "HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS
            "progress_percent", "workers_frame"]
 
 METRICS_COLUMNS: tuple[str, ...] = ("waiting", "active", "completed", "failed", "delayed",
-                                    "paused", "total")
+                                    "paused", "total", "waiting_children")
 #: The default (concise) columns of ``jobs_frame``.
 JOB_COLUMNS: tuple[str, ...] = (
     "name", "state", "progress", "attempts_made", "created", "wait_s", "run_s",

@@ -207,6 +207,17 @@ class JobBase:
         self._sink.report_log(self.id, str(message))  # type: ignore[union-attr]
         return _Done()
 
+    def _dependency_results(self) -> Op[dict[str, Any]]:
+        """{"<queue>:<id>": result} of the jobs this one depended on (``depends_on``) that
+        completed; ``{}`` for a job without dependencies. Read once, then cached."""
+        cached: dict[str, Any] | None = self.__dict__.get("_dep_results")
+        if cached is None:  # (no attribute set in __init__: nothing on the per-job path)
+            from .flows import dependency_results
+
+            cached = yield from dependency_results(self.queue._ops, self.id)
+            self.__dict__["_dep_results"] = cached
+        return dict(cached)
+
     def _update_progress(self, value: Any) -> Op[bool]:
         ok = yield from self.queue._ops.update_progress(self.id, value)
         self._record.progress = value
@@ -243,6 +254,7 @@ class Job(JobBase):
     update_data = sync_method(JobBase._update_data)
     cancel = sync_method(JobBase._cancel)
     get_logs = sync_method(JobBase._get_logs)
+    dependency_results = sync_method(JobBase._dependency_results)
     _update_progress_now = sync_method(JobBase._update_progress)
     _log_now = sync_method(JobBase._log)
 
@@ -302,6 +314,7 @@ class AsyncJob(JobBase):
     update_data = async_method(JobBase._update_data)
     cancel = async_method(JobBase._cancel)
     get_logs = async_method(JobBase._get_logs)
+    dependency_results = async_method(JobBase._dependency_results)
     _update_progress_now = async_method(JobBase._update_progress)
     _log_now = async_method(JobBase._log)
 

@@ -84,6 +84,20 @@ class QueueKeys:
         return self.base + "stats"
 
     @property
+    def waiting_children(self) -> str:
+        """ZSET of jobs waiting for their dependencies (score: next re-check ms)."""
+        return self.base + "waiting-children"
+
+    @property
+    def notify(self) -> str:
+        """ZSET of dependency-end notifications still to deliver (see ``nbqueue.flows``)."""
+        return self.base + "notify"
+
+    def deps(self, job_id: str) -> str:
+        """HASH of a waiting job's dependencies ("queue id" -> p<seq> | c<rv> | f.. | m..)."""
+        return self.base + "deps:" + job_id
+
+    @property
     def job_prefix(self) -> str:
         return self.base + "job:"
 
@@ -143,7 +157,8 @@ class QueueKeys:
     def state_set(self, state: str) -> str:
         """The sorted set that holds jobs of ``state``."""
         sets = {"waiting": self.wait, "paused": self.wait, "active": self.active,
-                "delayed": self.delayed, "completed": self.completed, "failed": self.failed}
+                "delayed": self.delayed, "completed": self.completed, "failed": self.failed,
+                "waiting-children": self.waiting_children}
         try:
             return sets[state]
         except KeyError:

@@ -316,7 +316,8 @@ class QueueOps:
                  limit: int = 100) -> Op[list[JobRecord]]:
         """Jobs in the given states: newest first for finished ones, in run order otherwise."""
         if states is None:
-            states = ["active", "waiting", "delayed", "failed", "completed"]
+            states = ["active", "waiting", "delayed", "waiting-children", "failed",
+                      "completed"]
         elif isinstance(states, str):
             states = [states]
         states = [str(JobState(s).value) if isinstance(s, JobState) else str(s) for s in states]
@@ -337,10 +338,12 @@ class QueueOps:
         k = self.keys
         r = yield Batch([Call.cmd("ZCARD", k.wait), Call.cmd("ZCARD", k.active),
                          Call.cmd("ZCARD", k.completed), Call.cmd("ZCARD", k.failed),
-                         Call.cmd("ZCARD", k.delayed), Call.cmd("HGET", k.meta, "paused")])
+                         Call.cmd("ZCARD", k.delayed), Call.cmd("HGET", k.meta, "paused"),
+                         Call.cmd("ZCARD", k.waiting_children)])
         waiting, active, completed, failed, delayed = (int(x) for x in r[:5])
+        children = int(r[6])
         return QueueMetrics(self.name, waiting, active, completed, failed, delayed,
-                            r[5] == "1", waiting + active + delayed)
+                            r[5] == "1", waiting + active + delayed + children, children)
 
     def stats(self) -> Op[dict[str, float]]:
         """Running totals (completed, failed, error:<type>, duration buckets...)."""
@@ -402,7 +405,11 @@ class QueueOps:
         if r < 0:
             raise JobActiveError(f"job {job_id} is active (locked by a worker) and cannot be "
                                "removed now; remove it once it has finished")
-        return r == 1
+        if r == 2:  # jobs depended on it: deliver their "gone" notifications now
+            from .flows import resolve
+
+            yield from resolve(self)
+        return r >= 1
 
     def obliterate(self, force: bool = False) -> Op[int]:
         r = int((yield self.call("obliterate", "1" if force else "0")))
@@ -528,6 +535,10 @@ class QueueOps:
         if code == -2:
             raise JobStateError(f"job {job_id} of {self.name!r} is in state {state!r}, "
                                "which cancel does not handle")
+        if code == 3:  # jobs depended on it: deliver their notifications now
+            from .flows import resolve
+
+            yield from resolve(self)
         return code > 0
 
     # -- events and results -----------------------------------------------------------
@@ -626,7 +637,10 @@ class QueueOps:
                      _wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield self.call("finish", *args)
         n = len(outcomes)
-        return [bool(x) for x in reply[:n]], _parse_fetch_safe(reply[n:])
+        fetched = _parse_fetch_safe(reply[n:])
+        # status 2: done, and jobs that depend on it were notified (a resolver should run)
+        fetched.notify = 2 in reply[:n]
+        return [bool(x) for x in reply[:n]], fetched
 
     def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
         args: list[Any] = [lock_ms]

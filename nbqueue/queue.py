@@ -11,14 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import redis
 
 from . import serialization
-from .batch import (
-    MAP_ADD_CHUNK,
-    MAP_RETENTION,
-    AsyncJobBatch,
-    JobBatch,
-    JobBatchBase,
-    map_items,
-)
+from .batch import MAP_RETENTION, AsyncJobBatch, JobBatch, JobBatchBase, map_items
 from .connection import Connection, connect
 from .display import queue_html, queue_text
 from .durations import to_ms
@@ -26,7 +19,6 @@ from .errors import InvalidOptionError
 from .job import AsyncJob, Job, JobBase
 from .keys import DEFAULT_PREFIX
 from .ops import QueueOps, RateLimit, validate_global_concurrency
-from .options import merge_options
 from .protocol import Op, async_method, run_async, run_sync, sync_method
 from .records import Event, JobRecord
 from .types import JobStatus, QueueMetrics, WorkerInfo
@@ -106,7 +98,21 @@ class QueueBase(Generic[J, B]):
 
     # -- operations ---------------------------------------------------------------------
     def _add(self, /, data: Mapping[str, Any], **opts: Any) -> Op[J]:
-        """Add one job; ``job_id`` of an existing job returns that job (idempotent)."""
+        """Add one job; ``job_id`` of an existing job returns that job (idempotent).
+
+        ``depends_on=[job | job_id | (queue_name, job_id), ...]`` holds the job in state
+        ``waiting-children`` until every one of those jobs has ended;
+        ``on_dependency_failure="fail"`` (default: the job fails with error type
+        ``dependency_failed``) or ``"ignore"`` (it runs anyway). See ``nbqueue.flows``."""
+        depends_on = opts.pop("depends_on", None)
+        policy = opts.pop("on_dependency_failure", None)
+        if depends_on is not None:
+            from .flows import add_dependent
+
+            return self._job((yield from add_dependent(self._ops, data, opts, depends_on,
+                                                       policy or "fail")))
+        if policy is not None:
+            raise InvalidOptionError("on_dependency_failure applies with depends_on only")
         return self._job((yield from self._ops.add(data, opts)))
 
     def _add_bulk(self, /, jobs: Iterable[Any], **opts: Any) -> Op[B]:
@@ -125,9 +131,9 @@ class QueueBase(Generic[J, B]):
         and ``remove_on_fail`` are ``{"age": 86400}``: the jobs are kept a day, so that the
         batch's results can be gathered whatever their number.
 
-        Jobs go in bulk calls of up to ``MAP_ADD_CHUNK`` jobs (one round trip each). Every
-        item and option is checked before the first call, so bad input adds nothing; an
-        empty input adds nothing and returns an empty batch."""
+        Jobs go in bulk add calls of bounded size (one round trip each, see
+        ``QueueOps.add_bulk``). Every item and option is checked before the first call, so
+        bad input adds nothing; an empty input adds nothing and returns an empty batch."""
         for bad in ("job_id", "depends_on"):
             if job_options.get(bad) is not None:
                 raise InvalidOptionError(f"Queue.map does not take {bad} (it applies to one "
@@ -138,16 +144,10 @@ class QueueBase(Generic[J, B]):
             # (the queue's default keeps only the newest 1000), unless told otherwise
             if job_options.get(keep) is None and keep not in self.default_job_options:
                 job_options[keep] = MAP_RETENTION
-        merge_options(self._ops.defaults, job_options)  # bad options: refused before writing
-        if len(datas) > MAP_ADD_CHUNK:
-            for d in datas:  # a bad item further on must not leave the first calls added
-                serialization.encode_data(d, self._ops.max_payload_bytes)
-        batch = self.batch_class()
-        for i in range(0, len(datas), MAP_ADD_CHUNK):
-            records = yield from self._ops.add_bulk(
-                [(d, job_options) for d in datas[i:i + MAP_ADD_CHUNK]])
-            batch.extend(self._job(r) for r in records)
-        return batch
+        # add_bulk checks every item and option before its first call, then adds in chunks
+        # (one round trip each) small enough not to keep Redis busy for long
+        records = yield from self._ops.add_bulk([(d, job_options) for d in datas])
+        return self.batch_class(self._job(r) for r in records)
 
     def _get_job(self, /, job_id: str) -> Op[J | None]:
         record = yield from self._ops.get_job(job_id)

@@ -135,6 +135,7 @@ class Fetched:
     corrupt: list[CorruptJob]
     next_delay_ms: int  # -1: no delayed jobs
     limit_ttl_ms: int  # > 0: the rate limit is reached for this long
+    notify: bool = False  # a finish queued dependency notifications: run flows.resolve
 
 
 def parse_fetch(reply: list[Any]) -> Fetched:

@@ -16,6 +16,7 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     PAUSED = "paused"  # reported for waiting jobs of a paused queue
+    WAITING_CHILDREN = "waiting-children"  # added with depends_on: waits for those jobs
     UNKNOWN = "unknown"
 
     def __str__(self) -> str:
@@ -34,7 +35,8 @@ class JobPriority(enum.IntEnum):
 
 @dataclass(frozen=True)
 class QueueMetrics:
-    """Counts of one queue. ``total`` = waiting + active + delayed (pending work)."""
+    """Counts of one queue. ``total`` = waiting + active + delayed + waiting_children
+    (pending work); ``waiting_children``: jobs held until their dependencies complete."""
 
     queue_name: str
     waiting: int
@@ -44,6 +46,7 @@ class QueueMetrics:
     delayed: int
     paused: bool
     total: int
+    waiting_children: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

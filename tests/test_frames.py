@@ -49,7 +49,7 @@ def test_metrics_frame_rows() -> None:
     df = metrics_frame([QueueMetrics("a", 1, 2, 3, 4, 5, True, 8),
                         QueueMetrics("b", 0, 0, 0, 0, 0, False, 0)])
     assert df.loc["a", "failed"] == 4 and bool(df.loc["a", "paused"]) is True
-    assert df.loc["b"].tolist() == [0, 0, 0, 0, 0, False, 0]
+    assert df.loc["b"].tolist() == [0, 0, 0, 0, 0, False, 0, 0]
 
 
 def test_jobs_frame_from_a_real_queue(conn) -> None:

@@ -5,10 +5,13 @@
 -- stalled.lua). Cancelled jobs are not retried and not dead-lettered.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 job id, 5 reason.
--- Returns {code, state}: 1 cancelled now, 2 requested from the worker that runs it,
+-- A job waiting for its dependencies (waiting-children) is cancelled at once too.
+-- Returns {code, state}: 1 cancelled now (3: and the jobs that depend on it were notified:
+--   a resolver should run, see nbqueue/flows.py), 2 requested from the worker that runs it,
 --   0 no such job, -1 finished already (a no-op), -2 in a state cancel does not handle.
 -- Worker cancel lists: BASE .. 'cancel:' .. token, where the lock is token .. ':' .. runs.
 -- @include common
+-- @include flows
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local id, reason = ARGV[4], ARGV[5]
 local key = JOB .. id
@@ -27,15 +30,24 @@ if redis.call('ZSCORE', K_ACTIVE, id) then
   return {2, 'active'}
 end
 local from
+local K_WCHILD = BASE .. 'waiting-children'
 if redis.call('ZSCORE', K_WAIT, id) then from = K_WAIT
 elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
+elseif redis.call('ZSCORE', K_WCHILD, id) then from = K_WCHILD
 else return {-2, state} end
 check_types(K_FAILED, 'zset')  -- validation before the first write (see common.lua)
 redis.call('ZREM', from, id)
+if from == K_WCHILD then redis.call('DEL', BASE .. 'deps:' .. id) end
 redis.call('HSET', key, 'state', 'failed', 'fr', reason, 'et', 'cancelled', 'fon', NOW,
   'lk', '')
 redis.call('ZADD', K_FAILED, NOW, id)
 redis.pcall('HINCRBY', K_STATS, 'failed', 1)
 emit('failed', {id}, {'reason', 'cancelled'})
 emit('cancelled', {id})
+local par = redis.call('HGET', key, 'par')
+if par then  -- jobs depend on this one (depends_on): tell them (includes/flows.lua)
+  notify_parents(par, id, 'f', reason)
+  redis.call('HDEL', key, 'par')
+  return {3, state}
+end
 return {1, state}

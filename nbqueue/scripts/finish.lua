@@ -11,10 +11,12 @@
 --   newest MAX_TRACES kept). A retry of a job whose cancel was requested (`cx`, see
 --   cancel.lua) fails it instead with error type 'cancelled'; such failures emit
 --   `cancelled` besides `failed` (and the worker does not dead-letter them).
--- Returns {status per job (1 done, 0 lock lost or job gone)..., <fetch reply>}.
+-- Returns {status per job (1 done, 2 done and its dependents were notified: a resolver
+-- should run, see nbqueue/flows.py; 0 lock lost or job gone)..., <fetch reply>}.
 -- Also counts into the stats hash: completed, failed, retries and the per-minute history.
 -- @include common
 -- @include fetch
+-- @include flows
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local nstats = tonumber(ARGV[8])
 local first_job = 9 + 2 * nstats
@@ -44,12 +46,15 @@ local to_check, any_retry = {[K_ACTIVE] = true}, false
 for i = first_job, #ARGV, 10 do
   local kind, delay = ARGV[i + 2], tonumber(ARGV[i + 5])
   -- the lock, the deduplication id a finished job releases, whether its cancel was
-  -- requested, and what the wait time of a first attempt needs (one read, as before)
-  local held = redis.pcall('HMGET', JOB .. ARGV[i], 'lk', 'dd', 'cx', 'ats', 'pon', 'ts', 'delay')
+  -- requested, what the wait time of a first attempt needs, and the jobs that depend on
+  -- it (depends_on: they are notified in ZSET notify, see includes/flows.lua): one read
+  local held = redis.pcall('HMGET', JOB .. ARGV[i], 'lk', 'dd', 'cx', 'ats', 'pon', 'ts', 'delay',
+    'par')
   if held.err then held = nil end
   held_of[i] = held
   if held and held[1] == ARGV[i + 1] then
     if held[2] then check_types(BASE .. 'de:' .. held[2], 'string') end
+    if held[8] and kind ~= 'r' then to_check[K_NOTIFY] = true end
     if kind == 'c' then to_check[K_COMPLETED] = true
     elseif kind == 'r' and held[3] ~= '1' then
       any_retry = true
@@ -76,6 +81,14 @@ for i = first_job, #ARGV, 10 do
     if kind ~= 'r' and held[2] then release_dedup(held[2], id) end
     statuses[#statuses + 1] = 1
     finished[#finished + 1] = id
+    if held[8] and kind ~= 'r' then
+      -- jobs wait for this one (depends_on): tell them, in this slot (includes/flows.lua)
+      local what = 'f'
+      if kind == 'c' then what = 'c' end
+      notify_parents(held[8], id, what, value)
+      redis.call('HDEL', key, 'par')
+      statuses[#statuses] = 2
+    end
     if kind == 'c' then
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id

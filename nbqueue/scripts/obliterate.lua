@@ -7,6 +7,16 @@
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
 if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return -1 end
 local n = 0
+-- jobs waiting for dependencies: their deps hashes first, then them (like the other sets)
+local K_WCHILD = BASE .. 'waiting-children'
+while true do
+  local ids = redis.call('ZRANGE', K_WCHILD, 0, 999)
+  if #ids == 0 then break end
+  for i = 1, #ids do redis.call('DEL', BASE .. 'deps:' .. ids[i], JOB .. ids[i]) end
+  redis.call('ZREMRANGEBYRANK', K_WCHILD, 0, #ids - 1)
+  n = n + #ids
+end
+redis.call('DEL', BASE .. 'notify')
 for _, set in ipairs({K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED}) do
   n = n + delete_set(set)
 end

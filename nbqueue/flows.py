@@ -1,0 +1,270 @@
+"""Job dependencies (``add(..., depends_on=[...])``): a job that waits for other jobs.
+
+The protocol works across queues and on Redis Cluster, where each queue is its own hash
+slot and no script can touch two queues. Every step is one script in ONE slot, and every
+step is idempotent, so a crash between two steps is recovered by running them again:
+
+1. ``add_dependent.lua`` (the parent's slot): the job is stored in state
+   ``waiting-children`` with a ``deps:<id>`` hash of its dependencies (each pending, with
+   the sequence number the dependency had) and a re-check time in ``waiting-children``.
+2. ``dep_register.lua`` (each dependency queue's slot): the parent is recorded on each
+   dependency (job field ``par``); a dependency that has ended already (or is gone, or
+   whose id now names another job) gets its notification queued at once.
+3. A dependency's end (``finish.lua``; ``remove.lua`` for a removed one) queues a
+   notification ``[parent queue, parent id, queue, id, kind, value]`` in ITS OWN slot
+   (ZSET ``notify``), in the same script that ends it.
+4. The resolver (``resolve``) reads the notifications of a queue, delivers them to the
+   parents' slots (``dep_resolve.lua``: marks the dependency ended, releases the parent to
+   ``wait`` when none is pending, or fails it with ``error_type="dependency_failed"``),
+   and only then removes them (``ZREM``). A notification delivered twice changes nothing.
+
+Who runs what: ``Queue.add`` runs steps 1, 2 and the resolver for the queues step 2 queued
+notifications in. A worker runs the resolver right after a finish that queued
+notifications, and ``upkeep`` every ``UPKEEP_S`` seconds: it delivers what a crashed
+process left in its queue's ``notify``, and re-runs step 2 for its waiting jobs whose
+re-check time (``RECHECK_MS`` after the add, then every ``RECHECK_MS``) has come. Crashes:
+- between 1 and 2 (the adding process died): the re-check registers the dependencies;
+- between 3 and 4, or inside 4 before the ``ZREM`` (a worker died): the next resolver run
+  (any worker of that queue, at its next finish or upkeep) delivers them (again);
+- a dependency removed by ``drain``/``clean``/``obliterate``/retention before it ended, or
+  failed by the stalled-job sweep: the re-check finds it gone/failed and notifies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidOptionError, JobNotFoundError
+from .keys import QueueKeys, validate_queue_name
+from .protocol import Batch, Call, Op
+
+if TYPE_CHECKING:
+    from .ops import QueueOps
+    from .records import JobRecord
+
+log = logging.getLogger("nbqueue.flows")
+
+RECHECK_MS = 30_000  # a waiting job's dependencies are re-registered this often
+UPKEEP_S = 5.0  # how often a worker runs ``upkeep`` for its queue
+RESOLVE_BATCH = 200  # notifications delivered per round
+POLICIES = ("fail", "ignore")
+
+
+@dataclass(frozen=True)
+class Dep:
+    queue: str
+    id: str
+
+    @property
+    def field(self) -> str:
+        """The deps hash field: "<queue> <id>" (queue names hold no whitespace)."""
+        return f"{self.queue} {self.id}"
+
+    @property
+    def ref(self) -> str:
+        """The public name, a key of ``dependency_results()``: "<queue>:<id>"."""
+        return f"{self.queue}:{self.id}"
+
+
+def parse_dependencies(depends_on: Any, queue: str) -> list[Dep]:
+    """``depends_on`` as a list of (queue, id): jobs, ids (this queue) or (queue, id)."""
+    if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, Iterable) \
+            or hasattr(depends_on, "queue_name"):
+        depends_on = [depends_on]
+    out: dict[Dep, None] = {}
+    for dep in depends_on:
+        if hasattr(dep, "queue_name") and hasattr(dep, "id"):
+            d = Dep(str(dep.queue_name), str(dep.id))
+        elif isinstance(dep, tuple) and len(dep) == 2:
+            d = Dep(validate_queue_name(dep[0]), _job_id(dep[1]))
+        elif isinstance(dep, (str, int)) and not isinstance(dep, bool):
+            d = Dep(queue, _job_id(dep))
+        else:
+            raise InvalidOptionError(
+                f"depends_on items are jobs, job ids or (queue_name, job_id) pairs, not "
+                f"{type(dep).__name__}: {dep!r}")
+        out[d] = None
+    if not out:
+        raise InvalidOptionError("depends_on is empty (leave it out for a job without "
+                                 "dependencies)")
+    return list(out)
+
+
+def _job_id(value: Any) -> str:
+    text = str(value)
+    if not text or isinstance(value, bool):
+        raise InvalidOptionError(f"depends_on: invalid job id {value!r}")
+    return text
+
+
+def _ops_for(ops: QueueOps, name: str) -> QueueOps:
+    if name == ops.name:
+        return ops
+    from .ops import QueueOps
+
+    return QueueOps(name, prefix=ops.keys.prefix)
+
+
+@dataclass
+class Resolved:
+    """What resolver runs did: parents released to wait and parents failed."""
+
+    released: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def extend(self, other: Resolved) -> None:
+        self.released += other.released
+        self.failed += other.failed
+
+
+def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on: Any,
+                  policy: str = "fail") -> Op[JobRecord]:
+    """``Queue.add(data, depends_on=..., on_dependency_failure=policy, **opts)``."""
+    if policy not in POLICIES:
+        raise InvalidOptionError(f"on_dependency_failure must be 'fail' or 'ignore': "
+                                 f"{policy!r}")
+    deps = parse_dependencies(depends_on, ops.name)
+    args, record = ops.prepare(data, opts)
+    if record.opts.ext_json():
+        raise InvalidOptionError("depends_on cannot be combined with lifo or deduplication")
+    own = record.opts.job_id
+    if own is not None and Dep(ops.name, own) in deps:
+        raise InvalidOptionError(f"job {ops.name}:{own} cannot depend on itself (a "
+                                 "dependency cycle)")
+    # The dependencies must exist: their sequence numbers identify them (a job that re-uses
+    # an id later is another job). Jobs can only depend on jobs that exist, so no cycle can
+    # form. Read in one round trip (plain commands: fine across slots on a cluster).
+    seqs = yield Batch([Call.cmd("HGET", _ops_for(ops, d.queue).keys.job(d.id), "seq")
+                        for d in deps])
+    missing = [d.ref for d, s in zip(deps, seqs) if s is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        raise JobNotFoundError(f"depends_on: no such job {shown} (never added, removed, or "
+                               "trimmed by retention); nothing was added")
+    flat: list[Any] = []
+    for d, s in zip(deps, seqs):
+        flat += [d.field, s]
+    job_id, name, text, opts_json, prio, delay = args[:6]
+    reply = yield ops.call("add_dependent", job_id, name, text, opts_json, prio, delay,
+                           policy, RECHECK_MS, *flat)
+    job_id, existed = str(reply[0]), int(reply[1])
+    if existed:
+        found = yield from ops.get_jobs_by_id([job_id])
+        if found[0] is not None:
+            return found[0]
+    record.id = job_id
+    yield from register(ops, job_id, [(d, s) for d, s in zip(deps, seqs)])
+    found = yield from ops.get_jobs_by_id([job_id])
+    return found[0] if found[0] is not None else record
+
+
+def register(ops: QueueOps, parent_id: str, deps: Sequence[tuple[Dep, str]]) -> Op[Resolved]:
+    """Step 2 for one parent of ``ops``'s queue, then the resolver where it queued."""
+    by_queue: dict[str, list[str]] = {}
+    for d, seq in deps:
+        by_queue.setdefault(d.queue, []).extend((d.id, seq))
+    queued: list[str] = []
+    for name, flat in by_queue.items():
+        child = _ops_for(ops, name)
+        for i in range(0, len(flat), 2000):
+            n = yield child.call("dep_register", ops.name, parent_id, *flat[i:i + 2000])
+            if int(n) and name not in queued:
+                queued.append(name)
+    done = Resolved()
+    for name in queued:
+        done.extend((yield from resolve(_ops_for(ops, name))))
+    return done
+
+
+def resolve(ops: QueueOps, dead_letter: bool = True, _depth: int = 0) -> Op[Resolved]:
+    """Step 4 for the notifications queued in ``ops``'s queue: deliver, then remove them.
+
+    Parents that fail are recorded in the dead-letter queue (as every failed job is)."""
+    done = Resolved()
+    cascade: list[str] = []
+    while True:
+        entries = yield Call.cmd("ZRANGE", ops.keys.notify, 0, RESOLVE_BATCH - 1)
+        if not entries:
+            break
+        by_parent: dict[str, list[Any]] = {}
+        for entry in entries:
+            try:
+                pq, pid, cq, cid, kind, value = json.loads(entry)
+                validate_queue_name(pq)
+            except (ValueError, TypeError) as exc:
+                log.warning("dropping a malformed dependency notification %r: %s", entry, exc)
+                continue
+            by_parent.setdefault(pq, []).extend(
+                (str(pid), f"{cq} {cid}", str(kind), str(value)))
+        for pq, args in by_parent.items():
+            parent = _ops_for(ops, pq)
+            released, failed, queued = yield parent.call("dep_resolve", *args)
+            done.released += [(pq, str(i)) for i in released]
+            done.failed += [(pq, str(i)) for i in failed]
+            if int(queued) and pq not in cascade:
+                cascade.append(pq)
+            if failed and dead_letter:
+                yield from _dead_letter(parent, [str(i) for i in failed])
+        yield Call.cmd("ZREM", ops.keys.notify, *entries)
+        if len(entries) < RESOLVE_BATCH:
+            break
+    if _depth < 50:  # a failed parent notifies its own parents: follow the chain
+        for pq in cascade:
+            done.extend((yield from resolve(_ops_for(ops, pq), dead_letter, _depth + 1)))
+    return done
+
+
+DEAD_LETTER = "dead_letter"  # the worker's dead-letter queue
+
+
+def _dead_letter(ops: QueueOps, ids: list[str]) -> Op[None]:
+    from .ops import dead_letter_entry
+
+    if ops.name == DEAD_LETTER:
+        return
+    dlq = _ops_for(ops, DEAD_LETTER)
+    for rec in (yield from ops.get_jobs_by_id(ids)):
+        if rec is not None:
+            rec.attempts_made -= 1  # dead_letter_entry counts an attempt: none was made
+            data, opts = dead_letter_entry(ops.name, rec, rec.failed_reason or "",
+                                           "dependency_failed")
+            yield from dlq.add(data, opts)
+
+
+def upkeep(ops: QueueOps, limit: int = 100, dead_letter: bool = True) -> Op[Resolved]:
+    """A worker's periodic flow step for its queue (see the module docstring): deliver
+    notifications left in ``notify``, and re-register the dependencies of waiting jobs
+    whose re-check time has come. One round trip when there is nothing to do."""
+    head, due = yield Batch([Call.cmd("ZRANGE", ops.keys.notify, 0, 0),
+                             ops.call("dep_due", limit, RECHECK_MS)])
+    done = Resolved()
+    if head:
+        done.extend((yield from resolve(ops, dead_letter)))
+    i = 0
+    while i < len(due):
+        pid, n = str(due[i]), int(due[i + 1])
+        pairs = due[i + 2:i + 2 + 2 * n]
+        i += 2 + 2 * n
+        deps = []
+        for k in range(0, len(pairs), 2):
+            q, _, jid = str(pairs[k]).partition(" ")
+            deps.append((Dep(q, jid), str(pairs[k + 1])))
+        if deps:
+            done.extend((yield from register(ops, pid, deps)))
+    return done
+
+
+def dependency_results(ops: QueueOps, job_id: str) -> Op[dict[str, Any]]:
+    """``job.dependency_results()``: {"<queue>:<id>": result} of its completed dependencies
+    (a dependency that failed under ``on_dependency_failure="ignore"`` is left out)."""
+    key = QueueKeys(ops.name, ops.keys.prefix).job(job_id)
+    text = yield Call.cmd("HGET", key, "dres")
+    if text is None:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
