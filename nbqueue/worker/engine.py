@@ -299,6 +299,8 @@ class Engine:
             outbox.settle(oks, done)
             if outbox.has_dead_letters:
                 await outbox.send_dead_letters()
+        if fetched.notify:  # jobs depend on the ones just finished: tell them now
+            await self.upkeep.resolve_flows()
         await fetcher.accept(fetched, want)
 
     async def _release_leftovers(self) -> None:
@@ -309,7 +311,9 @@ class Engine:
         outbox.done = []
         if outcomes or outbox.stats:
             try:
-                await self.fetcher.finish(outcomes, outbox.stats, 0)
+                _, fetched = await self.fetcher.finish(outcomes, outbox.stats, 0)
+                if fetched.notify:
+                    await self.upkeep.resolve_flows()
             except Exception as exc:
                 log.error("worker %s could not hand back %d jobs at shutdown (%s); the "
                           "stalled check will recover them", self.token, len(outcomes), exc)

@@ -11,6 +11,10 @@ The cancel listener blocks (BLPOP, on a connection of its own) on this worker's 
 list, where ``cancel.lua`` pushes the id of an active job it holds: no polling, and the
 list has the queue's hash tag, so it lives in the queue's slot on a Redis Cluster. A list
 rather than pub/sub: a request made while the listener reconnects waits for it.
+The flow upkeep (every ``flows.UPKEEP_S``) delivers dependency notifications a crashed
+process left in this queue and re-registers the dependencies of its waiting jobs whose
+re-check time has come (``nbqueue.flows``); ``resolve_flows`` delivers the notifications a
+finish just queued.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import flows
 from ..ops import QueueOps
 from ..protocol import Call, run_async, single
 from .execution import Execution
@@ -55,7 +60,8 @@ class Upkeep:
         self.client = client
         self._tasks = [asyncio.create_task(self.renew_locks()),
                        asyncio.create_task(self.sweep_stalled()),
-                       asyncio.create_task(self.heartbeat())]
+                       asyncio.create_task(self.heartbeat()),
+                       asyncio.create_task(self.flow_upkeep())]
         if self.new_client is not None:
             self._tasks.append(asyncio.create_task(self.listen_cancels()))
 
@@ -141,3 +147,23 @@ class Upkeep:
                 await client.aclose()
             except Exception:
                 pass
+
+    async def resolve_flows(self) -> None:
+        """Deliver the dependency notifications our finish queued (``flows.resolve``); on
+        an error they stay queued for the next run (ours, or any worker's upkeep)."""
+        try:
+            await run_async(self.client, flows.resolve(self.ops, self.outbox.dead_letter))
+        except Exception as exc:
+            log.warning("worker %s: dependency notifications not delivered yet (%s); the "
+                        "upkeep retries", self.token, exc)
+
+    async def flow_upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(flows.UPKEEP_S)
+            try:
+                await run_async(self.client, flows.upkeep(
+                    self.ops, dead_letter=self.outbox.dead_letter))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dependency upkeep of %s failed: %s", self.ops.name, exc)
