@@ -162,7 +162,8 @@ def read_queues(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Op[dict[s
         since = [int(x) for x in r[9] if int(x) >= 0]
         out[name] = {
             "stats": {flat[i]: _num(flat[i + 1]) for i in range(0, len(flat), 2)},
-            "states": dict(zip(STATES, (int(x) for x in r[1:6]), strict=True)),
+            "states": {**dict(zip(STATES, (int(x) for x in r[1:6]), strict=True)),
+                       "waiting-children": int(r[12])},
             "paused": r[6] == "1", "schedulers": int(r[7]),
             "priorities": dict(zip(PRIORITIES, (int(x) for x in r[8]), strict=True)),
             "oldest_waiting_s": max(0.0, (now - min(since)) / 1000) if since else 0.0,

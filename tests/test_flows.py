@@ -75,6 +75,12 @@ def test_waiting_children_in_metrics_frames_and_listings(conn) -> None:
     mgr.get_queue("wc")
     assert mgr.metrics_frame().loc["wc", "waiting_children"] == 1
     assert parent.status().state is JobState.WAITING_CHILDREN
+    # Prometheus: nbqueue_queue_jobs{queue="wc", state="waiting-children"} 1
+    from nbqueue.metrics import QueueCollector
+
+    families = {f.name: f for f in QueueCollector(conn, ["wc"]).collect()}
+    series = {tuple(s.labels.values()): s.value for s in families["nbqueue_queue_jobs"].samples}
+    assert series[("wc", "waiting-children")] == 1 and series[("wc", "waiting")] == 1
 
 
 def test_dependency_failure_fails_the_chain_and_dead_letters(conn) -> None:

@@ -5,7 +5,8 @@
 -- Returns {now ms, waiting, active, delayed, completed, failed, paused ('1' or ''),
 --   schedulers, {waiting per priority 1..5}, {waiting since ms of the job next in line per
 --   priority 1..5 (-1: none)}, {stats hash as a flat field/value list}, workers online
---   (registrations in BASE .. 'workers' that have not expired: see heartbeat.lua)}.
+--   (registrations in BASE .. 'workers' that have not expired: see heartbeat.lua),
+--   jobs waiting for their dependencies (waiting-children, see nbqueue/flows.py)}.
 -- "Waiting since" is the job's add time plus its initial delay, of the job that has waited
 -- longest at each level: the first FIFO job, or the last lifo job when that one is older.
 -- @include common
@@ -36,4 +37,5 @@ return {NOW, redis.call('ZCARD', K_WAIT), redis.call('ZCARD', K_ACTIVE),
   redis.call('ZCARD', K_DELAYED), redis.call('ZCARD', K_COMPLETED),
   redis.call('ZCARD', K_FAILED), redis.call('HGET', K_META, 'paused') or '',
   redis.call('ZCARD', BASE .. 'schedulers'), per_prio, since,
-  redis.call('HGETALL', K_STATS), redis.call('ZCOUNT', BASE .. 'workers', fmt(NOW), '+inf')}
+  redis.call('HGETALL', K_STATS), redis.call('ZCOUNT', BASE .. 'workers', fmt(NOW), '+inf'),
+  redis.call('ZCARD', BASE .. 'waiting-children')}
