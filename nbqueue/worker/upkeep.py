@@ -34,6 +34,7 @@ log = logging.getLogger("nbqueue.worker")
 
 HEARTBEAT_MS = 5_000  # default heartbeat interval
 HEARTBEAT_TTL_FACTOR = 3  # a registration lives this many intervals after its last beat
+STOP_WAIT_S = 2.0  # stop() waits this long for the cancelled upkeep tasks
 
 
 class Upkeep:
@@ -54,6 +55,10 @@ class Upkeep:
         self.client: Any = None
         self.new_client = new_client
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by stop() before it cancels the tasks: a loop also ends at its next turn if a
+        # cancellation that hit it inside a Redis call was swallowed on the way (seen: the
+        # task then slept on, and stop() waited for it until the worker's stop timed out).
+        self._closing = False
 
     def start(self, client: Any) -> None:
         """Start the background tasks (after ``beat()`` registered the worker)."""
@@ -66,9 +71,18 @@ class Upkeep:
             self._tasks.append(asyncio.create_task(self.listen_cancels()))
 
     async def stop(self) -> None:
+        self._closing = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Not gather(): a cancellation that lands inside a Redis call can be swallowed
+            # below us (seen with the stalled sweep's first call: the task then slept its
+            # 30 s and the worker's stop timed out). Such a task is left to the loop's own
+            # shutdown, which cancels it again, and every loop ends at its next turn.
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            if pending:
+                log.debug("worker %s: %d upkeep task(s) still ending", self.token,
+                          len(pending))
         self._tasks = []
         try:  # leave the registry now rather than when the registration expires
             await run_async(self.client, self.ops.deregister(self.token))
@@ -88,12 +102,13 @@ class Upkeep:
             log.warning("worker %s could not send its heartbeat: %s", self.token, exc)
 
     async def heartbeat(self) -> None:
-        while True:  # the engine sent the first beat before starting us
+        while not self._closing:  # the engine sent the first beat before starting us
             await asyncio.sleep(self.heartbeat_ms / 1000)
-            await self.beat()
+            if not self._closing:
+                await self.beat()
 
     async def renew_locks(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.lock_ms / 2000)
             locks = self.jobs.held_locks()
             if not locks:
@@ -108,7 +123,7 @@ class Upkeep:
                 log.warning("worker %s lost the lock of job %s", self.token, jid)
 
     async def sweep_stalled(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 _, failed = await run_async(self.client, self.ops.check_stalled(
                     self.max_stalled, self.stalled_ms))
@@ -158,8 +173,10 @@ class Upkeep:
                         "upkeep retries", self.token, exc)
 
     async def flow_upkeep(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(flows.UPKEEP_S)
+            if self._closing:
+                return
             try:
                 await run_async(self.client, flows.upkeep(
                     self.ops, dead_letter=self.outbox.dead_letter))
