@@ -20,6 +20,10 @@ if ARGV[10] ~= 'fail' and ARGV[10] ~= 'ignore' then
   return redis.error_reply('ERR add_dependent: policy must be fail or ignore')
 end
 if id ~= '' and redis.call('EXISTS', JOB .. id) == 1 then return {id, 1, 0} end
+-- validation before the first write (see common.lua)
+check_int(K_CTR)
+check_types(K_WCHILD, 'zset')
+if id ~= '' then check_types(BASE .. 'deps:' .. id, 'hash') end
 local seq = redis.call('INCR', K_CTR)
 if id == '' then id = fmt(seq) end
 local key = JOB .. id
@@ -29,6 +33,7 @@ local fields = {'name', ARGV[5], 'data', ARGV[6], 'opts', ARGV[7], 'ts', fmt(NOW
 if tonumber(ARGV[9]) > 0 then fields[#fields + 1] = 'delay'; fields[#fields + 1] = ARGV[9] end
 redis.call('HSET', key, unpack(fields))
 local dkey = BASE .. 'deps:' .. id
+if ARGV[4] == '' then redis.call('DEL', dkey) end  -- a fresh id: no leftover can be there
 for i = 12, #ARGV, 1000 do
   local part = {}
   for j = i, math.min(i + 999, #ARGV), 2 do

@@ -35,7 +35,10 @@ if redis.call('ZSCORE', K_WAIT, id) then from = K_WAIT
 elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
 elseif redis.call('ZSCORE', K_WCHILD, id) then from = K_WCHILD
 else return {-2, state} end
-check_types(K_FAILED, 'zset')  -- validation before the first write (see common.lua)
+-- validation before the first write (see common.lua)
+local par = redis.call('HGET', key, 'par')
+check_types(K_FAILED, 'zset')
+if par then check_types(K_NOTIFY, 'zset') end
 redis.call('ZREM', from, id)
 if from == K_WCHILD then redis.call('DEL', BASE .. 'deps:' .. id) end
 redis.call('HSET', key, 'state', 'failed', 'fr', reason, 'et', 'cancelled', 'fon', NOW,
@@ -44,7 +47,6 @@ redis.call('ZADD', K_FAILED, NOW, id)
 redis.pcall('HINCRBY', K_STATS, 'failed', 1)
 emit('failed', {id}, {'reason', 'cancelled'})
 emit('cancelled', {id})
-local par = redis.call('HGET', key, 'par')
 if par then  -- jobs depend on this one (depends_on): tell them (includes/flows.lua)
   notify_parents(par, id, 'f', reason)
   redis.call('HDEL', key, 'par')

@@ -8,15 +8,29 @@
 -- Returns {parent id, n, then n x ("<queue> <id>", seq) of its pending dependencies, ...}.
 -- @include common
 local K_WCHILD = BASE .. 'waiting-children'
+check_types(K_WCHILD, 'zset')  -- validation before the first write (see common.lua)
 local due = redis.call('ZRANGEBYSCORE', K_WCHILD, '-inf', fmt(NOW), 'LIMIT', 0, tonumber(ARGV[4]))
+-- read first: a job or deps key of the wrong type is left alone (not this script's to fix)
+local states, deps = {}, {}
+for i, pid in ipairs(due) do
+  local st = redis.pcall('HGET', JOB .. pid, 'state')
+  local d = redis.pcall('HGETALL', BASE .. 'deps:' .. pid)
+  if type(st) == 'table' and st.err or type(d) == 'table' and d.err then
+    states[i] = 'skip'
+  else
+    states[i], deps[i] = st, d
+  end
+end
 local out = {}
-for _, pid in ipairs(due) do
-  if redis.call('HGET', JOB .. pid, 'state') ~= 'waiting-children' then
+for i, pid in ipairs(due) do
+  if states[i] == 'skip' then
+    redis.call('ZADD', K_WCHILD, fmt(NOW + tonumber(ARGV[5])), pid)
+  elseif states[i] ~= 'waiting-children' then
     redis.call('ZREM', K_WCHILD, pid)
     redis.call('DEL', BASE .. 'deps:' .. pid)
   else
     redis.call('ZADD', K_WCHILD, fmt(NOW + tonumber(ARGV[5])), pid)
-    local all = redis.call('HGETALL', BASE .. 'deps:' .. pid)
+    local all = deps[i]
     local pending = {}
     for i = 1, #all, 2 do
       if string.sub(all[i + 1], 1, 1) == 'p' then

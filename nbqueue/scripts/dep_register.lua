@@ -10,18 +10,21 @@
 -- @include common
 -- @include flows
 local me = ARGV[4] .. ' ' .. ARGV[5]
-local queued = 0
+-- Read every dependency first (a key that is not a hash is no job: gone), then write
+-- (validation before the first write, see common.lua).
+check_types(K_NOTIFY, 'zset')
+local plan = {}
 for i = 6, #ARGV, 2 do
   local cid, seq = ARGV[i], ARGV[i + 1]
-  local key = JOB .. cid
-  local f = redis.call('HMGET', key, 'state', 'rv', 'fr', 'par', 'seq')
-  local kind, value
+  local f = redis.pcall('HMGET', JOB .. cid, 'state', 'rv', 'fr', 'par', 'seq')
+  if f.err then f = {} end
+  local step = {cid = cid}
   if not f[1] or f[5] ~= seq then
-    kind, value = 'm', 'job ' .. cid .. ' of queue ' .. QNAME .. ' is gone (removed)'
+    step.kind, step.value = 'm', 'job ' .. cid .. ' of queue ' .. QNAME .. ' is gone (removed)'
   elseif f[1] == 'completed' then
-    kind, value = 'c', f[2] or 'null'
+    step.kind, step.value = 'c', f[2] or 'null'
   elseif f[1] == 'failed' then
-    kind, value = 'f', f[3] or 'failed'
+    step.kind, step.value = 'f', f[3] or 'failed'
   else
     local ok, parents = pcall(cjson.decode, f[4] or '[]')
     if not ok or type(parents) ~= 'table' then parents = {} end
@@ -29,13 +32,19 @@ for i = 6, #ARGV, 2 do
     for _, p in ipairs(parents) do if p == me then known = true end end
     if not known then
       parents[#parents + 1] = me
-      redis.call('HSET', key, 'par', cjson.encode(parents))
+      step.par = cjson.encode(parents)
     end
   end
-  if kind then
+  plan[#plan + 1] = step
+end
+local queued = 0
+for _, step in ipairs(plan) do
+  if step.kind then
     redis.call('ZADD', K_NOTIFY, fmt(NOW),
-      cjson.encode({ARGV[4], ARGV[5], QNAME, cid, kind, value}))
+      cjson.encode({ARGV[4], ARGV[5], QNAME, step.cid, step.kind, step.value}))
     queued = queued + 1
+  elseif step.par then
+    redis.call('HSET', JOB .. step.cid, 'par', step.par)
   end
 end
 return queued

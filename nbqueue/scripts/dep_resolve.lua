@@ -30,6 +30,19 @@ local function results_json(dkey)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
+-- Validation before the first write (see common.lua): the sets and counters this call may
+-- write, and each parent's hash, deps hash and pending count.
+check_types(K_WCHILD, 'zset', K_WAIT, 'zset', K_DELAYED, 'zset', K_FAILED, 'zset',
+  K_NOTIFY, 'zset', K_STATS, 'hash')
+check_int(K_CTR)
+for i = 4, #ARGV, 4 do
+  local key, dkey = JOB .. ARGV[i], BASE .. 'deps:' .. ARGV[i]
+  check_types(key, 'hash', dkey, 'hash')
+  local pend = redis.call('HGET', key, 'dpend')
+  if pend and not tonumber(pend) then
+    error('nbqueue: job ' .. ARGV[i] .. ' has a corrupt dpend ' .. pend .. '; nothing was changed')
+  end
+end
 for i = 4, #ARGV, 4 do
   local pid, ref, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOB .. pid
@@ -73,11 +86,11 @@ for i = 4, #ARGV, 4 do
   end
 end
 if #failed > 0 then
-  redis.call('HINCRBY', K_STATS, 'failed', #failed)
-  redis.call('HINCRBY', K_STATS, 'error:dependency_failed', #failed)
+  redis.pcall('HINCRBY', K_STATS, 'failed', #failed)
+  redis.pcall('HINCRBY', K_STATS, 'error:dependency_failed', #failed)
   local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
-  if redis.call('HINCRBY', mkey, 'failed', #failed) == #failed then
-    redis.call('PEXPIRE', mkey, 86400000)
+  if redis.pcall('HINCRBY', mkey, 'failed', #failed) == #failed then
+    redis.pcall('PEXPIRE', mkey, 86400000)
   end
 end
 emit('waiting', released)

@@ -17,8 +17,8 @@ check_types(K_WAIT, 'zset', K_DELAYED, 'zset', K_COMPLETED, 'zset', K_FAILED, 'z
   key, 'hash', K_NOTIFY, 'zset', BASE .. 'waiting-children', 'zset', BASE .. 'deps:' .. id, 'hash')
 local dd = redis.call('HGET', key, 'dd')
 if dd then check_types(BASE .. 'de:' .. dd, 'string') end
-release_dedup(dd, id)
 local par = redis.call('HGET', key, 'par')
+release_dedup(dd, id)
 if par then notify_parents(par, id, 'm', 'job ' .. id .. ' of queue ' .. QNAME .. ' was removed') end
 redis.call('ZREM', BASE .. 'waiting-children', id)
 redis.call('DEL', BASE .. 'deps:' .. id)

@@ -14,7 +14,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 STATE_SETS = {"waiting": "wait", "active": "active", "delayed": "delayed",
-              "completed": "completed", "failed": "failed"}
+              "completed": "completed", "failed": "failed",
+              "waiting-children": "waiting-children"}
 
 
 def spawn_worker(url: str, queue: str, *, concurrency: int = 4, lock: int = 2000,

@@ -304,6 +304,60 @@ def _single(call: Any) -> Any:
     return (yield call)
 
 
+# -- job dependencies (nbqueue/flows.py) ---------------------------------------------------------
+def _waiting_parent(q: Queue, r: redis.Redis) -> tuple[str, str]:
+    """A job waiting for one waiting job: (parent id, dependency id)."""
+    dep = r.zrange(BASE + "wait", 0, 0)[0]
+    parent = q.add({"type": "p"}, depends_on=[dep])
+    assert parent.state == "waiting-children"
+    return parent.id, dep
+
+
+def case_add_dependent(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    dep = r.zrange(BASE + "wait", 0, 0)[0]
+    for key in ("waiting-children", "ctr"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: q.add({"type": "p"}, depends_on=[dep])) is not None
+    with wrong_type(r, BASE + "deps:fan-in"):
+        assert _attempt(lambda: q.add({"type": "p"}, depends_on=[dep],
+                                      job_id="fan-in")) is not None
+    assert not r.exists(BASE + "job:fan-in")
+
+
+def case_dep_register(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    parent, dep = _waiting_parent(q, r)
+    done = s["done"][0].id
+    seq = r.hget(f"{BASE}job:{done}", "seq")
+    with wrong_type(r, BASE + "notify"):
+        assert _attempt(lambda: _run(q, _single(q._ops.call(
+            "dep_register", Q, parent, dep, r.hget(f"{BASE}job:{dep}", "seq"), done,
+            seq)))) is not None
+    assert r.hget(f"{BASE}job:{dep}", "par") == f'["{Q} {parent}"]'  # as before
+
+
+def case_dep_resolve(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    parent, dep = _waiting_parent(q, r)
+    for key in ("wait", "waiting-children", "ctr", f"deps:{parent}"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: _run(q, _single(q._ops.call(
+                "dep_resolve", parent, f"{Q} {dep}", "c", "1")))) is not None
+    r.hset(f"{BASE}job:{parent}", "dpend", "x")
+    assert _attempt(lambda: _run(q, _single(q._ops.call(
+        "dep_resolve", parent, f"{Q} {dep}", "c", "1")))) is not None
+    r.hset(f"{BASE}job:{parent}", "dpend", "1")
+    assert r.hget(f"{BASE}deps:{parent}", f"{Q} {dep}").startswith("p")
+
+
+def case_dep_due(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    parent, _ = _waiting_parent(q, r)
+    r.zadd(BASE + "waiting-children", {parent: 0})  # due for a re-check
+    with wrong_type(r, f"{BASE}deps:{parent}"):
+        _run(q, _single(q._ops.call("dep_due", 10, 1000)))  # left alone, not an error
+    with wrong_type(r, BASE + "waiting-children"):
+        assert _attempt(lambda: _run(q, _single(q._ops.call("dep_due", 10, 1000)))) \
+            is not None
+
+
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {
     name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
