@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidOptionError, JobNotFoundError
-from .keys import QueueKeys, validate_queue_name
+from .keys import DEAD_LETTER_QUEUE, QueueKeys, validate_queue_name
 from .protocol import Batch, Call, Op
 
 if TYPE_CHECKING:
@@ -102,11 +102,10 @@ def _job_id(value: Any) -> str:
 
 
 def _ops_for(ops: QueueOps, name: str) -> QueueOps:
+    """The ops of queue ``name`` (same prefix); no import of ops here: ops imports us."""
     if name == ops.name:
         return ops
-    from .ops import QueueOps
-
-    return QueueOps(name, prefix=ops.keys.prefix)
+    return type(ops)(name, prefix=ops.keys.prefix)
 
 
 @dataclass
@@ -219,21 +218,14 @@ def resolve(ops: QueueOps, dead_letter: bool = True, _depth: int = 0) -> Op[Reso
     return done
 
 
-DEAD_LETTER = "dead_letter"  # the worker's dead-letter queue
-
-
 def _dead_letter(ops: QueueOps, ids: list[str]) -> Op[None]:
-    from .ops import dead_letter_entry
-
-    if ops.name == DEAD_LETTER:
+    """Record parents that failed on a dependency in the dead-letter queue."""
+    if ops.name == DEAD_LETTER_QUEUE:
         return
-    dlq = _ops_for(ops, DEAD_LETTER)
-    for rec in (yield from ops.get_jobs_by_id(ids)):
-        if rec is not None:
-            rec.attempts_made -= 1  # dead_letter_entry counts an attempt: none was made
-            data, opts = dead_letter_entry(ops.name, rec, rec.failed_reason or "",
-                                           "dependency_failed")
-            yield from dlq.add(data, opts)
+    records = [r for r in (yield from ops.get_jobs_by_id(ids)) if r is not None]
+    if records:
+        letters = ops.dead_letters_of(records, "dependency_failed")
+        yield from _ops_for(ops, DEAD_LETTER_QUEUE).add_dead_letters(letters)
 
 
 def upkeep(ops: QueueOps, limit: int = 100, dead_letter: bool = True) -> Op[Resolved]:

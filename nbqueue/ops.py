@@ -260,6 +260,17 @@ class QueueOps:
                 else:  # deduplicated against a job gone since (retention, remove): its id
                     records[i].id, records[i].state = jid, JobState.UNKNOWN
 
+    def dead_letters_of(self, records: Sequence[JobRecord], error_type: str
+                        ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """:func:`dead_letter_entry` of failed jobs of this queue whose failure made no
+        attempt (e.g. ``dependency_failed``): their stored reason, attempts as they are."""
+        letters = []
+        for rec in records:
+            rec.attempts_made -= 1  # dead_letter_entry counts an attempt: none was made
+            letters.append(dead_letter_entry(self.name, rec, rec.failed_reason or "",
+                                             error_type))
+        return letters
+
     def add_dead_letters(self, letters: Sequence[tuple[dict[str, Any], dict[str, Any]]]
                          ) -> Op[list[JobRecord]]:
         """Add :func:`dead_letter_entry` records (to the dead-letter queue's ops): their

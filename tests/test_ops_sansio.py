@@ -106,10 +106,11 @@ def test_bad_job_data_is_refused_before_any_call() -> None:
 
 # -- reading --------------------------------------------------------------------------------
 def test_metrics_total_is_pending_work() -> None:
-    steps, m = drive(OPS.metrics(), [[4, 2, 10, 1, 3, "1"]])
-    assert isinstance(steps[0], Batch) and len(steps[0].calls) == 6
+    steps, m = drive(OPS.metrics(), [[4, 2, 10, 1, 3, "1", 5]])
+    assert isinstance(steps[0], Batch) and len(steps[0].calls) == 7
     assert (m.waiting, m.active, m.completed, m.failed, m.delayed) == (4, 2, 10, 1, 3)
-    assert m.paused is True and m.total == 4 + 2 + 3
+    assert m.waiting_children == 5  # jobs held for their dependencies (depends_on)
+    assert m.paused is True and m.total == 4 + 2 + 3 + 5
 
 
 def test_wait_result_returns_the_stored_value() -> None:
