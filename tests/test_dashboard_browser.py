@@ -231,6 +231,15 @@ def test_dashboard_in_jupyterlab(browser_paths, redis_server, tmp_path: Path) ->
         session.js("document.querySelector('.nbq-drill').scrollIntoView()")
         session.screenshot("05-failed-job-detail")
         assert _cut_text(session) == []
+        # Obliterate (in the job list's bar) asks first too.
+        session.js("document.querySelector(\"button[data-action='obliterate']\").click()")
+        wait(lambda: session.js("return !!document.querySelector('.nbq-confirm')"), 10,
+             "the obliterate confirmation")
+        assert "Obliterate deletes queue reports" in session.js(
+            "return document.querySelector('.nbq-confirm').innerText")
+        session.js("document.querySelector(\".nbq-confirm button[data-action='cancel-confirm']\")"
+                   ".click()")
+        assert r.exists("nbq:{reports}:meta") or r.zcard("nbq:{reports}:failed") == 1
         session.js("document.querySelector(\"button[data-action='close-drill']\").click()")
 
         # Re-running the panel cell leaves one refresher.

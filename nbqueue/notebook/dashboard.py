@@ -648,8 +648,9 @@ def _job_row(job: Any) -> dict[str, Any]:
         summary = _clip(json.dumps(job.returnvalue, default=str), 120)
     else:
         summary = _clip(job.failed_reason or "", 120)
+    shown = pct == pct and (state == "active" or pct > 0)  # no "0%" on a failed job
     return {"id": job.id, "name": job.name, "state": state,
-            "progress": None if pct != pct else round(pct),
+            "progress": round(pct) if shown else None,
             "attempts": f"{job.attempts_made}/{job.opts.get('attempts', 1)}",
             "created": fmt_time(job.timestamp), "duration": fmt_duration(run) if run else "",
             "summary": summary}

@@ -210,7 +210,9 @@ function render({ model, el }) {
       s === "dead_letter" ? "dead letter" : `${s} ${counts[s] ?? ""}`));
     const box = h("div", { class: "nbq-drill" }, h("div", { class: "nbq-tabs" }, tabs,
       iconButton("retry", "Reload this list", () => send("list", name, { state: d.state || "waiting" }), { action: "reload" }),
-      iconButton("close", "Close the job list", () => { openQueue = null; model.send({ action: "close_detail", id: 0 }); draw(); }, { action: "close-drill" })));
+      iconButton("close", "Close the job list", () => { openQueue = null; model.send({ action: "close_detail", id: 0 }); draw(); }, { action: "close-drill" }),
+      textButton("Obliterate…", () => ask("obliterate", name, counts), { danger: false, action: "obliterate",
+        title: `delete queue ${name} entirely: every job, its history and settings (asks first)` })));
     if (d.queue !== name) { box.append(h("div", { class: "nbq-muted" }, "loading…")); return box; }
     const jobs = d.jobs || [];
     if (!jobs.length) box.append(h("div", { class: "nbq-muted" }, `no ${d.state === "dead_letter" ? "dead-letter" : d.state} jobs`));
@@ -243,7 +245,7 @@ function render({ model, el }) {
     const parts = [h("div", { class: "nbq-jobhead" }, h("b", {}, `${name}:${j.id}`), ` ${j.name} `, buttons), grid];
     if (j.error) parts.push(h("div", { class: "nbq-error" }, h("b", {}, `error${j.error_type ? ` (${j.error_type})` : ""}: `), j.error));
     if (j.tracebacks && j.tracebacks.length) parts.push(h("details", { open: true, class: "nbq-tb" },
-      h("summary", {}, `traceback (attempt ${j.tracebacks.length} of those kept)`), h("pre", {}, j.tracebacks[j.tracebacks.length - 1])));
+      h("summary", {}, "traceback of the last failed attempt"), h("pre", {}, j.tracebacks[j.tracebacks.length - 1])));
     if (j.result !== null && j.result !== undefined) parts.push(h("details", { open: true }, h("summary", {}, "result"), h("pre", {}, j.result)));
     parts.push(h("details", {}, h("summary", {}, "data"), h("pre", {}, j.data)));
     if (j.logs) parts.push(h("details", { open: j.logs.length > 0 }, h("summary", {}, `logs (${j.logs.length})`), h("pre", {}, j.logs.join("\n"))));
