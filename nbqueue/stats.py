@@ -27,11 +27,16 @@ def wait_field(le: float) -> str:
     return f"wait:{le:g}"
 
 
+# The field names, made once (every finished job counts one of each kind).
+_DUR_FIELDS: tuple[tuple[float, str], ...] = tuple((le, f"dur:{le}") for le in BUCKETS)
+_WAIT_FIELDS: tuple[tuple[float, str], ...] = tuple((le, wait_field(le)) for le in WAIT_BUCKETS)
+
+
 def bucket_field(duration_s: float) -> str:
     """The (non-cumulative) bucket a duration falls in: ``dur:<le>`` or ``dur:inf``."""
-    for le in BUCKETS:
+    for le, field in _DUR_FIELDS:
         if duration_s <= le:
-            return f"dur:{le}"
+            return field
     return "dur:inf"
 
 
@@ -48,9 +53,9 @@ def record_wait(stats: MutableMapping[str, Any], wait_ms: int) -> None:
     if wait_ms < 0:
         return
     wait_s = wait_ms / 1000
-    for le in WAIT_BUCKETS:
+    for le, field in _WAIT_FIELDS:
         if wait_s <= le:
-            stats[wait_field(le)] += 1
+            stats[field] += 1
             break
     else:
         stats["wait:inf"] += 1
