@@ -182,6 +182,31 @@ def test_fetch_parses_jobs_and_marks_a_corrupt_one() -> None:
     assert fetched.next_delay_ms == 250 and fetched.limit_ttl_ms == 0
 
 
+def test_fetch_reads_job_data_exactly_as_json_loads_does() -> None:
+    # parse_fetch reads data with the C scanner directly (per-job path); what it does not
+    # read whole goes to json.loads: same values, same refusals
+    texts = ['{"a": 1}', ' {"a": [1, 2.5]} ', '{"a": 1}\n', '{"s": "\\u00e9\\ud800"}',
+             '{"a": 1} x', '{"a": 1}{}', '\ufeff{"a": 1}', "", "{", "[1]", '"x"']
+    entries: list[object] = []
+    for i, text in enumerate(texts):
+        entry = fetched_job(str(i))
+        entry[3] = text
+        entries += entry
+    _, fetched = drive(OPS.fetch(len(texts), "w", 30_000), [[-1, 0, *entries]])
+    ok = {r.id: r.data for r in fetched.jobs}
+    for i, text in enumerate(texts):
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            expected = None
+        if isinstance(expected, dict):
+            assert ok[str(i)] == expected
+        else:
+            assert str(i) not in ok  # not an object, or not JSON: a corrupt job
+    assert len(ok) + len(fetched.corrupt) == len(texts)
+    assert sorted(ok) == ["0", "1", "2", "3"]
+
+
 def test_finish_sends_one_letter_per_outcome_and_reads_verdicts_and_next_jobs() -> None:
     _, f = drive(OPS.fetch(2, "w", 30_000), [[-1, 0, *fetched_job("1"), *fetched_job("2")]])
     done = [Outcome(f.jobs[0], OutcomeKind.COMPLETED, "null"),
