@@ -643,8 +643,11 @@ class QueueOps:
             keep = (o.job.opts.remove_on_complete if o.kind is OutcomeKind.COMPLETED
                     else o.job.opts.remove_on_fail)
             atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
-            args += [o.job.id, o.job.lock or "", o.kind._value_, _wire_text(o.value),
-                     _wire_text(o.error_type), o.retry_delay, atm, keep.count, keep.age_ms,
+            value, error_type = o.value, o.error_type  # ASCII (most): no call per job
+            args += [o.job.id, o.job.lock or "", o.kind._value_,
+                     value if value.isascii() else _wire_text(value),
+                     error_type if error_type.isascii() else _wire_text(error_type),
+                     o.retry_delay, atm, keep.count, keep.age_ms,
                      _wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield self.call("finish", *args)
         n = len(outcomes)

@@ -326,7 +326,8 @@ class Execution:
         try:
             with capture.job_output(record.id, self.outbox.report_log):
                 result = self.processor(job)
-            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+            # a sync function that returned a coroutine (None, the usual result: no call)
+            if result is not None and inspect.isawaitable(result):
                 assert self.loop is not None
                 result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
         except BaseException as exc:  # the processor's failure is the job's, not ours
