@@ -148,6 +148,7 @@ def test_wait_progress_failures_and_retry(conn) -> None:
         assert [type(v).__name__ for v in values].count("JobFailedError") == 3
         assert values[1] == 10 and isinstance(values[0], JobFailedError)
         assert values[0].reason == "bad item 0" and values[0].error_type == "ValueError"
+        assert 'raise ValueError(f"bad item' in values[0].remote_traceback
         with pytest.raises(JobFailedError, match="bad item 0") as info:
             batch.results()
         assert "3 of 12 job(s)" in "".join(getattr(info.value, "__notes__", []))
@@ -257,6 +258,24 @@ def test_cancel_a_batch(conn) -> None:
     assert batch.cancel() == 0  # all finished: a no-op
     assert [j.id for j in batch.failed()] == [j.id for j in batch]
     assert q.get_metrics().failed == 6 and q.get_metrics().total == 0
+
+
+def test_cancel_a_batch_with_a_running_job(conn) -> None:
+    q = Queue("cxa", conn)
+    started = threading.Event()
+
+    def proc(job):  # cooperative, as thread-mode code must be
+        started.set()
+        while not job.cancelled:
+            threading.Event().wait(0.01)
+        job.raise_if_cancelled()
+
+    batch = q.map([{"type": "t", "payload": i} for i in range(4)])
+    with Worker("cxa", proc, conn, concurrency=1):
+        assert started.wait(30)
+        assert batch.cancel() == 4  # 3 waiting ones at once, the running one via its worker
+        values = batch.results(timeout=60, return_exceptions=True)
+    assert [getattr(v, "error_type", None) for v in values] == ["cancelled"] * 4
 
 
 def test_results_seen_while_waiting_survive_trimming(conn) -> None:

@@ -22,5 +22,9 @@ def test_04_dataframe_pipeline(embedded_env: dict[str, str],  # noqa: F811
     assert "chunks: 50, failed: 1" in out
     assert "report over 49 chunks:" in out
     assert "chunk 6 (rows 12000..13999) failed: negative price in rows [12345]" in out
+    # the failing chunk's traceback (from the process worker) and its captured print
+    assert "Traceback (most recent call last)" in out and "in chunk_stats" in out
+    assert "log: ['chunk 6: 2000 rows, index 12000..13999']" in out
+    assert "chunk 7: 2000 rows" not in out  # prints went to the jobs' logs, not the cells
     assert "cancelled: 3" in out and out.count("JobFailedError: cancelled") == 3
     assert "from 49 chunks; matches pandas: True" in out
