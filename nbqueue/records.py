@@ -171,7 +171,7 @@ def parse_fetch(reply: list[Any]) -> Fetched:
                 id=job_id, name=name, data=payload,
                 opts=JobOptions.from_stored(opts, priority=int(prio)),
                 state=JobState.ACTIVE, timestamp=int(float(ts)), attempts_made=int(atm),
-                progress=_json(prog, 0), stalled_count=int(stc), lock=lock,
+                progress=_json(prog, 0) if prog else 0, stalled_count=int(stc), lock=lock,
                 wait_ms=int(wait)))
         except (TypeError, ValueError) as exc:
             corrupt.append(CorruptJob(job_id, lock, f"corrupt job hash: {exc}"))

@@ -32,17 +32,15 @@ _DUR_FIELDS: tuple[tuple[float, str], ...] = tuple((le, f"dur:{le}") for le in B
 _WAIT_FIELDS: tuple[tuple[float, str], ...] = tuple((le, wait_field(le)) for le in WAIT_BUCKETS)
 
 
-def bucket_field(duration_s: float) -> str:
-    """The (non-cumulative) bucket a duration falls in: ``dur:<le>`` or ``dur:inf``."""
-    for le, field in _DUR_FIELDS:
-        if duration_s <= le:
-            return field
-    return "dur:inf"
-
-
 def record(stats: MutableMapping[str, Any], duration_s: float, error_type: str | None) -> None:
     """Count one finished attempt: its duration, and its error type if it failed."""
-    stats[bucket_field(duration_s)] += 1  # the count is the sum of the buckets
+    # the (non-cumulative) bucket it falls in: dur:<le> or dur:inf
+    for le, field in _DUR_FIELDS:
+        if duration_s <= le:
+            stats[field] += 1  # the count is the sum of the buckets
+            break
+    else:
+        stats["dur:inf"] += 1
     stats["dur_sum"] += duration_s
     if error_type:
         stats[f"error:{error_type}"] += 1

@@ -144,7 +144,8 @@ class Outbox:
                 log.warning("job %s of %s finished after its lock was lost (stalled and "
                             "re-queued, or removed); its outcome was dropped",
                             outcome.job.id, self.ops.name)
-            elif outcome.terminal_failure and outcome.error_type != "cancelled":
+            elif (outcome.kind is not OutcomeKind.COMPLETED  # (no property call per job)
+                  and outcome.terminal_failure and outcome.error_type != "cancelled"):
                 self.add_dead_letter(outcome.job, outcome.value, outcome.error_type)
 
     # -- dead letters ----------------------------------------------------------------------
