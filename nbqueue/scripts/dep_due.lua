@@ -7,6 +7,7 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 limit, 5 re-check ms.
 -- Returns {parent id, n, then n x ("<queue> <id>", seq) of its pending dependencies, ...}.
 -- @include common
+allow_oom()  -- keeps flows moving on a full Redis (see includes/common.lua)
 local K_WCHILD = BASE .. 'waiting-children'
 check_types(K_WCHILD, 'zset')  -- validation before the first write (see common.lua)
 local due = redis.call('ZRANGEBYSCORE', K_WCHILD, '-inf', fmt(NOW), 'LIMIT', 0, tonumber(ARGV[4]))

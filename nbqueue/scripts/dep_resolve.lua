@@ -12,6 +12,7 @@
 -- Returns {{released ids}, {failed ids}, notifications queued for grandparents}.
 -- @include common
 -- @include flows
+allow_oom()  -- keeps flows moving on a full Redis (see includes/common.lua)
 local K_WCHILD = BASE .. 'waiting-children'
 local released, delayed_ids, failed = {}, {}, {}
 local queued = 0

@@ -195,3 +195,18 @@ def test_connect_warns_once_when_the_acl_user_can_read_neither_info_nor_config(
     Queue("acl", conn).add({"type": "t"})  # and nbqueue goes on
     conn.close()
     again.close()
+
+
+def test_full_redis_still_releases_a_flow(full_server: RedisProcess) -> None:
+    """A parent waiting for its children is released and runs on a full Redis (the flow
+    steps that move it, dep_resolve and dep_due, run there like finish)."""
+    r = full_server.client()
+    conn = connect(full_server.url)
+    q = Queue("memflow", conn, default_job_options={"remove_on_complete": 10})
+    child = q.add({"type": "child"})
+    parent = q.add({"type": "parent"}, depends_on=[child])
+    _fill(q)
+    with Worker("memflow", lambda job: job.name, conn, concurrency=2):
+        assert parent.result(timeout=120) == "parent"
+    assert check_states(r, "memflow") == []
+    conn.close()

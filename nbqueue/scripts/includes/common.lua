@@ -71,7 +71,8 @@ end
 -- shebang script without that flag is refused on a full Redis even when it only reads.)
 -- The scripts that must keep the queue draining when memory is full -- finishing jobs
 -- (whose retention trimming frees memory), fetching, lock renewal, the stalled sweep,
--- and remove/clean/drain/obliterate/cancel -- call allow_oom() as their FIRST write: a DEL of
+-- remove/clean/drain/obliterate/cancel, and the flow steps that release waiting parents
+-- (dep_resolve, dep_due) -- call allow_oom() as their FIRST write: a DEL of
 -- a key that never exists, which can only free memory. add, progress, logs and data updates
 -- do not, so a full Redis refuses them before they write anything (RedisOutOfMemoryError).
 local function allow_oom() redis.call('DEL', BASE .. 'oom-guard') end
