@@ -25,9 +25,18 @@ _E = html.escape
 
 
 def progress_percent(value: Any, state: Any = None) -> float:
-    from .frames import progress_percent as pp
-
-    return pp(value, state)
+    """A job's progress in percent (0-100, clipped), the one unit nbqueue shows everywhere:
+    a number reported with ``update_progress``, or a dict's ``"percent"``; 100 for a
+    completed job; NaN when the job reported something else (a str, a list...)."""
+    if state == "completed" or getattr(state, "value", None) == "completed":
+        return 100.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        pct = value.get("percent") if isinstance(value, dict) else None
+        if isinstance(pct, (int, float)) and not isinstance(pct, bool):
+            value = pct
+        else:
+            return float("nan")
+    return max(0.0, min(100.0, float(value)))
 
 
 def fmt_duration(ms: float | None) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .display import progress_percent
 from .errors import MissingDependencyError, NbqueueError
 
 try:
@@ -78,21 +79,6 @@ def metrics_frame(metrics: Iterable[QueueMetrics]) -> pd.DataFrame:
     }, columns=list(METRICS_COLUMNS))
     df.index = pd.Index([m.queue_name for m in rows], dtype="object", name="queue")
     return df
-
-
-def progress_percent(value: Any, state: Any = None) -> float:
-    """A job's progress in percent (0-100, clipped), the one unit nbqueue shows everywhere:
-    a number reported with ``update_progress``, or a dict's ``"percent"``; 100 for a
-    completed job; NaN when the job reported something else (a str, a list...)."""
-    if state == JobState.COMPLETED or state == "completed":
-        return 100.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, dict) and isinstance(value.get("percent"), (int, float)) \
-                and not isinstance(value.get("percent"), bool):
-            value = value["percent"]
-        else:
-            return float("nan")
-    return max(0.0, min(100.0, float(value)))
 
 
 def _seconds(later: pd.Series, earlier: pd.Series) -> pd.Series:

@@ -409,3 +409,17 @@ def test_job_actions_promote_and_cancel(mgr) -> None:
         assert not ok and "no longer exists" in text
     finally:
         panel.close()
+
+
+def test_jobs_held_by_dependencies_are_shown(mgr) -> None:
+    q = mgr.get_queue("dash-held")
+    parent = q.add({"type": "t", "payload": {}}, job_id="parent")
+    q.add({"type": "t", "payload": {}}, job_id="child", depends_on=[parent])
+    panel = Dashboard(["dash-held"], refresh=None, manager=mgr)
+    try:
+        assert panel.rows["dash-held"]["held"] == 1
+        assert panel.rows["dash-held"]["counts"]["waiting"] == 1
+        panel.act("list", "dash-held", state="waiting-children")
+        assert [j["id"] for j in panel.detail["jobs"]] == ["child"]
+    finally:
+        panel.close()

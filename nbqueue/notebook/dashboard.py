@@ -319,7 +319,8 @@ class Dashboard(anywidget.AnyWidget):
                       Call.cmd("ZCARD", k.delayed), Call.cmd("ZCARD", k.completed),
                       Call.cmd("ZCARD", k.failed), Call.cmd("HGET", k.meta, "paused"),
                       Call.cmd("HMGET", k.stats, "completed", "failed"),
-                      Call.cmd("ZRANGE", k.active, 0, 9)]
+                      Call.cmd("ZRANGE", k.active, 0, 9),
+                      Call.cmd("ZCARD", k.waiting_children)]
             want = [m for m in range(minute - SPARK_MINUTES + 1, minute + 1)
                     if m not in st.minutes or m >= minute - 1]
             calls += [Call.cmd("HMGET", k.minute(m), "completed", "failed") for m in want]
@@ -341,8 +342,8 @@ class Dashboard(anywidget.AnyWidget):
         pos = 1
         rows = []
         for st, want, active_ids, worker_ids in plan:
-            r = replies[pos:pos + 8]
-            pos += 8
+            r = replies[pos:pos + 9]
+            pos += 9
             counts = dict(zip(STATES, (int(x) for x in r[:5]), strict=True))
             paused = r[5] == "1"
             done = float(r[6][0] or 0) + float(r[6][1] or 0)
@@ -372,6 +373,7 @@ class Dashboard(anywidget.AnyWidget):
             rate = st.rate(now, done)
             rows.append({
                 "name": st.queue.name, "counts": counts, "paused": paused,
+                "held": int(r[8]),  # waiting-children: held until their dependencies end
                 "progress": round(sum(pcts) / len(pcts), 1) if pcts else None,
                 "rate": None if rate is None else round(rate, 2),
                 "spark": [[*st.minutes.get(m, (0, 0))]

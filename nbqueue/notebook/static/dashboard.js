@@ -166,7 +166,9 @@ function render({ model, el }) {
   function row(q) {
     const c = q.counts, name = q.name, live = model.get("live");
     const cells = STATES.map((s) => h("td", { class: `nbq-num nbq-${s}`, title: `${c[s]} ${s}` },
-      h("span", { class: "nbq-count" }, compact(c[s]))));
+      h("span", { class: "nbq-count" }, compact(c[s])),
+      s === "waiting" && q.held ? h("span", { class: "nbq-held",
+        title: `${q.held} more waiting for their dependencies (waiting-children)` }, ` +${compact(q.held)}`) : null));
     const pct = q.progress;
     const bar = h("td", { class: "nbq-prog", title: c.active ? `${c.active} active, mean progress ${pct ?? 0}%` : "no active job" },
       h("span", { class: "nbq-bar" }, h("span", { class: "nbq-fill", style: `width:${c.active ? (pct ?? 0) : 0}%` })),
@@ -203,11 +205,14 @@ function render({ model, el }) {
 
   function drill(name, counts) {
     const d = model.get("detail") || {};
-    const tabs = [...STATES, "dead_letter"].map((s) => h("button", {
+    const row = (data.queues || []).find((q) => q.name === name) || {};
+    const states = row.held ? ["waiting-children", ...STATES, "dead_letter"] : [...STATES, "dead_letter"];
+    const tabCounts = { ...counts, "waiting-children": row.held };
+    const tabs = states.map((s) => h("button", {
       class: "nbq-tab" + (d.queue === name && d.state === s ? " nbq-tab-on" : ""), "data-state": s,
       title: s === "dead_letter" ? `jobs of ${name} recorded in the dead-letter queue` : `latest ${s} jobs of ${name}`,
       onclick: () => send("list", name, { state: s }) },
-      s === "dead_letter" ? "dead letter" : `${s} ${counts[s] ?? ""}`));
+      s === "dead_letter" ? "dead letter" : `${s} ${tabCounts[s] ?? ""}`));
     const box = h("div", { class: "nbq-drill" }, h("div", { class: "nbq-tabs" }, tabs,
       iconButton("retry", "Reload this list", () => send("list", name, { state: d.state || "waiting" }), { action: "reload" }),
       iconButton("close", "Close the job list", () => { openQueue = null; model.send({ action: "close_detail", id: 0 }); draw(); }, { action: "close-drill" }),
