@@ -138,9 +138,11 @@ def test_cluster_queue_features(cluster_url):
         assert wait_until(lambda: q.get_metrics().completed == 42, 30), q.get_metrics()
         times = {jid: t for jid, t in seen}
         assert times[delayed.id] - t0 >= 1.4
-        # rate limit: 20 per second -> the 43 runs of the 40 plain jobs... take > 1 s
+        # rate limit: 20 per 1 s window -> the 40 plain jobs need a second window. The window
+        # opens at the first fetch, a moment before the first body starts, so the first and
+        # last starts are a full window apart minus that moment (a limiter property, not speed).
         plain_times = sorted(t for jid, t in seen if jid in {j.id for j in plain})
-        assert plain_times[-1] - plain_times[0] >= 1.0
+        assert plain_times[-1] - plain_times[0] >= 0.9
         # the dead-letter queue (another slot) recorded the failure
         dlq = Queue("dead_letter", conn)
         assert wait_until(lambda: dlq.get_metrics().waiting >= 1, 10)
