@@ -205,8 +205,11 @@ class ChildPool:
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
+        """Start one child; more start as jobs need them, up to ``size`` (a child takes
+        ~0.5-1 s to import and load the processor: starting them all at once would delay
+        the first job for nothing on a quiet queue)."""
         self.loop = asyncio.get_running_loop()
-        for _ in range(self.size):
+        if self.size:
             self._spawn()
 
     def _spawn(self) -> None:
@@ -221,7 +224,6 @@ class ChildPool:
         child = _Child(proc, parent_end)
         self.children.append(child)
         self.loop.add_reader(parent_end.fileno(), self._readable, child)
-        self._dispatch()
 
     def close(self) -> None:
         """Stop every child: idle ones are told to exit, busy ones (their jobs were handed
@@ -262,6 +264,12 @@ class ChildPool:
                 except OSError:  # died meanwhile: _readable sees the EOF and recovers
                     pass
                 self.on_started(record)  # its timeout counts from now
+        # jobs still waiting: start children for them (those starting count as coming)
+        starting = sum(1 for c in self.children if not c.ready)
+        while (not self._closed and len(self.children) < self.size
+               and starting < len(self.pending)):
+            self._spawn()
+            starting += 1
 
     def cancel(self, job_id: str) -> bool:
         """Stop a job: unstarted ones are dropped (True: the caller books the outcome);
@@ -377,7 +385,9 @@ class ChildPool:
         child.proc.join(2)
         child.conn.close()
         if respawn and not self._closed:
-            self._spawn()
+            if not self.children:
+                self._spawn()  # keep one child ready
+            self._dispatch()  # and more if jobs wait
 
     def _respawn_later(self) -> None:
         assert self.loop is not None
@@ -388,8 +398,10 @@ class ChildPool:
         self.loop.call_later(RESPAWN_BACKOFF_S[k], self._respawn)
 
     def _respawn(self) -> None:
-        if not self._closed and len(self.children) < self.size:
-            self._spawn()
+        if not self._closed and (not self.children or self.pending):
+            if not self.children:
+                self._spawn()
+            self._dispatch()
 
     def _forget(self, child: _Child) -> None:
         if child.cancel_at is not None:
