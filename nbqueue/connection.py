@@ -268,7 +268,9 @@ class Connection:
             elif self._sync is not None and not self._owns_sync:
                 probe, owned = _probe_like(self._sync), True
             else:
-                probe, owned = self._make_sync(probe=True), True
+                # retries: the server just answered PING; a connection cut now (CLIENT KILL,
+                # a blip) must not fail connect()
+                probe, owned = self._make_sync(probe=True, retries=2), True
             try:
                 info = probe.info("memory")
                 policy = _find_policy(info)
