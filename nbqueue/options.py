@@ -38,7 +38,7 @@ def parse_priority(value: object) -> int:
         key = value.strip().lower()
         if key in _PRIORITY_NAMES:
             return _PRIORITY_NAMES[key]
-        if key.isdigit():
+        if key.isascii() and key.isdigit():  # '²'.isdigit() is True, int('²') raises
             return parse_priority(int(key))
         raise InvalidOptionError(
             f"unknown priority {value!r}; use one of {', '.join(_PRIORITY_NAMES)} or 1..5")
@@ -248,7 +248,7 @@ def validate_job_id(value: object) -> str | None:
         raise InvalidOptionError(f"job_id must be a str, not {type(value).__name__}")
     if not value or len(value) > 500:
         raise InvalidOptionError("job_id must have 1..500 characters")
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         # Plain integers are nbqueue's own ids: a custom one could collide with them later.
         raise InvalidOptionError(f"job_id {value!r} is all digits; custom ids need a non-digit")
     return value

@@ -88,3 +88,12 @@ def test_worker_option_validation(conn):
         Queue("x", conn, rate_limiter={"max": 0, "duration": 1000})
     with pytest.raises(InvalidOptionError, match="job_id cannot"):
         Queue("x", conn, default_job_options={"job_id": "a"})
+
+
+@pytest.mark.parametrize("priority", ["\u00b2", "\u0663", "1\u00b2"])
+def test_priority_with_non_ascii_digits_is_an_option_error(conn, priority):  # type: ignore[no-untyped-def]
+    """Found by the hostile-input test: '²'.isdigit() is True but int('²') raises ValueError."""
+    q = Queue("opt-digits", conn)
+    with pytest.raises(InvalidOptionError, match="priority"):
+        q.add({"type": "t"}, priority=priority)
+    assert q.get_metrics().total == 0
