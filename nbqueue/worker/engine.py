@@ -250,9 +250,13 @@ class Engine:
             if first is not None:
                 first = max(0.0, first - now)
                 timeout = first if timeout is None else min(timeout, first)
-            if not wait_block and timeout is None:
-                await wake.wait()  # the busy case: no task, no timer
+            if not wait_block and timeout is None and not self.is_async:
+                await wake.wait()  # the busy thread-mode case: no task, no timer
             else:
+                # Async jobs: waiting through a task gives the loop the passes in which the
+                # other jobs that are about to finish join this flush. Awaiting the event
+                # directly halved the batches (2,007 script calls for 10,000 jobs instead of
+                # 1,022; 7.9 commands per job instead of 6.0) for a few calls saved per pass.
                 waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(wake.wait())}
                 if wait_block:
                     assert block is not None
