@@ -76,6 +76,17 @@ def _step_queue(step: Call | Batch) -> str | None:
     return m.group(1) if m else None
 
 
+_STEP_ERRORS = (*_CONN_ERRORS, redis.ResponseError)
+
+
+def _step_error(client: Any, step: Call | Batch,
+                exc: Exception) -> RedisUnavailableError | RedisOutOfMemoryError | None:
+    """The nbqueue error a failed step becomes (both executors), None: re-raise it as is."""
+    if isinstance(exc, redis.ResponseError):
+        return _out_of_memory(client, step, exc)
+    return _unavailable(client, exc)
+
+
 def _out_of_memory(client: Any, step: Call | Batch,
                    exc: redis.ResponseError) -> RedisOutOfMemoryError | None:
     """``exc`` as :class:`RedisOutOfMemoryError` naming the queue, if it is Redis refusing a
@@ -206,15 +217,12 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
         while True:
             try:
                 reply: Any = _step_sync(client, step)
-            except _CONN_ERRORS as exc:
-                op.close()
-                raise _unavailable(client, exc) from exc
-            except redis.ResponseError as exc:
-                oom = _out_of_memory(client, step, exc)
-                if oom is None:
+            except _STEP_ERRORS as exc:
+                error = _step_error(client, step, exc)
+                if error is None:
                     raise
                 op.close()
-                raise oom from exc
+                raise error from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value
@@ -264,15 +272,12 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
         while True:
             try:
                 reply: Any = await _step_async(client, step)
-            except _CONN_ERRORS as exc:
-                op.close()
-                raise _unavailable(client, exc) from exc
-            except redis.ResponseError as exc:
-                oom = _out_of_memory(client, step, exc)
-                if oom is None:
+            except _STEP_ERRORS as exc:
+                error = _step_error(client, step, exc)
+                if error is None:
                     raise
                 op.close()
-                raise oom from exc
+                raise error from exc
             step = op.send(reply)
     except StopIteration as stop:
         return stop.value
