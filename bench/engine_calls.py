@@ -12,42 +12,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import nbqueue
-from nbqueue import Queue, Worker, connect
 
+from .engine_cpu import noop_drain
 from .harness import RedisServer
 
 Counts = collections.Counter[str]
 
 
 def drain_calls(url: str, mode: str, n: int) -> tuple[Counts, Counts]:
-    conn = connect(url)
-    q = Queue(f"calls-{mode}", conn)
-    for i in range(0, n, 1000):
-        q.add_bulk([{"i": j} for j in range(i, min(n, i + 1000))])
-    counter = itertools.count(1)
-    worker: Worker | None = None
-
-    def done() -> None:
-        if next(counter) == n and worker is not None and worker.engine is not None:
-            worker.engine.request_stop()
-
-    processor: Callable[[Any], Any]
-    if mode == "asyncio":
-        async def aprocess(job: Any) -> None:
-            done()
-        processor = aprocess
-    else:
-        def process(job: Any) -> None:
-            done()
-        processor = process
-    worker = Worker(q.name, processor, conn, concurrency=10, mode=mode, dead_letter=False)
+    q, worker = noop_drain(url, f"calls-{mode}", mode, n)
     py: Counts = collections.Counter()
     c: Counts = collections.Counter()
 

@@ -27,10 +27,11 @@ from nbqueue import Queue, Worker, connect
 from .harness import RedisServer
 
 
-def drain_cpu(url: str, mode: str, n: int, profile: Path | None = None) -> float:
-    """Process CPU seconds per job to drain ``n`` preloaded no-op jobs in ``mode``."""
+def noop_drain(url: str, name: str, mode: str, n: int) -> tuple[Queue, Worker]:
+    """``n`` preloaded no-op jobs on queue ``name`` and a worker (concurrency 10) whose last
+    job stops it: ``worker.run()`` drains them and returns."""
     conn = connect(url)
-    q = Queue(f"cpu-{mode}", conn)
+    q = Queue(name, conn)
     for i in range(0, n, 1000):
         q.add_bulk([{"i": j} for j in range(i, min(n, i + 1000))])
     counter = itertools.count(1)
@@ -50,6 +51,12 @@ def drain_cpu(url: str, mode: str, n: int, profile: Path | None = None) -> float
             done()
         processor = process
     worker = Worker(q.name, processor, conn, concurrency=10, mode=mode, dead_letter=False)
+    return q, worker
+
+
+def drain_cpu(url: str, mode: str, n: int, profile: Path | None = None) -> float:
+    """Process CPU seconds per job to drain ``n`` preloaded no-op jobs in ``mode``."""
+    q, worker = noop_drain(url, f"cpu-{mode}", mode, n)
     prof = cProfile.Profile(time.thread_time) if profile is not None else None
     c0 = time.process_time()
     if prof is not None:
