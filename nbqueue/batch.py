@@ -614,18 +614,14 @@ class JobBatch(JobBatchBase):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: set[tuple[str, str]] = set()
-        for j in self._run(self._emitted_first()):
-            seen.add((j.queue.name, j.id))
+        for j in _unseen(self._run(self._emitted_first()), seen):
             yield j
         while True:
             jobs = self._run(self._newly_finished(deadline))
             if not jobs:
                 return
-            for j in jobs:
-                key = (j.queue.name, j.id)
-                if key not in seen:
-                    seen.add(key)
-                    yield j
+            for j in _unseen(jobs, seen):
+                yield j
 
     def results_frame(self, timeout: float | None = None) -> pd.DataFrame:
         """The results as a DataFrame: the concatenated records when every result is a list
@@ -686,18 +682,14 @@ class AsyncJobBatch(JobBatchBase):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: set[tuple[str, str]] = set()
-        for j in await self._run(self._emitted_first()):
-            seen.add((j.queue.name, j.id))
+        for j in _unseen(await self._run(self._emitted_first()), seen):
             yield j
         while True:
             jobs = await self._run(self._newly_finished(deadline))
             if not jobs:
                 return
-            for j in jobs:
-                key = (j.queue.name, j.id)
-                if key not in seen:
-                    seen.add(key)
-                    yield j
+            for j in _unseen(jobs, seen):
+                yield j
 
     async def results_frame(self, timeout: float | None = None) -> pd.DataFrame:
         """See ``JobBatch.results_frame``."""
@@ -715,3 +707,15 @@ class AsyncJobBatch(JobBatchBase):
     async def cancel(self) -> int:
         """See ``JobBatch.cancel``."""
         return int(await self._run(self._cancel())) if self else 0
+
+
+def _unseen(jobs: Iterable[Any], seen: set[tuple[str, str]]) -> list[Any]:
+    """The jobs not in ``seen`` (by queue and id), now added to it: as_completed yields each
+    job once (sync and async alike)."""
+    fresh = []
+    for j in jobs:
+        key = (j.queue.name, j.id)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(j)
+    return fresh
