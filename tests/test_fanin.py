@@ -1,0 +1,210 @@
+"""Fan-in is never partial (issue 19 item 6; DESIGN "Fan-in is never partial").
+
+Retrying a job that failed with ``dependency_failed``, or retrying a dependency of one,
+re-arms it: it waits for EVERY dependency again and ``dependency_results()`` holds each
+dependency's current result. The issue saw a retried fan-in complete from 12 of 20 chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from nbqueue import JobFailedError, JobState, Queue, Worker, aio
+from nbqueue.ops import Outcome, OutcomeKind
+from nbqueue.protocol import run_sync
+
+N = 20
+
+
+class Chunks:
+    """A processor for chunks and their fan-in: chunk ``i`` returns ``i * scale`` unless
+    it is broken (it raises); the fan-in returns what it was given."""
+
+    def __init__(self, broken: set[int], scale: int = 10) -> None:
+        self.broken = set(broken)
+        self.scale = scale
+        self.fanin_runs = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, job: Any) -> Any:
+        if job.name in ("sum", "grand"):
+            with self.lock:
+                self.fanin_runs += 1
+            res = job.dependency_results()
+            return {"n": len(res), "total": sum(v["total"] if isinstance(v, dict) else v
+                                                for v in res.values())}
+        i = job.payload
+        if i in self.broken:
+            raise ValueError(f"chunk {i} is broken")
+        time.sleep(0.01)
+        return i * self.scale
+
+    def expected(self, n: int = N) -> dict[str, int]:
+        return {"n": n, "total": sum(i * self.scale for i in range(n))}
+
+
+def _chunks(q: Queue, n: int = N) -> Any:
+    return q.map([{"type": "chunk", "payload": i} for i in range(n)])
+
+
+def test_retrying_the_queue_never_runs_a_partial_fan_in(conn) -> None:
+    """The issue's trial: a chunk fails, the fan-in fails with dependency_failed; the
+    chunk is fixed and the queue's failed jobs retried together: the fan-in must wait for
+    the retried chunk and see all 20 results (it used to run at once from the few chunks
+    that had finished before the failure)."""
+    q = Queue("fi_all", conn)
+    proc = Chunks(broken={3})
+    chunks = _chunks(q)
+    total = q.add({"type": "sum"}, depends_on=list(chunks))
+    with Worker(q.name, proc, conn, concurrency=4):
+        with pytest.raises(JobFailedError) as info:
+            total.result(timeout=30)
+        assert info.value.error_type == "dependency_failed"
+        chunks.wait(timeout=30, progress=False)
+        proc.broken.clear()
+        proc.scale = 100  # the fixed chunks return something new: the fan-in sees it
+        assert q.retry_failed() == 2
+        assert total.result(timeout=30) == {"n": N, "total": sum(100 * i for i in (3,))
+                                            + sum(10 * i for i in range(N) if i != 3)}
+    assert proc.fanin_runs == 1
+
+
+def test_retrying_a_dependency_re_arms_its_failed_dependent(conn) -> None:
+    q = Queue("fi_dep", conn)
+    proc = Chunks(broken={7})
+    chunks = _chunks(q)
+    total = q.add({"type": "sum"}, depends_on=list(chunks))
+    with Worker(q.name, proc, conn, concurrency=4):
+        with pytest.raises(JobFailedError):
+            total.result(timeout=30)
+        chunks.wait(timeout=30, progress=False)
+        proc.broken.clear()
+        assert chunks[7].retry()
+        assert total.result(timeout=30) == proc.expected()
+    status = total.status()
+    assert status.state is JobState.COMPLETED and status.failed_reason in ("", None)
+    assert proc.fanin_runs == 1
+
+
+def test_retrying_the_fan_in_alone_waits_for_every_dependency(conn) -> None:
+    """Retrying the dependent while its dependency is still failed: it fails again on that
+    dependency (it never runs with 19 of 20); once the dependency is retried it completes."""
+    q = Queue("fi_self", conn)
+    proc = Chunks(broken={0})
+    chunks = _chunks(q)
+    total = q.add({"type": "sum"}, depends_on=list(chunks))
+    with Worker(q.name, proc, conn, concurrency=4):
+        with pytest.raises(JobFailedError):
+            total.result(timeout=30)
+        chunks.wait(timeout=30, progress=False)
+        assert total.retry()
+        with pytest.raises(JobFailedError) as info:
+            total.result(timeout=30)
+        assert info.value.error_type == "dependency_failed"
+        assert f"dependency fi_self:{chunks[0].id} failed" in str(info.value)
+        assert proc.fanin_runs == 0
+        proc.broken.clear()
+        assert chunks[0].retry()
+        assert total.result(timeout=30) == proc.expected()
+    assert proc.fanin_runs == 1
+
+
+def test_a_re_armed_dependent_is_held_in_one_step(conn) -> None:
+    """The re-arm is one script: right after the retry the dependent is waiting-children,
+    counting every dependency as pending again, and nothing of its failure is left."""
+    q = Queue("fi_step", conn)
+    a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
+    total = q.add({"type": "sum"}, depends_on=[a, b])
+    proc = Chunks(broken={2})
+    with Worker(q.name, proc, conn):
+        with pytest.raises(JobFailedError):
+            total.result(timeout=30)
+    r = conn.sync()
+    key = q._ops.keys.job(total.id)
+    assert r.hget(key, "et") == "dependency_failed"
+    assert total.retry()
+    assert r.hget(key, "state") == "waiting-children"
+    assert r.hget(key, "dpend") == "2"
+    assert r.hmget(key, "et", "fr", "fon", "dres") == ["", "", "", None]
+    assert set(r.hgetall(q._ops.keys.deps(total.id)).values()) == {
+        "p" + r.hget(q._ops.keys.job(a.id), "seq"), "p" + r.hget(q._ops.keys.job(b.id), "seq")}
+    assert r.zscore(q._ops.keys.failed, total.id) is None
+    assert r.zscore(q._ops.keys.waiting_children, total.id) is not None
+
+
+def test_batch_retry_failed_re_arms_dependents_across_queues_and_levels(conn) -> None:
+    parts, combine = Queue("fi_parts", conn), Queue("fi_combine", conn)
+    proc = Chunks(broken={2, 11})
+    chunks = _chunks(parts)
+    total = combine.add({"type": "sum"}, depends_on=list(chunks))
+    grand = combine.add({"type": "grand"}, depends_on=[total])
+    with Worker(parts.name, proc, conn, concurrency=4), Worker(combine.name, proc, conn):
+        with pytest.raises(JobFailedError):
+            grand.result(timeout=30)
+        chunks.wait(timeout=30, progress=False)
+        assert total.get_state() is JobState.FAILED
+        proc.broken.clear()
+        assert chunks.retry_failed() == 2
+        assert grand.result(timeout=30) == proc.expected(1) | {"n": 1}
+        assert total.result(timeout=5) == proc.expected()
+    assert proc.fanin_runs == 2
+
+
+def test_a_failure_not_yet_delivered_is_forgotten_by_the_retry(conn) -> None:
+    """A dependency fails and its worker dies before delivering the notification; the
+    dependency is retried before anyone delivers it: the stale failure must not fail the
+    dependent (the retry drops it, in the same script)."""
+    q = Queue("fi_stale", conn)
+    a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
+    total = q.add({"type": "sum"}, depends_on=[a, b])
+
+    def op():
+        fetched = yield from q._ops.fetch(10, "dying", 30_000)
+        outcomes = [Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
+                    if rec.id == b.id else
+                    Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
+                    for rec in fetched.jobs]
+        yield from q._ops.finish(outcomes, {}, 0, "dying", 30_000)
+
+    r = conn.sync()
+    run_sync(r, op())
+    assert r.zcard(q._ops.keys.notify) == 2 and b.get_state() is JobState.FAILED
+    assert b.retry()
+    assert r.zcard(q._ops.keys.notify) == 1  # a's completion stays; b's failure is gone
+    with Worker(q.name, Chunks(broken=set()), conn):
+        assert total.result(timeout=30) == {"n": 2, "total": 30}
+
+
+def test_a_cancelled_dependent_is_re_armed_by_its_retry(conn) -> None:
+    q = Queue("fi_cx", conn)
+    a = q.add({"type": "chunk", "payload": 4})
+    total = q.add({"type": "sum"}, depends_on=[a])
+    assert total.cancel()
+    assert total.get_state() is JobState.FAILED
+    assert total.retry()
+    assert total.get_state() is JobState.WAITING_CHILDREN
+    with Worker(q.name, Chunks(broken=set()), conn):
+        assert total.result(timeout=30) == {"n": 1, "total": 40}
+
+
+def test_aio_batch_retry_failed_re_arms(conn) -> None:
+    async def main() -> None:
+        q = aio.Queue("fi_aio", conn)
+        chunks = await q.map([{"type": "chunk", "payload": i} for i in range(5)])
+        total = await q.add({"type": "sum"}, depends_on=list(chunks))
+        proc = Chunks(broken={1})
+        with Worker(q.name, proc, conn, concurrency=2):
+            with pytest.raises(JobFailedError):
+                await total.result(timeout=30)
+            await chunks.wait(timeout=30, progress=False)
+            proc.broken.clear()
+            assert await chunks.retry_failed() == 1
+            assert await total.result(timeout=30) == proc.expected(5)
+
+    asyncio.run(main())
