@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, ResultTimeoutError
+from .flows import after_retry
 from .protocol import Batch, Call, Op
 from .records import parse_traces
 
@@ -406,7 +407,8 @@ class JobBatchBase(list["JobBase"]):
         for c in range(0, len(failed), READ_CHUNK):
             part = failed[c:c + READ_CHUNK]
             replies = yield Batch([j.queue._ops.call("retry_failed", 0, j.id) for j in part])
-            moved += sum(int(x) for x in replies)
+            # re-arms dependents of the batch's jobs (DESIGN "Fan-in is never partial")
+            moved += yield from after_retry([(j.queue._ops, x) for j, x in zip(part, replies)])
         tracker = self._tracker
         for j in failed:
             tracker.final.pop((j.queue.name, j.id), None)

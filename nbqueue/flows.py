@@ -237,6 +237,13 @@ def upkeep(ops: QueueOps, limit: int = 100, dead_letter: bool = True) -> Op[Reso
     done = Resolved()
     if head:
         done.extend((yield from resolve(ops, dead_letter)))
+    done.extend((yield from _register_due(ops, due)))
+    return done
+
+
+def _register_due(ops: QueueOps, due: Sequence[Any]) -> Op[Resolved]:
+    """Step 2 again for the parents a ``dep_due`` reply lists (with their pending deps)."""
+    done = Resolved()
     i = 0
     while i < len(due):
         pid, n = str(due[i]), int(due[i + 1])
@@ -249,6 +256,82 @@ def upkeep(ops: QueueOps, limit: int = 100, dead_letter: bool = True) -> Op[Reso
         if deps:
             done.extend((yield from register(ops, pid, deps)))
     return done
+
+
+def register_due(ops: QueueOps, batch: int = 100) -> Op[Resolved]:
+    """Step 2 again for every waiting job of ``ops``'s queue whose re-check is due (a
+    re-armed job is due at once), ``batch`` jobs per ``dep_due`` call, until none is."""
+    done = Resolved()
+    while True:
+        due = yield ops.call("dep_due", batch, RECHECK_MS)
+        done.extend((yield from _register_due(ops, due)))
+        if _due_count(due) < batch:
+            return done
+
+
+def _due_count(due: Sequence[Any]) -> int:
+    i = count = 0
+    while i < len(due):
+        i += 2 + 2 * int(due[i + 1])
+        count += 1
+    return count
+
+
+# -- Retries re-arm (DESIGN "Fan-in is never partial") ------------------------------------
+# A job that failed on a dependency (dependency_failed), or was cancelled while it waited,
+# never ran with its dependencies' results. Retrying it re-arms it: ``retry_failed.lua`` puts
+# it back to waiting-children with EVERY dependency pending again, in one script, and its
+# re-check due at once; ``register_due`` then registers its dependencies (the completed ones
+# notify it at once with their current results; one still failed fails it again). A failed
+# job keeps its parents ('par'), so retrying a dependency re-arms the parents that failed on
+# it (``dep_rearm.lua`` in their slot), and theirs in turn. A crash between the steps leaves
+# a re-armed job whose re-check is due: the next upkeep of any worker of its queue registers
+# it; a parent not re-armed yet stays failed (never partial) until it is retried itself.
+
+def retry(ops: QueueOps, limit: int = 0, job_id: str = "") -> Op[int]:
+    """``Queue.retry_failed`` / ``Job.retry``: how many failed jobs were moved back (to wait,
+    or re-armed to waiting-children)."""
+    reply = yield ops.call("retry_failed", limit, job_id)
+    return (yield from after_retry([(ops, reply)]))
+
+
+def after_retry(replies: Sequence[tuple[QueueOps, Any]]) -> Op[int]:
+    """What ``retry_failed.lua`` replies ask for (see above); returns the jobs moved."""
+    moved = 0
+    if not replies:
+        return moved
+    some = replies[0][0]
+    armed: dict[str, QueueOps] = {}
+    parents: dict[str, dict[str, None]] = {}
+    for ops, reply in replies:
+        moved += int(reply[0])
+        if int(reply[1]):
+            armed[ops.name] = ops
+        _add_parents(parents, reply[2])
+    for _ in range(50):  # a chain of dependents, one level per round
+        for ops in armed.values():
+            yield from register_due(ops)
+        if not parents:
+            break
+        armed = {}
+        nxt: dict[str, dict[str, None]] = {}
+        for name, ids in parents.items():
+            ops = _ops_for(some, name)
+            todo = list(ids)
+            for i in range(0, len(todo), 1000):
+                n, grand = yield ops.call("dep_rearm", *todo[i:i + 1000])
+                if int(n):
+                    armed[name] = ops
+                _add_parents(nxt, grand)
+        parents = nxt
+    return moved
+
+
+def _add_parents(out: dict[str, dict[str, None]], refs: Sequence[Any]) -> None:
+    for ref in refs:
+        q, _, pid = str(ref).partition(" ")
+        if pid:
+            out.setdefault(q, {})[pid] = None
 
 
 def dependency_results(ops: QueueOps, job_id: str) -> Op[dict[str, Any]]:

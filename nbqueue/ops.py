@@ -409,7 +409,10 @@ class QueueOps:
         return len(removed)
 
     def retry_failed(self, limit: int = 0, job_id: str = "") -> Op[int]:
-        return int((yield self.call("retry_failed", limit, job_id)))
+        """Failed jobs back to wait; a dependent re-armed (flows.retry: never partial)."""
+        from .flows import retry
+
+        return (yield from retry(self, limit, job_id))
 
     def remove(self, job_id: str) -> Op[bool]:
         r = int((yield self.call("remove", str(job_id))))

@@ -7,7 +7,9 @@
 --   dependencies' registration is looked at again: nbqueue.flows.upkeep),
 --   then 2 per dependency: "<queue> <id>" and its sequence number (as read at add time).
 -- Writes HASH deps:<id> ("<queue> <id>" -> "p<seq>" = pending) and the job, whose
--- 'dpend' counts the pending dependencies; ZSET waiting-children (score = re-check time).
+-- 'dpend' counts the pending dependencies and 'dl' lists them (JSON, flat: "<queue> <id>",
+-- seq, ...; kept until they release it, so that a retry can re-arm it: includes/flows.lua);
+-- ZSET waiting-children (score = re-check time).
 -- Returns {id, 1 if a job with this id existed already (nothing written), seq}.
 -- @include common
 local K_WCHILD = BASE .. 'waiting-children'
@@ -30,6 +32,9 @@ local key = JOB .. id
 local fields = {'name', ARGV[5], 'data', ARGV[6], 'opts', ARGV[7], 'ts', fmt(NOW),
   'prio', ARGV[8], 'seq', fmt(seq), 'state', 'waiting-children', 'dpol', ARGV[10],
   'dpend', fmt(n)}
+local dl = {}
+for i = 12, #ARGV do dl[#dl + 1] = ARGV[i] end
+fields[#fields + 1] = 'dl'; fields[#fields + 1] = cjson.encode(dl)
 if tonumber(ARGV[9]) > 0 then fields[#fields + 1] = 'delay'; fields[#fields + 1] = ARGV[9] end
 redis.call('HSET', key, unpack(fields))
 local dkey = BASE .. 'deps:' .. id

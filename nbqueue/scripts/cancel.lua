@@ -30,7 +30,6 @@ if redis.call('ZSCORE', K_ACTIVE, id) then
   return {2, 'active'}
 end
 local from
-local K_WCHILD = BASE .. 'waiting-children'
 if redis.call('ZSCORE', K_WAIT, id) then from = K_WAIT
 elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
 elseif redis.call('ZSCORE', K_WCHILD, id) then from = K_WCHILD
@@ -48,8 +47,7 @@ redis.pcall('HINCRBY', K_STATS, 'failed', 1)
 emit('failed', {id}, {'reason', 'cancelled'})
 emit('cancelled', {id})
 if par then  -- jobs depend on this one (depends_on): tell them (includes/flows.lua)
-  notify_parents(par, id, 'f', reason)
-  redis.call('HDEL', key, 'par')
+  notify_parents(par, id, 'f', reason)  -- 'par' stays: a retry re-arms them (flows.py)
   return {3, state}
 end
 return {1, state}

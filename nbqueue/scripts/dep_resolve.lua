@@ -5,7 +5,9 @@
 -- A parent whose last pending dependency ended goes to wait (or delayed, for its delay);
 -- one whose dependency failed or is gone fails with error type dependency_failed (policy
 -- 'fail'), or counts it as ended (policy 'ignore'). A parent that fails notifies its own
--- parents (in this slot: includes/flows.lua).
+-- parents (in this slot: includes/flows.lua) and keeps its dependency list ('dl') and its
+-- parents ('par'): a retry re-arms it, and them (includes/flows.lua, nbqueue/flows.py).
+-- A released parent drops 'dl'.
 -- KEYS: 1 this (the parents') queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen,
 --   then 4 per notification: parent id, "<queue> <id>" of the dependency, kind (c|f|m), value.
@@ -13,7 +15,6 @@
 -- @include common
 -- @include flows
 allow_oom()  -- keeps flows moving on a full Redis (see includes/common.lua)
-local K_WCHILD = BASE .. 'waiting-children'
 local released, delayed_ids, failed = {}, {}, {}
 local queued = 0
 
@@ -63,13 +64,10 @@ for i = 4, #ARGV, 4 do
       redis.call('ZREM', K_WCHILD, pid)
       redis.call('ZADD', K_FAILED, fmt(NOW), pid)
       failed[#failed + 1] = pid
-      if f[6] then
-        queued = queued + notify_parents(f[6], pid, 'f', reason)
-        redis.call('HDEL', key, 'par')
-      end
+      if f[6] then queued = queued + notify_parents(f[6], pid, 'f', reason) end
     elseif redis.call('HINCRBY', key, 'dpend', -1) <= 0 then
       redis.call('HSET', key, 'dres', results_json(dkey))
-      redis.call('HDEL', key, 'dpend')
+      redis.call('HDEL', key, 'dpend', 'dl')
       redis.call('DEL', dkey)
       redis.call('ZREM', K_WCHILD, pid)
       local delay = tonumber(f[5]) or 0

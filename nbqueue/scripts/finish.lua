@@ -86,7 +86,8 @@ for i = first_job, #ARGV, 10 do
       local what = 'f'
       if kind == 'c' then what = 'c' end
       notify_parents(held[8], id, what, value)
-      redis.call('HDEL', key, 'par')
+      -- a failed job keeps its parents: retrying it re-arms them (nbqueue/flows.py)
+      if kind == 'c' then redis.call('HDEL', key, 'par') end
       statuses[#statuses] = 2
     end
     if kind == 'c' then

@@ -78,3 +78,31 @@ def test_cluster_crash_between_finish_and_resolve(cluster_url: str, fast_flows: 
     conn = nbqueue.connect(cluster_url)
     child, parent = _names(conn, "cfr")
     crash_between_finish_and_resolve(conn, Queue(child, conn), Queue(parent, conn))
+
+
+def test_cluster_retry_re_arms_the_fan_in_across_nodes(cluster_url: str) -> None:  # noqa: F811
+    """DESIGN "Fan-in is never partial" on a cluster: the retried chunk is in one slot, its
+    failed fan-in in another (on another master); the batch's retry re-arms the fan-in,
+    which completes with every chunk's current result."""
+    conn = nbqueue.connect(cluster_url)
+    child, parent = _names(conn, "rearm")
+    _apart(conn, child, parent)
+    cq, pq = Queue(child, conn), Queue(parent, conn)
+    batch = cq.map([{"type": "n", "payload": i} for i in range(6)])
+    total = pq.add({"type": "sum"}, depends_on=list(batch))
+    broken = {4}
+
+    def work(job):
+        if job.name == "sum":
+            return sorted(job.dependency_results().values())
+        if job.payload in broken:
+            raise ValueError("broken chunk")
+        return job.payload * 3
+
+    with Worker(child, work, conn, concurrency=2), Worker(parent, work, conn):
+        with pytest.raises(nbqueue.JobFailedError):
+            total.result(timeout=30)
+        batch.wait(timeout=30, progress=False)
+        broken.clear()
+        assert batch.retry_failed() == 1
+        assert total.result(timeout=30) == [i * 3 for i in range(6)]

@@ -180,10 +180,15 @@ def case_remove(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
 
 
 def case_retry_failed(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
-    for key in ("wait", "ctr"):
+    for key in ("wait", "ctr", "notify"):
         with wrong_type(r, BASE + key):
             assert _attempt(lambda: q.retry_failed()) is not None
     assert r.zcard(BASE + "failed") == 1
+    parent = _failed_parent(q, r, s)  # re-armed by a retry: its deps hash in the way
+    for key in ("waiting-children", f"deps:{parent}"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: q.retry_failed()) is not None
+    assert r.zcard(BASE + "failed") == 2
 
 
 def case_cancel(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
@@ -356,6 +361,22 @@ def case_dep_due(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     with wrong_type(r, BASE + "waiting-children"):
         assert _attempt(lambda: _run(q, _single(q._ops.call("dep_due", 10, 1000)))) \
             is not None
+
+
+def _failed_parent(q: Queue, r: redis.Redis, s: dict[str, Any]) -> str:
+    """A job that failed on its dependency (dependency_failed): retrying it re-arms it."""
+    parent = q.add({"type": "p"}, depends_on=[s["done"][1].id])
+    assert r.hget(f"{BASE}job:{parent.id}", "et") == "dependency_failed"
+    return parent.id
+
+
+def case_dep_rearm(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    parent = _failed_parent(q, r, s)
+    for key in ("failed", "notify", "waiting-children", f"deps:{parent}"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: _run(q, _single(q._ops.call("dep_rearm", parent)))) \
+                is not None
+    assert r.zscore(BASE + "failed", parent) is not None
 
 
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {

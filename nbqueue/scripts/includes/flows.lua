@@ -23,3 +23,70 @@ local function notify_parents(par, id, kind, value)
   end
   return n
 end
+
+-- Re-arm (DESIGN "Fan-in is never partial"; nbqueue/flows.py "Retries re-arm"). A failed
+-- job that still holds 'dl' -- its dependency list (JSON, flat: "<queue> <id>", seq, ...),
+-- written by add_dependent.lua and dropped when its dependencies release it -- never ran
+-- with its dependencies' results: it failed on one of them (dependency_failed) or was
+-- cancelled while it waited. A retry puts it back to waiting-children with EVERY dependency
+-- pending again (a fresh deps hash, dpend = their number) and its re-check due at once:
+-- dep_due (run by the retrying process right after, else by any worker's upkeep)
+-- re-registers the dependencies; the completed ones notify it again with their current
+-- results, one that is still failed (or gone) fails it again. It never runs with a part.
+local K_WCHILD = BASE .. 'waiting-children'
+
+-- Read phase: job `id`'s dependency list from its 'dl' field, or nil (not re-armable).
+-- Checks the keys rearm() writes (validation before the first write, see common.lua).
+local function rearm_plan(id, dl)
+  if not dl then return nil end
+  local ok, flat = pcall(cjson.decode, dl)
+  if not ok or type(flat) ~= 'table' or #flat < 2 or #flat % 2 ~= 0 then return nil end
+  for i = 1, #flat do
+    if type(flat[i]) ~= 'string' then return nil end
+  end
+  check_types(BASE .. 'deps:' .. id, 'hash', K_WCHILD, 'zset')
+  return flat
+end
+
+-- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry).
+local function rearm(id, flat)
+  local dkey = BASE .. 'deps:' .. id
+  redis.call('DEL', dkey)
+  for i = 1, #flat, 1000 do
+    local part = {}
+    for j = i, math.min(i + 999, #flat), 2 do
+      part[#part + 1] = flat[j]; part[#part + 1] = 'p' .. flat[j + 1]
+    end
+    redis.call('HSET', dkey, unpack(part))
+  end
+  redis.call('HSET', JOB .. id, 'state', 'waiting-children', 'dpend', fmt(#flat / 2),
+    'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '', 'cx', '')
+  redis.call('HDEL', JOB .. id, 'dres')
+  redis.call('ZREM', K_FAILED, id)
+  redis.call('ZADD', K_WCHILD, fmt(NOW), id)
+end
+
+-- The parents ("<queue> <id>") in a job's 'par' field, added to `out` once each (`seen`).
+local function collect_parents(par, out, seen)
+  local ok, parents = pcall(cjson.decode, par)
+  if not ok or type(parents) ~= 'table' then return end
+  for _, p in ipairs(parents) do
+    p = tostring(p)
+    if not seen[p] then seen[p] = true; out[#out + 1] = p end
+  end
+end
+
+-- Drop the notifications still queued (not yet delivered) about the end of the jobs in
+-- `ids` (a set): they are being retried, so their parents hear of the new run instead of a
+-- stale failure. Callers check K_NOTIFY's type before their first write.
+local function drop_notifications(ids)
+  if not next(ids) or redis.call('ZCARD', K_NOTIFY) == 0 then return end
+  local stale = {}
+  for _, entry in ipairs(redis.call('ZRANGE', K_NOTIFY, 0, -1)) do
+    local ok, n = pcall(cjson.decode, entry)
+    if ok and type(n) == 'table' and n[3] == QNAME and ids[tostring(n[4])] then
+      stale[#stale + 1] = entry
+    end
+  end
+  if #stale > 0 then zrem_many(K_NOTIFY, stale) end
+end
