@@ -34,6 +34,7 @@ from .errors import (
     UnrecoverableError,
 )
 from .job import Job
+from .liveness import NoLiveWorkerWarning
 from .manager import QueueManager
 from .predefined import (
     QueueName,
@@ -151,3 +152,6 @@ __all__ += ["list_schedulers", "queue_llm_request", "queue_notification", "queue
 
 # -- map, gather, flows (nbqueue.batch)
 __all__ += ["JobBatch", "chunk_frame"]
+
+# -- a wait on a queue that no live worker consumes warns (nbqueue.liveness)
+__all__ += ["NoLiveWorkerWarning"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .flows import after_retry
+from .liveness import WorkerWatch
 from .protocol import Batch, Call, Op
 from .records import parse_traces
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .job import JobBase
+    from .ops import QueueOps
     from .queue import QueueBase
 
 __all__ = ["AsyncJobBatch", "JobBatch", "JobBatchBase", "Progress", "chunk_frame", "map_items"]
@@ -236,6 +238,11 @@ class _Tracker:
     def pending(self) -> int:
         return sum(len(v) for v in self.ids.values()) - len(self.final)
 
+    def pending_ops(self) -> list[QueueOps]:
+        """The queues that hold jobs not finished yet."""
+        return [self.queues[n]._ops for n, ids in self.ids.items()
+                if any((n, i) not in self.final for i in ids)]
+
     def _sweep(self) -> Op[list[tuple[str, str]]]:
         """Read the state of every unfinished job (pipelined, READ_CHUNK per trip)."""
         newly: list[tuple[str, str]] = []
@@ -350,6 +357,7 @@ class JobBatchBase(list["JobBase"]):
         bar = Progress(len(self), mode, stream)
         deadline = None if timeout is None else time.monotonic() + timeout
         tracker = self._tracker
+        watch = WorkerWatch()  # no live worker on a queue of the batch: say so
         if tracker.last_event is None:
             yield from tracker.step(0.001)  # the first look: a sweep of every job
         while True:
@@ -359,9 +367,11 @@ class JobBatchBase(list["JobBase"]):
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 bar.update(done, failed, final=True)
+                why = yield from watch.note(tracker.pending_ops(), "they keep running: wait "
+                                            "again, or cancel()")
                 raise ResultTimeoutError(f"{len(self) - done} of {len(self)} job(s) not finished "
-                                   f"after {timeout:g}s ({failed} failed); they keep "
-                                   "running: wait again, or cancel()")
+                                   f"after {timeout:g}s ({failed} failed); {why}")
+            yield from watch.step(tracker.pending_ops())
             yield from self._wait_step(deadline)
 
     def _read_outcomes(self) -> Op[list[_Outcome]]:

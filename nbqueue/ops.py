@@ -30,6 +30,7 @@ from .errors import (
     ResultTimeoutError,
 )
 from .keys import DEFAULT_PREFIX, QueueKeys, registry_key
+from .liveness import WorkerWatch
 from .options import JobOptions, default_options, merge_options, parse_priority
 from .protocol import Batch, Call, Op
 from .records import (
@@ -577,6 +578,7 @@ class QueueOps:
     def wait_result(self, job_id: str, timeout: float | None) -> Op[Any]:
         """The job's return value once it has finished (raises JobFailedError if failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        watch = WorkerWatch()  # no live worker on this queue: say so (nbqueue/liveness.py)
         # Read the stream position before the job: a finish after it shows up as an event.
         last = yield from self.last_event_id()
         while True:
@@ -592,7 +594,11 @@ class QueueOps:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s")
+                    why = yield from watch.note([self], "it keeps running: wait again, or "
+                                                "cancel()")
+                    raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s; "
+                                             f"{why}")
+                yield from watch.step([self])
                 block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
                 last, events = yield from self.read_events(last, block)
                 if not events:

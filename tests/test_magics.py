@@ -103,8 +103,9 @@ def test_enqueue_wait_returns_the_result(ip) -> None:
 
 def test_enqueue_wait_timeout(ip) -> None:
     nbqueue.queue_manager.get_queue("nobody")
-    with pytest.raises(TimeoutError, match="not finished"):
+    with pytest.raises(TimeoutError, match="not finished") as info:
         ip.run_cell_magic("enqueue", "nobody --type d --wait --timeout 300ms", "{}")
+    assert "no live worker consumes queue 'nobody'" in str(info.value)  # issue 19 item 7
 
 
 def test_enqueue_run_executes_cell_on_code_worker(ip) -> None:

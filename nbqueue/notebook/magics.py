@@ -33,6 +33,7 @@ from ..errors import (
     ResultTimeoutError,
     UnknownQueueError,
 )
+from ..liveness import no_worker_text
 from ..types import JobState
 
 __all__ = ["JobBatch", "NbqueueMagics"]  # JobBatch: nbqueue.batch, kept importable here
@@ -91,8 +92,12 @@ def _wait_for(jobs: list[Any], timeout_s: float | None, poll_ui: Any) -> list[An
             break
         if timeout_s is not None and elapsed >= timeout_s:
             left = sum(j.state not in _FINISHED for j in jobs)
+            queues = {j.queue.name: j.queue for j in jobs if j.state not in _FINISHED}
+            idle = [name for name, q in queues.items() if not q.get_workers()]
+            why = (no_worker_text(idle) if idle else
+                   "they keep running; use job.result() to wait again")
             raise ResultTimeoutError(f"{left} job(s) not finished after {timeout_s:g}s "
-                               "(they keep running; use job.result() to wait again)")
+                                     f"({why})")
         time.sleep(POLL_S)
     return [j.result(timeout=0) for j in jobs]
 
