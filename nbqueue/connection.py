@@ -119,8 +119,12 @@ class Connection:
     url: str
     cluster: bool
 
-    def __init__(self, url: str, *, cluster: bool = False) -> None:
+    def __init__(self, url: str, *, cluster: bool = False, store: str | None = None) -> None:
         redis_url, scheme_cluster = _split_cluster_scheme(url)
+        # the artifact store (nbqueue.artifacts): resolved on first use (None: $NBQUEUE_STORE,
+        # else "redis")
+        self._store = store
+        self._store_resolved: str | None = None
         self.url = url
         self.cluster = cluster or scheme_cluster
         self._redis_url = redis_url
@@ -154,6 +158,16 @@ class Connection:
             conn._sync = redis.Redis(connection_pool=new_pool)
         _tag(conn._sync, conn.masked_url)
         return conn
+
+    @property
+    def store(self) -> str:
+        """Where artifacts (frames, arrays) written through this connection go: ``"redis"``
+        or an fsspec URL (``connect(url, store=...)``, else ``$NBQUEUE_STORE``)."""
+        if self._store_resolved is None:
+            from .artifacts import resolve_store
+
+            self._store_resolved = resolve_store(self._store)
+        return self._store_resolved
 
     @property
     def masked_url(self) -> str:
@@ -330,7 +344,7 @@ class Connection:
 
 def connect(
     url: str | redis.Redis | Connection | None = None, *, cluster: bool | None = None,
-    allow_eviction: bool | None = None,
+    allow_eviction: bool | None = None, store: str | None = None,
 ) -> Connection:
     """Resolve nbqueue's Redis and check it answers; returns a :class:`Connection`.
 
@@ -344,8 +358,16 @@ def connect(
     The server's ``maxmemory-policy`` is checked (:meth:`Connection.check_eviction_policy`):
     ``allkeys-*`` raises :class:`~nbqueue.errors.EvictionPolicyError` unless
     ``allow_eviction=True`` (or ``$NBQUEUE_ALLOW_EVICTION=1``); ``volatile-*`` warns.
+
+    ``store``: where DataFrames, Series and arrays of map chunks and results go
+    (:mod:`nbqueue.artifacts`): ``"redis"`` (the default) or an fsspec URL
+    (``file:///shared/nbq``, ``s3://bucket/prefix``); else ``$NBQUEUE_STORE``. An fsspec
+    store is checked here (backend installed, location writable).
     """
     if isinstance(url, Connection):
+        if store is not None:
+            url._store, url._store_resolved = store, None
+            _ = url.store
         return url
     conn: Connection
     if isinstance(url, (redis.Redis, redis.cluster.RedisCluster)):
@@ -367,6 +389,8 @@ def connect(
         allow_eviction = os.environ.get(ENV_ALLOW_EVICTION, "").strip().lower() in (
             "1", "true", "yes", "on")
     conn.check_eviction_policy(allow_eviction)
+    conn._store = store
+    _ = conn.store  # a bad store fails here, not at the first map
     return conn
 
 

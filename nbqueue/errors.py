@@ -129,3 +129,31 @@ class MissingDependencyError(NbqueueError, ImportError):
         super().__init__(f"{feature} needs {package}, which is not installed: "
                          f"pip install '{NOTEBOOK_EXTRA}' (the notebook layer)")
         self.package = package
+
+
+class ArtifactError(NbqueueError):
+    """An artifact (the Arrow bytes of a map chunk or of a frame result) is missing, or its
+    bytes do not match the content hash its job holds (tampered with, truncated): it is
+    never decoded or used. The message names the job and the reference."""
+
+
+class StoreError(NbqueueError):
+    """The artifact store cannot be used: not writable, unreachable, or not a store URL
+    (``connect(store=...)`` / ``NBQUEUE_STORE``). The message names the store and the fix."""
+
+
+class MissingStoreBackendError(MissingDependencyError):
+    """An fsspec store URL whose backend package is not installed (``s3://`` needs s3fs):
+    the message names the package and the extra that installs it."""
+
+    def __init__(self, package: str, url: str, extra: str | None) -> None:
+        how = f"pip install '{extra}' (or pip install {package})" if extra \
+            else f"pip install {package}"
+        ImportError.__init__(self, f"the artifact store {url} needs {package} (fsspec's "
+                                   f"backend for it), which is not installed: {how}")
+        self.package = package
+
+
+class BatchNotFoundError(NbqueueError, LookupError):
+    """``get_batch(name)`` of a name no ``Queue.map(..., name=...)`` of this queue made
+    (or whose queue was obliterated since); the message lists the names it knows."""

@@ -132,6 +132,29 @@ class QueueKeys:
         """The list a parked worker BLPOPs: jobs handed over by ``add.lua`` land here."""
         return f"{self.base}h:{token}"
 
+    def art(self, job_id: str) -> str:
+        """A job's artifacts (``nbqueue.artifacts``): HASH sha256 -> Arrow bytes (the Redis
+        store) or ``x:<url>`` -> sha256 (a file of an fsspec store); deleted with the job."""
+        return f"{self.base}art:{job_id}"
+
+    def stage(self, nonce: str) -> str:
+        """Artifacts written ahead of their job's add (ttl); add.lua renames it to ``art``."""
+        return f"{self.base}stage:{nonce}"
+
+    @property
+    def artgc(self) -> str:
+        """SET of artifact file URLs whose jobs are gone: deleted by ``dataplane.sweep``."""
+        return self.base + "artgc"
+
+    def batch(self, name: str) -> str:
+        """A named batch's member job ids, in input order (LIST; ``Queue.map(name=)``)."""
+        return f"{self.base}batch:{name}"
+
+    @property
+    def batches(self) -> str:
+        """ZSET of the queue's named batches (name -> last map ms)."""
+        return self.base + "batches"
+
     @property
     def schedulers(self) -> str:
         """The ZSET of the queue's job schedulers (see ``nbqueue.scheduler``)."""

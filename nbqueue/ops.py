@@ -220,12 +220,23 @@ class QueueOps:
                 yield from self._add_chunk(chunk_args, records, r0, r1)
         return records
 
+    def add_records(self, args: list[Any], records: list[JobRecord],
+                    before: Sequence[Call] = ()) -> Op[list[JobRecord]]:
+        """One add.lua call for ``records`` (their arguments ``args``, as ``prepare`` made
+        them), sent after the calls ``before`` in the same round trip (the artifacts the
+        jobs adopt: ``nbqueue.dataplane``). Returns the records, ids filled in."""
+        yield from self._add_chunk(args, records, 0, len(records), before)
+        return records
+
     def _add_chunk(self, args: list[Any], records: list[JobRecord], first: int,
-                   end: int) -> Op[None]:
+                   end: int, before: Sequence[Call] = ()) -> Op[None]:
         """Run add.lua for ``records[first:end]`` (their arguments ``args``); fills in ids
         and the server's timestamp."""
-        reply = yield from self.registering(
-            self.call("add", new_token(), self.add_token_ttl_ms, *args))
+        call = self.call("add", new_token(), self.add_token_ttl_ms, *args)
+        if before:
+            reply = (yield Batch([*before, call]))[-1]
+        else:
+            reply = yield from self.registering(call)
         seq0, ts = int(reply[0]), int(reply[1])
         chunk = records[first:end]
         for k, record in enumerate(chunk, 1):

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster
 import redis.cluster
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from . import direct, scripts
@@ -39,10 +40,26 @@ class Call:
     # optional: an error reply (e.g. NOPERM for an ACL user) is handed to the op as the
     # reply (a ``redis.ResponseError``) instead of raised: for bookkeeping an op can do without
     optional: bool = False
+    # raw: the reply's bytes as they are (binary values: Arrow artifacts), not decoded text
+    raw: bool = False
 
     @staticmethod
     def cmd(*command: Any) -> Call:
         return Call(command=command)
+
+    @staticmethod
+    def raw_cmd(*command: Any) -> Call:
+        """A command whose reply comes back as bytes (``None`` for a missing value)."""
+        return Call(command=command, raw=True)
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Blocking work that is not a Redis call (an fsspec read or write of an artifact): the
+    sync executor calls ``fn()`` in place, the asyncio one in a thread (the loop runs on);
+    the op receives its return value (or its exception, raised into the op)."""
+
+    fn: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,7 @@ class Batch:
     calls: Sequence[Call] = field(default_factory=tuple)
 
 
-Step = Call | Batch
+Step = Call | Batch | Offload
 Op = Generator[Step, Any, T]
 
 _CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -65,8 +82,10 @@ def _unavailable(client: Any, exc: BaseException) -> RedisUnavailableError:
 _QUEUE_IN_KEY = re.compile(r"\{([^}]*)\}")
 
 
-def _step_queue(step: Call | Batch) -> str | None:
+def _step_queue(step: Call | Batch | Offload) -> str | None:
     """The queue a step works on: the hash tag of its first key."""
+    if isinstance(step, Offload):
+        return None
     call = step if isinstance(step, Call) else (step.calls[0] if step.calls else None)
     if call is None:
         return None
@@ -79,7 +98,7 @@ def _step_queue(step: Call | Batch) -> str | None:
 _STEP_ERRORS = (*_CONN_ERRORS, redis.ResponseError)
 
 
-def _step_error(client: Any, step: Call | Batch,
+def _step_error(client: Any, step: Call | Batch | Offload,
                 exc: Exception) -> RedisUnavailableError | RedisOutOfMemoryError | None:
     """The nbqueue error a failed step becomes (both executors), None: re-raise it as is."""
     if isinstance(exc, redis.ResponseError):
@@ -87,7 +106,7 @@ def _step_error(client: Any, step: Call | Batch,
     return _unavailable(client, exc)
 
 
-def _out_of_memory(client: Any, step: Call | Batch,
+def _out_of_memory(client: Any, step: Call | Batch | Offload,
                    exc: redis.ResponseError) -> RedisOutOfMemoryError | None:
     """``exc`` as :class:`RedisOutOfMemoryError` naming the queue, if it is Redis refusing a
     write for want of memory (``-OOM``, also as wrapped by Redis 6 inside a script error)."""
@@ -110,7 +129,7 @@ def _script_call_args(call: Call) -> tuple[Any, ...]:
 def _direct_ok(call: Call) -> bool:
     # BLPOP's raw reply is as good as redis-py's tuple to ops; other commands keep the
     # reply parsing redis-py does for them (HGETALL to a dict...).
-    return call.command is None or call.command[0] == "BLPOP"
+    return call.command is None or (call.command[0] == "BLPOP" and not call.raw)
 
 
 def _wire(call: Call) -> tuple[Any, ...]:
@@ -131,7 +150,7 @@ def _pipe(client: Any, batch: Batch) -> Any:
     pipe = client.pipeline(transaction=False)
     for call in batch.calls:
         if call.command is not None:
-            pipe.execute_command(*call.command)
+            pipe.execute_command(*call.command, **(_RAW if call.raw else {}))
         else:
             pipe.evalsha(*_script_call_args(call))
     return pipe
@@ -145,14 +164,17 @@ def _raise_errors(results: Sequence[Any], calls: Sequence[Call] = ()) -> list[An
     return list(results)
 
 
+_RAW = {NEVER_DECODE: True}
+
+
 def _exec_sync(client: redis.Redis, call: Call) -> Any:
     if call.command is not None:
         if call.optional:
             try:
-                return client.execute_command(*call.command)
+                return client.execute_command(*call.command, **(_RAW if call.raw else {}))
             except redis.ResponseError as exc:
                 return exc
-        return client.execute_command(*call.command)
+        return client.execute_command(*call.command, **(_RAW if call.raw else {}))
     plan = _direct_plan(client, (call,))
     try:
         if plan is None:
@@ -188,7 +210,7 @@ def _revived(client: Any) -> bool:
     return revive(home)
 
 
-def _step_sync(client: redis.Redis, step: Step) -> Any:
+def _step_sync(client: redis.Redis, step: Call | Batch) -> Any:
     try:
         return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
     except _CONN_ERRORS:
@@ -197,7 +219,7 @@ def _step_sync(client: redis.Redis, step: Step) -> Any:
     return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
 
 
-async def _step_async(client: aredis.Redis, step: Step) -> Any:
+async def _step_async(client: aredis.Redis, step: Call | Batch) -> Any:
     try:
         if isinstance(step, Call):
             return await _exec_async(client, step)
@@ -215,6 +237,14 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
     try:
         step = next(op)
         while True:
+            if isinstance(step, Offload):
+                try:
+                    offloaded = step.fn()
+                except Exception as exc:  # raised into the op, which may handle it
+                    step = op.throw(exc)
+                    continue
+                step = op.send(offloaded)
+                continue
             try:
                 reply: Any = _step_sync(client, step)
             except _STEP_ERRORS as exc:
@@ -232,10 +262,11 @@ async def _exec_async(client: aredis.Redis, call: Call) -> Any:
     if call.command is not None:
         if call.optional:
             try:
-                return await client.execute_command(*call.command)
+                return await client.execute_command(*call.command,
+                                                    **(_RAW if call.raw else {}))
             except redis.ResponseError as exc:
                 return exc
-        return await client.execute_command(*call.command)
+        return await client.execute_command(*call.command, **(_RAW if call.raw else {}))
     plan = _direct_plan(client, (call,))
     try:
         if plan is None:
@@ -270,6 +301,14 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
     try:
         step = next(op)
         while True:
+            if isinstance(step, Offload):
+                try:
+                    offloaded = await asyncio.to_thread(step.fn)
+                except Exception as exc:  # raised into the op, which may handle it
+                    step = op.throw(exc)
+                    continue
+                step = op.send(offloaded)
+                continue
             try:
                 reply: Any = await _step_async(client, step)
             except _STEP_ERRORS as exc:

@@ -6,7 +6,10 @@
 --   ext: '' or a JSON object of the options that need this script's attention:
 --     lifo = 1 (first within its priority level: wait score priority * 2^40 - seq),
 --     dd = [id, ttl ms (0 = until the job finishes), extend 0|1, replace 0|1]
---       (deduplication: key BASE .. 'de:' .. id holds the id of the job it points to).
+--       (deduplication: key BASE .. 'de:' .. id holds the id of the job it points to),
+--     art = nonce: the job's artifacts were staged under BASE .. 'stage:' .. nonce (with a
+--       ttl; nbqueue/dataplane.py); a job created here adopts them as its art:<id> hash,
+--       a job not created (existing id, deduplicated) drops them.
 -- Returns {s, t, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which
 -- is also its id when it had none; t is the server time (ms) the jobs were stamped with;
 -- i1, i2... are the jobs whose given id already existed (a short reply: a bulk add of fresh
@@ -36,7 +39,8 @@ for k = 1, n do
     local ok, x = pcall(cjson.decode, e)
     local dd = ok and type(x) == 'table' and x.dd
     if not ok or type(x) ~= 'table' or (dd ~= nil and (type(dd) ~= 'table'
-        or type(dd[1]) ~= 'string' or dd[1] == '' or type(dd[2]) ~= 'number' or dd[2] < 0)) then
+        or type(dd[1]) ~= 'string' or dd[1] == '' or type(dd[2]) ~= 'number' or dd[2] < 0))
+        or (x.art ~= nil and type(x.art) ~= 'string') then
       return redis.error_reply('ERR nbqueue add: bad options of job ' .. k .. ': ' .. e)
     end
     exts = exts or {}
@@ -151,6 +155,7 @@ for k = 1, n do
     existed = redis.call('EXISTS', JOB .. id) == 1
   end
   if not existed and x and x.dd then holder = dedup_holder(BASE .. 'de:' .. x.dd[1]) end
+  if x and x.art and (existed or holder) then redis.pcall('DEL', BASE .. 'stage:' .. x.art) end
   if existed then
     out[#out + 1] = k
   elseif holder then
@@ -172,7 +177,14 @@ for k = 1, n do
     local ok = redis.pcall(unpack(fields))
     if type(ok) ~= 'number' then
       out[#out + 1] = -k; out[#out + 1] = ''
+      if x.art then redis.pcall('DEL', BASE .. 'stage:' .. x.art) end
     else
+      if x.art then  -- the staged artifacts become the job's (no ttl: they live as it does)
+        local akey = BASE .. 'art:' .. id
+        if redis.pcall('RENAME', BASE .. 'stage:' .. x.art, akey).ok then
+          redis.pcall('PERSIST', akey)
+        end
+      end
       if dd then  -- the key points to the job only once the job exists
         local dkey = BASE .. 'de:' .. dd[1]
         if dd[2] > 0 then redis.call('SET', dkey, id, 'PX', fmt(dd[2]))

@@ -93,7 +93,7 @@ for i = first_job, #ARGV, 10 do
     if kind == 'c' then
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id
-      if keep == 0 then redis.call('DEL', key, logs_key(id))
+      if keep == 0 then release_files({id}); redis.call('DEL', key, logs_key(id), art_key(id))
       else zdone[#zdone + 1] = NOW; zdone[#zdone + 1] = id; c_keep = keep; c_age = age end
     elseif kind == 'r' then
       redis.call('HSET', key, 'fr', value, 'et', etype, 'atm', atm, 'lk', '')
@@ -111,7 +111,7 @@ for i = first_job, #ARGV, 10 do
       failed_ids[#failed_ids + 1] = id
       if kind == 'x' then exhausted[#exhausted + 1] = id end
       if etype == 'cancelled' then cancelled[#cancelled + 1] = id end
-      if keep == 0 then redis.call('DEL', key, logs_key(id))
+      if keep == 0 then release_files({id}); redis.call('DEL', key, logs_key(id), art_key(id))
       else zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id; f_keep = keep; f_age = age end
     end
   end

@@ -12,7 +12,10 @@ local K_WCHILD = BASE .. 'waiting-children'
 while true do
   local ids = redis.call('ZRANGE', K_WCHILD, 0, 999)
   if #ids == 0 then break end
-  for i = 1, #ids do redis.call('DEL', BASE .. 'deps:' .. ids[i], JOB .. ids[i]) end
+  release_files(ids)
+  for i = 1, #ids do
+    redis.call('DEL', BASE .. 'deps:' .. ids[i], JOB .. ids[i], logs_key(ids[i]), art_key(ids[i]))
+  end
   redis.call('ZREMRANGEBYRANK', K_WCHILD, 0, #ids - 1)
   n = n + #ids
 end
@@ -33,6 +36,12 @@ for _, sid in ipairs(redis.call('ZRANGE', base .. 'schedulers', 0, -1)) do
   redis.call('DEL', base .. 'scheduler:' .. sid)
 end
 redis.call('DEL', base .. 'schedulers')
+-- named batches (Queue.map(name=)): their id lists, listed in the batches ZSET
+for _, name in ipairs(redis.call('ZRANGE', BASE .. 'batches', 0, -1)) do
+  redis.call('DEL', BASE .. 'batch:' .. name)
+end
+redis.call('DEL', BASE .. 'batches')
+-- artgc (files of deleted jobs) stays: the caller sweeps it right after this script.
 -- add tokens (add.lua: BASE .. 'add:<token>') are not looked for: finding them would take
 -- a SCAN of the whole keyspace inside this script (Redis blocked meanwhile); they expire by
 -- themselves within ops.ADD_TOKEN_TTL_MS.

@@ -26,7 +26,8 @@ redis.call('ZREM', K_WAIT, id)
 redis.call('ZREM', K_DELAYED, id)
 redis.call('ZREM', K_COMPLETED, id)
 redis.call('ZREM', K_FAILED, id)
-redis.call('DEL', key, logs_key(id))
+release_files({id})
+redis.call('DEL', key, logs_key(id), art_key(id))
 emit('removed', {id})
 if par then return 2 end
 return 1

@@ -18,7 +18,9 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..arrowcodec import kind_of
 from ..backoff import BackoffStrategy
+from ..dataplane import store_result
 from ..errors import JobCancelledError, JobTimeoutError, UnrecoverableError
 from ..job import JobBase, ProgressSink
 from ..ops import Outcome, OutcomeKind
@@ -304,6 +306,9 @@ class Execution:
                     except asyncio.TimeoutError:
                         raise JobTimeoutError(
                             f"job exceeded its timeout of {record.opts.timeout} ms") from None
+            if result is not None and kind_of(result) is not None:
+                # a frame/Series/array: stored as an artifact (blocking I/O, off the loop)
+                result = await asyncio.to_thread(store_result, job, result)
         except asyncio.CancelledError:
             if record.id in self._cancelling:  # job.cancel(): the job ends, failed
                 self._cancelling.discard(record.id)
@@ -330,6 +335,8 @@ class Execution:
             if result is not None and inspect.isawaitable(result):
                 assert self.loop is not None
                 result = asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
+            if result is not None and kind_of(result) is not None:
+                result = store_result(job, result)  # a frame/Series/array: an artifact
         except BaseException as exc:  # the processor's failure is the job's, not ours
             error = exc
         outcome = safe_classify(record, result, error, self.backoff_strategy, job)

@@ -93,7 +93,8 @@ class WorkerBase:
             payload = process.child_payload(
                 self.processor, url=self.connection.url, cluster=self.connection.cluster,
                 queue_name=self.queue_name, prefix=self._engine_kwargs["prefix"],
-                backoff_strategy=self._engine_kwargs["backoff_strategy"])
+                backoff_strategy=self._engine_kwargs["backoff_strategy"],
+                store=self.connection.store)
         return Engine(self.queue_name, self.processor, self.connection,
                       concurrency=concurrency, worker_name=self.name, process_payload=payload,
                       **self._engine_kwargs)

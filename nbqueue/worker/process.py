@@ -99,7 +99,9 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, on_term)
     import cloudpickle
 
+    from ..arrowcodec import kind_of
     from ..connection import Connection
+    from ..dataplane import store_result
     from ..processor import is_async
     from ..queue import AsyncQueue, Queue
     from . import capture
@@ -110,7 +112,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     spec = cloudpickle.loads(payload)
     processor = spec["processor"]
     asynchronous = is_async(processor)
-    connection = Connection(spec["url"], cluster=spec["cluster"])
+    connection = Connection(spec["url"], cluster=spec["cluster"], store=spec.get("store"))
     queue = (AsyncQueue if asynchronous else Queue)(spec["queue_name"], connection,
                                                     prefix=spec["prefix"])
     sink = _PipeSink(conn)
@@ -154,6 +156,8 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
                     current["body"] = True
                     result = processor(job)
                     current["body"] = False
+            if result is not None and kind_of(result) is not None:
+                result = store_result(job, result)  # a frame/Series/array: an artifact
         except BaseException as exc:  # the processor's failure is the job's
             error = exc
         finally:
@@ -415,11 +419,11 @@ class ChildPool:
 
 
 def child_payload(processor: Any, *, url: str, cluster: bool, queue_name: str, prefix: str,
-                  backoff_strategy: Any) -> bytes:
+                  backoff_strategy: Any, store: str | None = None) -> bytes:
     """What every child gets once, at spawn: the processor pickled by value (cloudpickle;
     a function from an importable module travels by reference and is imported there)."""
     import cloudpickle
 
     return cloudpickle.dumps({"processor": processor, "url": url, "cluster": cluster,
-                              "queue_name": queue_name, "prefix": prefix,
+                              "store": store, "queue_name": queue_name, "prefix": prefix,
                               "backoff_strategy": backoff_strategy})

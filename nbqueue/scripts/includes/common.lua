@@ -123,11 +123,36 @@ end
 -- goes wherever the hash goes.
 local function logs_key(id) return BASE .. 'logs:' .. id end
 
+-- A job's artifacts (nbqueue/artifacts.py: Arrow bytes of a map chunk or a frame result)
+-- are the HASH art:<id> beside it, deleted with it wherever the job is. An artifact kept
+-- in an fsspec store is a field 'x:<url>' there: when its job goes, the URL moves to the
+-- SET artgc, and the Python side deletes those files (nbqueue/dataplane.py sweep). Only
+-- queues that ever had such files (meta xart = '1') look; pcall: a broken key never stops
+-- a deletion half-way (at worst a file outlives its job).
+local function art_key(id) return BASE .. 'art:' .. id end
+local XART = nil
+local function release_files(ids)
+  if XART == nil then XART = redis.pcall('HGET', K_META, 'xart') == '1' end
+  if not XART then return end
+  for i = 1, #ids do
+    local fields = redis.pcall('HKEYS', art_key(ids[i]))
+    if type(fields) == 'table' and not fields.err then
+      for j = 1, #fields do
+        if string.sub(fields[j], 1, 2) == 'x:' then
+          redis.pcall('SADD', BASE .. 'artgc', string.sub(fields[j], 3))
+        end
+      end
+    end
+  end
+end
+
 local function delete_jobs(ids)
+  release_files(ids)
   for i = 1, #ids, 250 do
     local chunk = {}
     for j = i, math.min(i + 249, #ids) do
       chunk[#chunk + 1] = JOB .. ids[j]; chunk[#chunk + 1] = logs_key(ids[j])
+      chunk[#chunk + 1] = art_key(ids[j])
     end
     redis.call('DEL', unpack(chunk))
   end
