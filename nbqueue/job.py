@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .dataplane import resolve
 from .display import job_html, job_text
 from .errors import JobCancelledError, JobNotFoundError
 from .options import parse_priority
@@ -165,7 +166,9 @@ class JobBase:
         return self._record.state
 
     def _result(self, timeout: float | None = None) -> Op[Any]:
-        return (yield from self.queue._ops.wait_result(self.id, timeout))
+        value = yield from self.queue._ops.wait_result(self.id, timeout)
+        # a frame/Series/array result is an artifact: read, checked against its hash
+        return (yield from resolve(self.queue._ops.keys, self.id, value))
 
     def _remove(self) -> Op[bool]:
         return (yield from self.queue._ops.remove(self.id))

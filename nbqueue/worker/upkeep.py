@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import flows
 from ..ops import QueueOps
+from ..dataplane import sweep
 from ..protocol import Call, run_async, single
 from .execution import Execution
 from .outbox import Outbox
@@ -100,6 +101,12 @@ class Upkeep:
             raise
         except Exception as exc:
             log.warning("worker %s could not send its heartbeat: %s", self.token, exc)
+        try:  # artifact files of jobs that retention deleted (an fsspec store; one SRANDMEMBER)
+            await run_async(self.client, sweep(self.ops.keys))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("worker %s could not sweep artifact files: %s", self.token, exc)
 
     async def heartbeat(self) -> None:
         while not self._closing:  # the engine sent the first beat before starting us
