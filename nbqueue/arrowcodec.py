@@ -5,9 +5,9 @@ bytes, the job holds their content hash). The round trip is exact: dtypes (nulla
 ints/bools, categoricals with their categories and order, tz-aware timestamps, the string
 dtypes, timedeltas), the index (named, non-default, a RangeIndex's start/stop/step, a
 MultiIndex) and the column order; a Series keeps its name and index; an array its dtype and
-shape. The bytes are an Arrow IPC stream,
-readable by any Arrow implementation (uncompressed); nbqueue's own metadata rides in the schema under the
-key ``nbqueue`` (kind, Series name, array dtype and shape).
+shape. The bytes are an uncompressed Arrow IPC stream, readable by any Arrow
+implementation; nbqueue's own metadata rides in the schema under the key ``nbqueue``
+(kind, Series name, array dtype and shape).
 
 An object column Arrow cannot type (arbitrary Python objects, or ints mixed with strings)
 is a ``TypeError`` naming the column and suggesting a fix, before anything is written.
@@ -40,7 +40,7 @@ _ARRAY_COLUMN = "values"
 def _pa() -> Any:
     try:
         import pyarrow as pa
-        import pyarrow.ipc  # noqa: F401
+        import pyarrow.ipc
     except ModuleNotFoundError as exc:
         raise MissingDependencyError(
             "pyarrow", "DataFrames, Series and arrays as job data or results") from exc

@@ -114,7 +114,8 @@ def _filesystem(url: str) -> tuple[Any, str]:
     fsspec = _fsspec()
     protocol = url.split("://", 1)[0].lower()
     try:
-        return fsspec.core.url_to_fs(url)  # type: ignore[no-any-return]
+        found: tuple[Any, str] = fsspec.core.url_to_fs(url)
+        return found
     except ImportError as exc:
         package, extra = BACKENDS.get(protocol, (None, None))
         if package is None:

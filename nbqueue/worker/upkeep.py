@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import flows
-from ..ops import QueueOps
 from ..dataplane import sweep
+from ..ops import QueueOps
 from ..protocol import Call, run_async, single
 from .execution import Execution
 from .outbox import Outbox

@@ -379,6 +379,17 @@ def case_dep_rearm(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     assert r.zscore(BASE + "failed", parent) is not None
 
 
+def case_art_put(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    waiting = r.zrange(BASE + "wait", 0, 0)[0]
+    for key, file in ((f"art:{waiting}", "0"), ("meta", "1")):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda file=file: _run(q, _single(q._ops.call(
+                "art_put", waiting, "x:file:///nowhere", "sha", file)))) is not None
+    assert not r.exists(f"{BASE}art:{waiting}")
+    assert _run(q, _single(q._ops.call("art_put", "no-such-job", "f", "v", "0"))) == 0
+    assert not r.exists(f"{BASE}art:no-such-job")
+
+
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {
     name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
