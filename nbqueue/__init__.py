@@ -122,7 +122,7 @@ from .notebook import load_ipython_extension, unload_ipython_extension  # noqa: 
 
 def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) -> Dashboard:
     """A live ipywidgets panel of ``queues`` (default: this kernel's): counts, progress,
-    throughput, and Pause/Resume/Retry failed/Drain/Clean buttons (README: Notebooks)."""
+    throughput, and Pause/Resume/Retry failed/Drain/Clean buttons (docs/notebook.md)."""
     from .notebook.dashboard import Dashboard
 
     return Dashboard(queues, refresh=refresh, **kwargs)

@@ -8,7 +8,7 @@ or run :func:`serve` (``nbqueue metrics --port 9108``).
 
 Every per-queue series carries ``queue="<name>"``, so any two can be joined on it. The
 seed's two counters keep their names and their ``tool_name="queue_<name>"`` label too.
-:data:`SERIES` lists every family with its HELP text (the README's "Metrics" section
+:data:`SERIES` lists every family with its HELP text (docs/operations.md
 explains each, with a PromQL cookbook).
 
 Which queues: the registry of queue names (``nbq:queues``, see ``keys.registry_key``),

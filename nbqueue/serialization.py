@@ -24,7 +24,7 @@ class LargePayloadWarning(UserWarning):
     """Job data above 100 KB: store a reference (an id, a path) instead of the data."""
 
 
-# -- the conversion table (README "Values a notebook passes") ------------------------------
+# -- the conversion table (docs/services.md "Values a notebook passes") -------------------
 # numpy bool/integer/floating scalars -> bool/int/float; numpy arrays, pandas Series and
 # Index -> lists; datetime, date, pd.Timestamp -> ISO 8601 (offset kept); NaN, +-inf, NaT,
 # pd.NA -> null; uuid.UUID -> str. Everything else: TypeError naming key, type and fix.
@@ -33,7 +33,7 @@ class LargePayloadWarning(UserWarning):
 # inside the fast path without a second pass).
 
 _FIX = ("convert it to a JSON type (str, int, float, bool, None, list, dict) first; "
-        "see the README's table of the values nbqueue converts")
+        "see the table of the values nbqueue converts in docs/services.md")
 _FIXES = {
     "set": "pass a list (sorted(...)) instead",
     "frozenset": "pass a list (sorted(...)) instead",

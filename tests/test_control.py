@@ -614,25 +614,6 @@ def test_cli_workers(conn, redis_url):
     assert cli("workers", "other").stdout.strip() == "no workers"
 
 
-def test_readme_control_examples_run(r, capsys):
-    """The python blocks of the README's "Job control" section run as written."""
-    import re
-    from pathlib import Path
-
-    doc = Path(__file__).resolve().parent.parent / "README.md"
-    text = doc.read_text()
-    section = text[text.index("<!-- control-doc:start"):text.index("<!-- control-doc:end -->")]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) >= 3
-    nbqueue.queue_manager.close()
-    namespace: dict = {"__name__": "control_doc"}
-    for block in blocks:
-        exec(compile(block, str(doc), "exec"), namespace)
-    out = capsys.readouterr().out.splitlines()
-    assert out[:2] == ["waiting 2 {'day': 'tue'}", "JobStateError"]
-    assert out[2:] == ["True", "nbq 1", "2", "demo-worker thread 3 0", "[]"]
-
-
 @pytest.mark.parametrize("opt", [{"lifo": True}, {"deduplication": {"id": "k"}}])
 def test_recurring_jobs_refuse_lifo_and_deduplication(q, r, opt):
     with pytest.raises(InvalidOptionError, match="recurring job"):

