@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingDependencyError
+from .errors import InvalidOptionError, MissingDependencyError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -124,8 +124,8 @@ def _frame_table(df: Any, what: str) -> pa.Table:
     pa = _pa()
     if not df.columns.is_unique:
         dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
-        raise TypeError(f"{what} has duplicate column names {dup}; rename them first "
-                        "(Arrow needs one column per name)")
+        raise InvalidOptionError(f"{what} has duplicate columns {dup}; rename them first "
+                                 "(Arrow needs one column per name)")
     try:
         return pa.Table.from_pandas(df, preserve_index=None)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

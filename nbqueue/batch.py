@@ -23,7 +23,15 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import InvalidOptionError, JobFailedError, JobNotFoundError, ResultTimeoutError
+from .artifacts import ArtifactRef
+from .dataplane import chunk_ref, load_chunk, resolve_many
+from .errors import (
+    ArtifactError,
+    InvalidOptionError,
+    JobFailedError,
+    JobNotFoundError,
+    ResultTimeoutError,
+)
 from .flows import after_retry
 from .liveness import WorkerWatch
 from .protocol import Batch, Call, Op
@@ -49,7 +57,7 @@ _END_EVENTS = {"completed": "completed", "failed": "failed", "removed": "missing
 
 
 # -- building the jobs of a map -------------------------------------------------------------
-def _check_chunksize(chunksize: object) -> int | None:
+def check_chunksize(chunksize: object) -> int | None:
     if chunksize is None:
         return None
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize <= 0:
@@ -57,7 +65,7 @@ def _check_chunksize(chunksize: object) -> int | None:
     return chunksize
 
 
-def _is_dataframe(value: object) -> bool:
+def is_frame(value: object) -> bool:
     mod = type(value).__module__
     return mod.startswith("pandas") and type(value).__name__ == "DataFrame"
 
@@ -76,10 +84,10 @@ def map_items(items: Any, chunksize: int | None = None,
     - data dicts, ``chunksize=N``: one job per N dicts, data ``{"type": job_type or
       "chunk", "payload": {"chunk": k, "start": i, "stop": j, "items": [dict, ...]}}``.
     """
-    size = _check_chunksize(chunksize)
+    size = check_chunksize(chunksize)
     if job_type is not None and not isinstance(job_type, str):
         raise InvalidOptionError(f"job_type must be a str: {job_type!r}")
-    if _is_dataframe(items):
+    if is_frame(items):
         return _frame_chunks(items, size or DEFAULT_DF_CHUNK, job_type or "dataframe_chunk")
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
         raise TypeError("Queue.map takes a DataFrame or an iterable of data dicts, not "
@@ -119,10 +127,15 @@ def _frame_chunks(df: pd.DataFrame, size: int, job_type: str) -> list[dict[str, 
 
 
 def chunk_frame(job: Any) -> pd.DataFrame:
-    """The DataFrame chunk a ``Queue.map`` job carries (pass the job or its payload)."""
+    """The DataFrame chunk a ``Queue.map`` job carries, exactly as it was in the mapped
+    frame (dtypes, index, column order): read from the artifact store and checked against
+    its content hash (``ArtifactError`` if it was changed or is gone)."""
     import pandas as pd
 
     payload = job.payload if hasattr(job, "payload") else job
+    ref = chunk_ref(payload)
+    if ref is not None:
+        return load_chunk(job, ref)
     if not isinstance(payload, Mapping) or "records" not in payload:
         raise TypeError("chunk_frame takes a job (or payload) made by Queue.map from a "
                         "DataFrame")
@@ -307,7 +320,7 @@ class _Tracker:
 class _Outcome:
     state: str
     value: Any = None
-    error: JobFailedError | JobNotFoundError | None = None
+    error: JobFailedError | JobNotFoundError | ArtifactError | None = None
 
 
 class JobBatchBase(list["JobBase"]):
@@ -315,6 +328,9 @@ class JobBatchBase(list["JobBase"]):
 
     The operations are written once here (as ops); ``JobBatch`` runs them blocking and
     ``nbqueue.aio.JobBatch`` awaitable."""
+
+    #: the name of a named batch (``Queue.map(..., name=)``, ``get_batch``), else None
+    name: str | None = None
 
     def __init__(self, jobs: Iterable[JobBase] = ()) -> None:
         super().__init__(jobs)
@@ -510,6 +526,18 @@ def read_outcomes(queues: Mapping[str, QueueBase],
                                                              traces[-1] if traces else None)))
         else:
             outs.append(_Outcome(state))
+    # frame/Series/array results: their artifacts, read in one round trip per queue
+    for name in {n for n, _ in keys}:
+        idx = [k for k, ((n, _), o) in enumerate(zip(keys, outs))
+               if n == name and o.state == "completed" and ArtifactRef.parse(o.value)]
+        if idx:
+            values = yield from resolve_many(queues[name]._ops.keys,
+                                             [(keys[k][1], outs[k].value) for k in idx], True)
+            for k, v in zip(idx, values):
+                if isinstance(v, ArtifactError):
+                    outs[k] = _Outcome("failed", error=v)
+                else:
+                    outs[k].value = v
     return outs
 
 

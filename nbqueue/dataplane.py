@@ -37,7 +37,7 @@ from .artifacts import (
     open_store,
     read_url,
 )
-from .errors import BatchNotFoundError, InvalidOptionError
+from .errors import ArtifactError, BatchNotFoundError, InvalidOptionError
 from .keys import QueueKeys
 from .protocol import Batch, Call, Offload, Op, run_sync
 
@@ -274,9 +274,12 @@ def _load_calls(keys: QueueKeys, items: Sequence[tuple[str, ArtifactRef]]
             for job_id, ref in items if ref.url is None]
 
 
-def resolve_many(keys: QueueKeys, items: Sequence[tuple[str, Any]]) -> Op[list[Any]]:
+def resolve_many(keys: QueueKeys, items: Sequence[tuple[str, Any]],
+                 return_exceptions: bool = False) -> Op[list[Any]]:
     """The values of (job id, stored value) pairs: references read (one round trip for the
-    Redis store), checked against their hash and decoded; other values as they are."""
+    Redis store), checked against their hash and decoded; other values as they are. An
+    artifact that is missing or changed raises ``ArtifactError`` (``return_exceptions``:
+    the error takes the value's place)."""
     refs = [(i, job_id, ref) for i, (job_id, v) in enumerate(items)
             if (ref := ArtifactRef.parse(v)) is not None]
     out = [v for _, v in items]
@@ -285,12 +288,17 @@ def resolve_many(keys: QueueKeys, items: Sequence[tuple[str, Any]]) -> Op[list[A
     in_redis = [(job_id, ref) for _, job_id, ref in refs if ref.url is None]
     blobs = iter((yield Batch(_load_calls(keys, in_redis)))) if in_redis else iter(())
     for i, job_id, ref in refs:
-        if ref.url is None:
-            data = next(blobs)
-        else:
-            data = yield Offload(functools.partial(read_url, ref.url))
-        out[i] = arrowcodec.decode(check_bytes(data, ref, f"job {job_id} of queue "
-                                                          f"{keys.name!r}"))
+        try:
+            if ref.url is None:
+                data = next(blobs)
+            else:
+                data = yield Offload(functools.partial(read_url, ref.url))
+            out[i] = arrowcodec.decode(check_bytes(data, ref, f"job {job_id} of queue "
+                                                              f"{keys.name!r}"))
+        except ArtifactError as exc:
+            if not return_exceptions:
+                raise
+            out[i] = exc
     return out
 
 
@@ -301,6 +309,19 @@ def resolve(keys: QueueKeys, job_id: str, value: Any) -> Op[Any]:
 def chunk_ref(payload: Any) -> ArtifactRef | None:
     """The artifact reference of a ``Queue.map`` frame chunk's payload, else None."""
     return ArtifactRef.parse(payload.get("frame")) if isinstance(payload, Mapping) else None
+
+
+def load_chunk(job: Any, ref: ArtifactRef) -> Any:
+    """The DataFrame chunk ``ref`` of ``job`` (or of a bare payload, for a file store),
+    read and checked against its hash (blocking)."""
+    queue = getattr(job, "queue", None)
+    if queue is None:
+        if ref.url is None:
+            raise TypeError("chunk_frame: this chunk lives in Redis beside its job; pass the "
+                            "job itself, not its payload")
+        return arrowcodec.decode(check_bytes(read_url(ref.url), ref, "chunk"))
+    return run_sync(queue.connection.sync(),
+                    resolve(queue._ops.keys, job.id, ref.to_json()))
 
 
 # -- the sweep of fsspec artifact files ------------------------------------------------------

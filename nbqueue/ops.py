@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import serialization
+from .dataplane import sweep
 from .durations import to_ms
 from .errors import (
     InvalidOptionError,
@@ -406,7 +407,9 @@ class QueueOps:
         yield self.call("set_paused", "1" if paused else "0")
 
     def drain(self, delayed: bool = False) -> Op[int]:
-        return int((yield self.call("drain", "1" if delayed else "0")))
+        n = int((yield self.call("drain", "1" if delayed else "0")))
+        yield from sweep(self.keys)  # artifact files of the removed jobs (fsspec stores)
+        return n
 
     def clean(self, grace_ms: int, limit: int, state: str) -> Op[int]:
         state = str(state.value if isinstance(state, JobState) else state)
@@ -418,6 +421,7 @@ class QueueOps:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidOptionError(f"clean limit must be an int >= 0 (0 = all): {limit!r}")
         removed = yield self.call("clean", state, grace_ms, limit)
+        yield from sweep(self.keys)  # artifact files of the removed jobs (fsspec stores)
         return len(removed)
 
     def retry_failed(self, limit: int = 0, job_id: str = "") -> Op[int]:
@@ -428,6 +432,8 @@ class QueueOps:
 
     def remove(self, job_id: str) -> Op[bool]:
         r = int((yield self.call("remove", str(job_id))))
+        if r > 0:
+            yield from sweep(self.keys)  # its artifact files (fsspec stores)
         if r < 0:
             raise JobActiveError(f"job {job_id} is active (locked by a worker) and cannot be "
                                "removed now; remove it once it has finished")
@@ -442,6 +448,7 @@ class QueueOps:
         if r < 0:
             raise QueueBusyError(f"queue {self.name!r} has active jobs; stop its workers or "
                                "pass force=True")
+        yield from sweep(self.keys)  # artifact files of the deleted jobs (fsspec stores)
         # Out of the registry too (another slot on a cluster, hence a second call). A
         # process still adding to this queue registers it again within a minute.
         yield Call(command=("SREM", registry_key(self.keys.prefix), self.name), optional=True)

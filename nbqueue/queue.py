@@ -11,8 +11,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import redis
 
 from . import serialization
-from .batch import MAP_RETENTION, AsyncJobBatch, JobBatch, JobBatchBase, map_items
+from .batch import (
+    DEFAULT_DF_CHUNK,
+    MAP_RETENTION,
+    AsyncJobBatch,
+    JobBatch,
+    JobBatchBase,
+    check_chunksize,
+    is_frame,
+    map_items,
+)
 from .connection import Connection, connect
+from .dataplane import add_frame_map, add_named, batch_ids, validate_batch_name
 from .display import queue_html, queue_text
 from .durations import to_ms
 from .errors import InvalidOptionError
@@ -21,7 +31,7 @@ from .keys import DEFAULT_PREFIX
 from .ops import QueueOps, RateLimit, validate_global_concurrency
 from .protocol import Op, async_method, run_async, run_sync, sync_method
 from .records import Event, JobRecord
-from .types import JobStatus, QueueMetrics, WorkerInfo
+from .types import JobState, JobStatus, QueueMetrics, WorkerInfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,9 +133,23 @@ class QueueBase(Generic[J, B]):
         return self.batch_class(self._job(r) for r in (yield from self._ops.add_bulk(items)))
 
     def _map(self, /, items: Any, *, chunksize: int | None = None, job_type: str | None = None,
-             **job_options: Any) -> Op[B]:
+             name: str | None = None, **job_options: Any) -> Op[B]:
         """Add one job per data dict, per ``chunksize`` dicts, or per ``chunksize`` rows of a
-        DataFrame (payloads: ``nbqueue.batch.map_items``); returns their ``JobBatch``.
+        DataFrame; returns their ``JobBatch``.
+
+        A DataFrame's chunks travel as Arrow (``nbqueue.dataplane``): each chunk's bytes go
+        to the connection's artifact store and its job holds a reference
+        (``payload["frame"]``; ``chunk_frame(job)`` gives the chunk exactly). No size limit
+        but the store's; chunks are written and their jobs added in order, so workers start
+        on the first while the later ones are written; returns once all are written.
+        Data dicts keep JSON payloads (``nbqueue.batch.map_items``).
+
+        ``name``: a named batch. Each job's id comes from the name, the chunk number and
+        the chunk's content hash: mapping the same data under the same name again (this
+        kernel or a new one) returns the same jobs and adds nothing, finished chunks are
+        not run again; a chunk whose data changed gets a new job (the old job remains, a
+        ``BatchReused`` warning says how many). ``get_batch(name)`` finds it from any
+        process.
 
         Unless given (here or in the queue's ``default_job_options``), ``remove_on_complete``
         and ``remove_on_fail`` are ``{"age": 86400}``: the jobs are kept a day, so that the
@@ -138,16 +162,46 @@ class QueueBase(Generic[J, B]):
             if job_options.get(bad) is not None:
                 raise InvalidOptionError(f"Queue.map does not take {bad} (it applies to one "
                                          "job: use Queue.add)")
-        datas = map_items(items, chunksize, job_type)
+        if name is not None:
+            name = validate_batch_name(name)
         for keep in ("remove_on_complete", "remove_on_fail"):
             # a map's results are gathered later: keep its jobs a day, whatever their number
             # (the queue's default keeps only the newest 1000), unless told otherwise
             if job_options.get(keep) is None and keep not in self.default_job_options:
                 job_options[keep] = MAP_RETENTION
-        # add_bulk checks every item and option before its first call, then adds in chunks
-        # (one round trip each) small enough not to keep Redis busy for long
-        records = yield from self._ops.add_bulk([(d, job_options) for d in datas])
-        return self.batch_class(self._job(r) for r in records)
+        if is_frame(items):
+            size = check_chunksize(chunksize) or DEFAULT_DF_CHUNK
+            if job_type is not None and not isinstance(job_type, str):
+                raise InvalidOptionError(f"job_type must be a str: {job_type!r}")
+            self._ops.prepare({"type": "check"}, job_options)  # bad options: nothing written
+            store = self.connection.store
+            records = yield from add_frame_map(self._ops, store, items, size,
+                                               job_type or "dataframe_chunk", job_options, name)
+        else:
+            datas = map_items(items, chunksize, job_type)
+            if name is not None:
+                records = yield from add_named(self._ops, datas, job_options, name)
+            else:
+                # add_bulk checks every item and option before its first call, then adds in
+                # chunks (one round trip each) small enough not to keep Redis busy for long
+                records = yield from self._ops.add_bulk([(d, job_options) for d in datas])
+        batch = self.batch_class(self._job(r) for r in records)
+        batch.name = name
+        return batch
+
+    def _get_batch(self, /, name: str) -> Op[B]:
+        """The named batch ``name`` (made by ``map(..., name=name)``, in any process), its
+        jobs in input order; a job gone since (retention, remove) is in it as a handle
+        whose result raises ``JobNotFoundError``. An unknown name raises
+        ``BatchNotFoundError`` listing the queue's batches."""
+        ids = yield from batch_ids(self._ops, name)
+        records = yield from self._ops.get_jobs_by_id(ids)
+        batch = self.batch_class(
+            self._job(r if r is not None else
+                      JobRecord(i, "", {}, self._ops.defaults, JobState.UNKNOWN))
+            for i, r in zip(ids, records))
+        batch.name = name
+        return batch
 
     def _get_job(self, /, job_id: str) -> Op[J | None]:
         record = yield from self._ops.get_job(job_id)
@@ -289,6 +343,7 @@ class Queue(QueueBase[Job, JobBatch]):
     add = sync_method(QueueBase._add)
     add_bulk = sync_method(QueueBase._add_bulk)
     map = sync_method(QueueBase._map)
+    get_batch = sync_method(QueueBase._get_batch)
     get_job = sync_method(QueueBase._get_job)
     get_job_status = sync_method(QueueBase._get_job_status)
     get_jobs = sync_method(QueueBase._get_jobs)
@@ -375,6 +430,7 @@ class AsyncQueue(QueueBase[AsyncJob, AsyncJobBatch]):
     add = async_method(QueueBase._add)
     add_bulk = async_method(QueueBase._add_bulk)
     map = async_method(QueueBase._map)
+    get_batch = async_method(QueueBase._get_batch)
     get_job = async_method(QueueBase._get_job)
     get_job_status = async_method(QueueBase._get_job_status)
     get_jobs = async_method(QueueBase._get_jobs)

@@ -24,7 +24,7 @@ try:
 except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no [notebook])
     raise MissingDependencyError("IPython", "nbqueue's magics (%load_ext nbqueue)") from _exc
 
-from ..batch import JobBatch, _is_dataframe
+from ..batch import JobBatch, is_frame
 from ..durations import to_ms
 from ..errors import (
     InvalidOptionError,
@@ -330,7 +330,7 @@ class NbqueueMagics(Magics):
         if isinstance(value, Mapping):
             raise UsageError("%%enqueue: --chunks takes a DataFrame or a list of dicts, not "
                              "one dict")
-        if not _is_dataframe(value):
+        if not is_frame(value):
             value, _ = _datas(value, args.job_type)
         try:
             batch = queue.map(value, chunksize=args.chunks, job_type=args.job_type, **opts)
