@@ -155,17 +155,23 @@ def test_wait_result_looks_again_after_the_job_s_event() -> None:
 def test_remove_of_an_active_job_is_refused() -> None:
     with pytest.raises(JobActiveError):
         raises(OPS.remove("3"), [-1])
-    assert drive(OPS.remove("3"), [1])[1] is True
+    steps, removed = drive(OPS.remove("3"), [1, []])
+    assert removed is True
+    # then the files of its artifacts, if any (an fsspec store: artgc): none here
+    assert isinstance(steps[1], Call) and steps[1].command == ("SRANDMEMBER",
+                                                               "nbq:{sq}:artgc", 500)
     assert drive(OPS.remove("3"), [0])[1] is False
 
 
 def test_obliterate_with_active_jobs_is_refused() -> None:
     with pytest.raises(QueueBusyError):
         raises(OPS.obliterate(), [-1])
-    steps, removed = drive(OPS.obliterate(force=True), [12, 1])
+    steps, removed = drive(OPS.obliterate(force=True), [12, [], 1])
     assert removed == 12
     assert isinstance(steps[1], Call) and steps[1].command is not None
-    assert steps[1].command[0] == "SREM"  # out of the registry of queue names too
+    assert steps[1].command[0] == "SRANDMEMBER"  # artifact files of its jobs: none here
+    assert isinstance(steps[2], Call) and steps[2].command is not None
+    assert steps[2].command[0] == "SREM"  # out of the registry of queue names too
     OPS.registered_at = float("inf")
 
 
