@@ -99,6 +99,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, on_term)
     import cloudpickle
 
+    from .. import sources
     from ..arrowcodec import kind_of
     from ..connection import Connection
     from ..dataplane import store_result
@@ -111,6 +112,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     logging.basicConfig(level=os.environ.get("NBQUEUE_LOG_LEVEL", "WARNING"))
     spec = cloudpickle.loads(payload)
     processor = spec["processor"]
+    sources.restore(processor, spec.get("sources"))  # notebook lines in its tracebacks
     asynchronous = is_async(processor)
     connection = Connection(spec["url"], cluster=spec["cluster"], store=spec.get("store"))
     queue = (AsyncQueue if asynchronous else Queue)(spec["queue_name"], connection,
@@ -424,6 +426,9 @@ def child_payload(processor: Any, *, url: str, cluster: bool, queue_name: str, p
     a function from an importable module travels by reference and is imported there)."""
     import cloudpickle
 
+    from ..sources import capture
+
     return cloudpickle.dumps({"processor": processor, "url": url, "cluster": cluster,
                               "store": store, "queue_name": queue_name, "prefix": prefix,
-                              "backoff_strategy": backoff_strategy})
+                              "backoff_strategy": backoff_strategy,
+                              "sources": capture(processor)})  # tracebacks: nbqueue/sources.py
