@@ -112,3 +112,30 @@ def test_s3_store_round_trip_and_cleanup(redis_url: str, s3_endpoint: str,
     q.obliterate(force=True)
     fs.invalidate_cache()
     assert fs.find("nbq-test/runs/s3q") == []
+
+
+def _arts(r: Any, queue: str) -> int:
+    return sum(1 for _ in r.scan_iter(f"nbq:{{{queue}}}:art:*")) + sum(
+        1 for _ in r.scan_iter(f"nbq:{{{queue}}}:stage:*"))
+
+
+def test_redis_store_artifacts_die_with_their_jobs(conn: Any, r: Any) -> None:
+    """Retention, remove, clean, drain and obliterate: a count of what is left."""
+    q = Queue("rdie", conn)
+    df = sales(60)
+    kept = q.map(df, chunksize=10)  # 6 jobs, each with its chunk
+    assert _arts(r, q.name) == 6
+    with Worker(q.name, lambda job: chunk_frame(job).head(2), conn, concurrency=2):
+        kept.wait(timeout=30, progress=False)
+        # retention: jobs removed as they complete take their chunk and result along
+        gone = q.map(df, chunksize=10, remove_on_complete=True)
+        gone.wait(timeout=30, progress=False)
+    assert _arts(r, q.name) == 6  # the 6 kept jobs, each with chunk + result in one hash
+    assert sum(r.hlen(k) for k in r.scan_iter("nbq:{rdie}:art:*")) == 12
+    assert q.remove(kept[0].id) and _arts(r, q.name) == 5
+    assert q.clean(0, 2, "completed") == 2 and _arts(r, q.name) == 3
+    waiting = q.map(df, chunksize=20)  # 3 more, never run
+    assert _arts(r, q.name) == 6 and len(waiting) == 3
+    assert q.drain() == 3 and _arts(r, q.name) == 3
+    q.obliterate(force=True)
+    assert _arts(r, q.name) == 0

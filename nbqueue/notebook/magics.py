@@ -27,6 +27,7 @@ except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no
 from ..batch import JobBatch, is_frame
 from ..durations import to_ms
 from ..errors import (
+    BatchNotFoundError,
     InvalidOptionError,
     JobNotFoundError,
     JobStateError,
@@ -178,6 +179,9 @@ def _nbqueue_parser() -> _Parser:
     for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue"),
                            ("retry", "move failed jobs back to wait")):
         sub.add_parser(name, help=helptext).add_argument("queue")
+    s = sub.add_parser("batch", help="a named batch (Queue.map(..., name=)) of any kernel")
+    s.add_argument("queue")
+    s.add_argument("name")
     s = sub.add_parser("promote", help="run a delayed job now")
     s.add_argument("queue")
     s.add_argument("job_id")
@@ -357,6 +361,7 @@ class NbqueueMagics(Magics):
                                     [--processor FUNC] [--allow-code]
         %nbqueue worker stop QUEUE | worker list
         %nbqueue pause|resume|retry QUEUE
+        %nbqueue batch QUEUE NAME   a named batch (map(..., name=NAME)) from any kernel
         %nbqueue promote QUEUE JOB_ID              run a delayed job now
         %nbqueue priority QUEUE JOB_ID PRIORITY [--lifo]   re-prioritise a waiting/delayed job
         %nbqueue logs QUEUE JOB_ID      the job's log: job.log() and its print/logging output
@@ -375,7 +380,7 @@ class NbqueueMagics(Magics):
         try:
             return getattr(self, f"_cmd_{args.command}")(args)
         except (InvalidOptionError, UnknownQueueError, JobStateError,
-                JobNotFoundError) as exc:
+                JobNotFoundError, BatchNotFoundError) as exc:
             raise _usage(exc) from None
 
     # -- %nbqueue subcommands -----------------------------------------------------------
@@ -446,6 +451,10 @@ class NbqueueMagics(Magics):
         return n
 
     _cmd_pause = _cmd_resume = _cmd_retry = _simple
+
+    def _cmd_batch(self, args: argparse.Namespace) -> Any:
+        """The named batch (a ``JobBatch``: wait, results, results_frame...)."""
+        return _manager().get_queue(args.queue).get_batch(args.name)
 
     def _cmd_promote(self, args: argparse.Namespace) -> Any:
         _manager().get_queue(args.queue).promote(args.job_id)
