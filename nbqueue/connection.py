@@ -27,6 +27,8 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from . import sentinel as _sentinel
+from .durations import to_ms
 from .errors import EvictionPolicyError, InvalidOptionError, RedisUnavailableError
 
 __all__ = ["Connection", "connect", "describe_client", "mask_url"]
@@ -46,7 +48,9 @@ HEALTH_CHECK_INTERVAL = 15
 RETRIES = 3
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_QUERY_SECRET_RE = re.compile(r"(?i)((?:^|&)(?:password|pass|auth)=)[^&#]*")
+_QUERY_SECRET_RE = re.compile(r"(?i)((?:^|&)(?:[a-z_]*password|pass|auth)=)[^&#]*")
+#: how long an add on a ``min_replicas`` connection waits for its replicas (``WAIT``), ms
+DEFAULT_REPLICA_TIMEOUT_MS = 2000
 # Fallback for strings urlsplit rejects: mask anything between "scheme://user:" and "@".
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/]*):[^@]*@")
 
@@ -118,8 +122,17 @@ class Connection:
 
     url: str
     cluster: bool
+    #: the parsed ``redis+sentinel://`` URL (None: a plain, unix or cluster URL)
+    sentinel: _sentinel.SentinelSpec | None
+    #: an add returns once this many replicas hold it (``WAIT``); 0: on the primary's reply
+    min_replicas: int
+    #: how long (ms) an add waits for ``min_replicas`` replicas before it raises
+    #: :class:`~nbqueue.errors.NotReplicatedError`
+    replica_timeout_ms: int
 
-    def __init__(self, url: str, *, cluster: bool = False, store: str | None = None) -> None:
+    def __init__(self, url: str, *, cluster: bool = False, store: str | None = None,
+                 min_replicas: int = 0,
+                 replica_timeout: Any = DEFAULT_REPLICA_TIMEOUT_MS) -> None:
         redis_url, scheme_cluster = _split_cluster_scheme(url)
         # the artifact store (nbqueue.artifacts): resolved on first use (None: $NBQUEUE_STORE,
         # else "redis")
@@ -128,6 +141,13 @@ class Connection:
         self.url = url
         self.cluster = cluster or scheme_cluster
         self._redis_url = redis_url
+        self.sentinel = (_sentinel.parse_sentinel_url(url, mask_url(url))
+                         if _sentinel.is_sentinel_url(url) else None)
+        if self.sentinel is not None and self.cluster:
+            raise InvalidOptionError(f"{mask_url(url)!r}: a Sentinel URL cannot also be a "
+                                     "cluster (cluster=True)")
+        self.min_replicas, self.replica_timeout_ms = _replica_options(
+            min_replicas, replica_timeout, self.cluster)
         #: the home of the embedded server this connection points at (None: not embedded);
         #: its clients restart that server when they find it dead (nbqueue.server.revive)
         self.embedded_home: Any = None
@@ -192,7 +212,9 @@ class Connection:
         """
         kwargs = _client_kwargs(asyncio=True)
         client: Any
-        if self.cluster:
+        if self.sentinel is not None:
+            client = _sentinel.async_client(self.sentinel, kwargs)
+        elif self.cluster:
             client = redis.asyncio.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
         else:
             client = redis.asyncio.Redis.from_url(self._redis_url, **kwargs)
@@ -216,6 +238,9 @@ class Connection:
     def check(self) -> None:
         """PING once, without retries; raise :class:`RedisUnavailableError` if unreachable."""
         probe: Any = None
+        if self.sentinel is not None and self._owns_sync:
+            # which sentinels answer, and whether they know the service: a clear error
+            _sentinel.check(self.sentinel, self.masked_url, _client_kwargs(asyncio=False))
         try:
             if isinstance(self._sync, redis.cluster.RedisCluster):
                 self._sync.ping()  # a cluster client the user gave us
@@ -325,14 +350,29 @@ class Connection:
             # a PING (or a scrape) needs no long read: a frozen server fails it in seconds
             kwargs["socket_timeout"] = socket_timeout or SOCKET_CONNECT_TIMEOUT
         client: Any
-        if self.cluster:
+        if self.sentinel is not None:
+            client = _sentinel.sync_client(self.sentinel, kwargs)
+        elif self.cluster:
             client = redis.cluster.RedisCluster.from_url(self._redis_url, **kwargs)
         else:
             client = redis.Redis.from_url(self._redis_url, **kwargs)
         return _tag(client, self.masked_url, self.embedded_home)
 
+    def spec(self) -> dict[str, Any]:
+        """What another process needs to make the same connection (:meth:`from_spec`)."""
+        return {"url": self.url, "cluster": self.cluster, "min_replicas": self.min_replicas,
+                "replica_timeout": self.replica_timeout_ms}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], store: str | None = None) -> Connection:
+        return cls(spec["url"], cluster=spec.get("cluster", False), store=store,
+                   min_replicas=spec.get("min_replicas", 0),
+                   replica_timeout=spec.get("replica_timeout", DEFAULT_REPLICA_TIMEOUT_MS))
+
     def __repr__(self) -> str:
         kind = ", cluster=True" if self.cluster else ""
+        if self.min_replicas:
+            kind += f", min_replicas={self.min_replicas}"
         return f"Connection({self.masked_url!r}{kind})"
 
     def __enter__(self) -> Connection:
@@ -344,7 +384,8 @@ class Connection:
 
 def connect(
     url: str | redis.Redis | Connection | None = None, *, cluster: bool | None = None,
-    allow_eviction: bool | None = None, store: str | None = None,
+    allow_eviction: bool | None = None, store: str | None = None, min_replicas: int = 0,
+    replica_timeout: Any = DEFAULT_REPLICA_TIMEOUT_MS,
 ) -> Connection:
     """Resolve nbqueue's Redis and check it answers; returns a :class:`Connection`.
 
@@ -363,15 +404,28 @@ def connect(
     (:mod:`nbqueue.artifacts`): ``"redis"`` (the default) or an fsspec URL
     (``file:///shared/nbq``, ``s3://bucket/prefix``); else ``$NBQUEUE_STORE``. An fsspec
     store is checked here (backend installed, location writable).
+
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]`` (and
+    ``rediss+sentinel://``) connects to SERVICE's current primary through Redis Sentinel
+    (:mod:`nbqueue.sentinel`). ``min_replicas=N`` (N >= 1): every add returns only once N
+    replicas hold it (``WAIT N replica_timeout``, after the add, on the same connection);
+    otherwise it raises :class:`~nbqueue.errors.NotReplicatedError` naming the jobs that
+    were written on the primary (docs/scaling.md: the cost per add and the failover
+    figures). ``replica_timeout``: ms (or a timedelta), default 2000.
     """
     if isinstance(url, Connection):
         if store is not None:
             url._store, url._store_resolved = store, None
             _ = url.store
+        if min_replicas and url.min_replicas != min_replicas:
+            raise InvalidOptionError("connect(Connection, min_replicas=...): give "
+                                     "min_replicas when the Connection is made")
         return url
     conn: Connection
     if isinstance(url, (redis.Redis, redis.cluster.RedisCluster)):
         conn = Connection.from_client(url)
+        conn.min_replicas, conn.replica_timeout_ms = _replica_options(
+            min_replicas, replica_timeout, conn.cluster)
     else:
         from . import server
 
@@ -381,7 +435,8 @@ def connect(
         else:
             _check_scheme(resolved, "url" if url else ENV_URL if os.environ.get(ENV_URL)
                           else ENV_FALLBACK_URL)
-        conn = Connection(resolved, cluster=bool(cluster))
+        conn = Connection(resolved, cluster=bool(cluster), min_replicas=min_replicas,
+                          replica_timeout=replica_timeout)
         # The embedded server (by default, or by its URL): restarted when found dead.
         conn.embedded_home = server.embedded_home_of(resolved)
     conn.check()
@@ -394,7 +449,8 @@ def connect(
     return conn
 
 
-URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster",
+               *_sentinel.SENTINEL_SCHEMES)
 
 
 def _check_scheme(url: str, source: str) -> None:
@@ -410,7 +466,23 @@ def _check_scheme(url: str, source: str) -> None:
     raise InvalidOptionError(
         f"{where} = {shown!r} is not a Redis URL: it needs a scheme, e.g. "
         "redis://localhost:6379/0 (rediss:// for TLS, unix:///path/to/redis.sock, "
-        "redis+cluster://host:7000 for Redis Cluster)")
+        "redis+cluster://host:7000 for Redis Cluster, "
+        "redis+sentinel://host:26379/mymaster for Sentinel)")
+
+
+def _replica_options(min_replicas: Any, replica_timeout: Any, cluster: bool
+                     ) -> tuple[int, int]:
+    """Validated ``min_replicas`` and ``replica_timeout`` (ms)."""
+    if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) \
+            or min_replicas < 0:
+        raise InvalidOptionError(f"min_replicas must be an int >= 0 (replicas that must "
+                                 f"hold each add before it returns): {min_replicas!r}")
+    if min_replicas and cluster:
+        raise InvalidOptionError(
+            "min_replicas is not supported on Redis Cluster: WAIT must run on the "
+            "connection that wrote, which redis-py's cluster client does not expose; "
+            "use Sentinel (redis+sentinel://) or a single primary with replicas")
+    return min_replicas, to_ms(replica_timeout, "replica_timeout", allow_zero=False)
 
 
 def describe_client(client: Any) -> str:

@@ -36,12 +36,15 @@ class Lane:
     ``deque.pop``/``append`` are atomic, so threads sharing a sync client need no lock; a
     forked child drops what it inherited (those sockets belong to the parent)."""
 
-    __slots__ = ("idle", "pid", "pool")
+    __slots__ = ("idle", "pid", "pool", "sentinel")
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.idle: deque[Any] = deque()
         self.pid = os.getpid()
+        # A Sentinel pool's connections find the primary in connect(); sending on a closed
+        # one would reconnect to the address it had (the old primary, after a failover).
+        self.sentinel = "Sentinel" in type(pool).__name__
 
     def _pop(self) -> Any | None:
         if self.pid != os.getpid():
@@ -78,6 +81,8 @@ def call_sync(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
     conn = ln._pop() or ln.pool.get_connection()
 
     def attempt() -> list[Any]:
+        if ln.sentinel and conn._sock is None:
+            conn.connect()  # asks the sentinels where the primary is now
         conn.send_packed_command(packed)
         out: list[Any] = []
         for _ in commands:
@@ -102,6 +107,8 @@ async def call_async(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
     conn = ln._pop() or await ln.pool.get_connection()
 
     async def attempt() -> list[Any]:
+        if ln.sentinel and not conn.is_connected:
+            await conn.connect()  # asks the sentinels where the primary is now
         await conn.send_packed_command(packed)
         out: list[Any] = []
         for _ in commands:

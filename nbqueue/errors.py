@@ -21,6 +21,29 @@ class RedisUnavailableError(NbqueueError, ConnectionError):
     """Redis cannot be reached; the message names the URL (password masked)."""
 
 
+class SentinelServiceError(RedisUnavailableError):
+    """Sentinels answered but none knows the service named in a ``redis+sentinel://`` URL
+    (a typo, or the wrong sentinels); the message lists the services they do know."""
+
+
+class NotReplicatedError(NbqueueError):
+    """An add on a connection with ``min_replicas=N`` was written on the primary but fewer
+    than N replicas confirmed it within the timeout (``WAIT``).
+
+    The jobs ARE stored on the primary (``job_ids`` lists them, in call order; the items
+    of a bulk add after them were not sent): they will run unless the primary is lost
+    before it replicates them. ``acked`` replicas confirmed, ``wanted`` were asked for.
+    """
+
+    def __init__(self, message: str, *, queue: str, job_ids: list[str], acked: int,
+                 wanted: int) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.job_ids = job_ids
+        self.acked = acked
+        self.wanted = wanted
+
+
 class RedisOutOfMemoryError(NbqueueError, _RedisOutOfMemoryError):
     """Redis refused a write: its memory is full (``maxmemory`` under ``noeviction``).
 

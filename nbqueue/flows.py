@@ -149,9 +149,11 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
     for d, s in zip(deps, seqs):
         flat += [d.field, s]
     job_id, name, text, opts_json, prio, delay = args[:6]
-    reply = yield ops.call("add_dependent", job_id, name, text, opts_json, prio, delay,
-                           policy, RECHECK_MS, *flat)
+    reply, acked = yield from ops.replicated(ops.call(
+        "add_dependent", job_id, name, text, opts_json, prio, delay, policy, RECHECK_MS, *flat))
     job_id, existed = str(reply[0]), int(reply[1])
+    if acked is not None and acked < ops.min_replicas and not existed:
+        ops.not_replicated(acked, [job_id])
     if existed:
         found = yield from ops.get_jobs_by_id([job_id])
         if found[0] is not None:

@@ -27,6 +27,7 @@ from .errors import (
     JobNotFoundError,
     JobStateError,
     NbqueueError,
+    NotReplicatedError,
     QueueBusyError,
     ResultTimeoutError,
 )
@@ -147,6 +148,10 @@ class QueueOps:
         # the SADD rides in the pipeline of an add (no extra round trip), at most once a
         # minute, so a queue obliterated elsewhere and added to again comes back.
         self.registered_at = -REGISTER_EVERY_S
+        # connect(..., min_replicas=N): adds wait for N replicas (set by the Queue from its
+        # Connection; the engine's own adds, dead letters, keep 0)
+        self.min_replicas = 0
+        self.replica_timeout_ms = 0
 
     # -- building blocks -------------------------------------------------------------
     def call(self, script: str, *args: Any) -> Call:
@@ -235,15 +240,23 @@ class QueueOps:
         and the server's timestamp."""
         call = self.call("add", new_token(), self.add_token_ttl_ms, *args)
         if before:
-            reply = (yield Batch([*before, call]))[-1]
+            if self.min_replicas:  # WAIT rides behind the add, on the same connection
+                replies = yield Batch([*before, call, self.wait_call()])
+                reply, acked = replies[-2], int(replies[-1])
+            else:
+                reply, acked = (yield Batch([*before, call]))[-1], None
         else:
-            reply = yield from self.registering(call)
-        seq0, ts = int(reply[0]), int(reply[1])
+            reply, acked = yield from self.replicated(call)
+        # "<s>" or "<s>/<label>": fresh ids are s + k and the label (scripts/includes/ids.lua)
+        seq_text, _, label = str(reply[0]).partition("/")
+        seq0, ts = int(seq_text), int(reply[1])
         chunk = records[first:end]
         for k, record in enumerate(chunk, 1):
             if not record.id:
-                record.id = str(seq0 + k)
+                record.id = f"{seq0 + k}{label}"
             record.timestamp = ts
+        if acked is not None and acked < self.min_replicas:
+            self.not_replicated(acked, [r.id for r in records[:end]], len(records) - end)
         if len(reply) > 2:
             # a re-added job_id (k), or a deduplicated job (-k, then the id of the job it
             # was deduplicated against): hand back the job as it is, not as we sent it;
@@ -316,6 +329,38 @@ class QueueOps:
         reply, registered = yield Batch([call, self.register_call()])
         self.note_registration(registered)
         return reply
+
+    def replicated(self, call: Call) -> Op[tuple[Any, int | None]]:
+        """``call``'s reply and, on a ``min_replicas`` connection, how many replicas hold
+        it: ``WAIT`` rides in the same pipeline, so it runs on the connection that wrote
+        (None: no WAIT asked). The registration rides along when due (:meth:`registering`).
+        """
+        if not self.min_replicas:
+            return (yield from self.registering(call)), None
+        due = time.monotonic() - self.registered_at >= REGISTER_EVERY_S
+        wait = self.wait_call()
+        replies = yield Batch([call, self.register_call(), wait] if due else [call, wait])
+        if due:
+            self.note_registration(replies[1])
+        return replies[0], int(replies[-1])
+
+    def wait_call(self) -> Call:
+        """``WAIT min_replicas timeout``: how many replicas hold this connection's writes."""
+        return Call.cmd("WAIT", self.min_replicas, self.replica_timeout_ms)
+
+    def not_replicated(self, acked: int, ids: Sequence[str], unsent: int = 0) -> None:
+        """Raise :class:`NotReplicatedError`: ``ids`` were written, fewer replicas than
+        ``min_replicas`` confirmed them."""
+        shown = ", ".join(ids[:10]) + (f" ... ({len(ids)} jobs)" if len(ids) > 10 else "")
+        rest = f"; the {unsent} later item(s) of the call were not sent" if unsent else ""
+        raise NotReplicatedError(
+            f"queue {self.name!r}: job(s) {shown} were written on the primary, but only "
+            f"{acked} of the {self.min_replicas} replica(s) asked for (connect(..., "
+            f"min_replicas={self.min_replicas})) confirmed them within "
+            f"{self.replica_timeout_ms} ms{rest}. The jobs ARE stored and will run unless "
+            "the primary fails before a replica has them; adding them again adds them "
+            "twice unless they have a job_id.", queue=self.name, job_ids=list(ids),
+            acked=acked, wanted=self.min_replicas)
 
     def ensure_registered(self) -> Op[None]:
         """One SADD unless this object registered the queue in the last minute."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +23,8 @@ JOB_OPTION_NAMES = frozenset({
     "remove_on_complete", "remove_on_fail", "lifo", "deduplication",
 })
 
+#: nbqueue's own fresh ids once a failover labelled them (scripts/includes/ids.lua)
+_FRESH_ID_AFTER_FAILOVER = re.compile(r"^[0-9]+-[0-9a-f]{8}$")
 _PRIORITY_NAMES = {p.name.lower(): int(p) for p in JobPriority}
 
 
@@ -251,6 +254,10 @@ def validate_job_id(value: object) -> str | None:
     if value.isascii() and value.isdigit():
         # Plain integers are nbqueue's own ids: a custom one could collide with them later.
         raise InvalidOptionError(f"job_id {value!r} is all digits; custom ids need a non-digit")
+    if _FRESH_ID_AFTER_FAILOVER.match(value):
+        # the form of nbqueue's own ids after a failover (scripts/includes/ids.lua)
+        raise InvalidOptionError(f"job_id {value!r} has the form of nbqueue's own ids "
+                                 "(digits-8 hex digits); custom ids need another form")
     return value
 
 

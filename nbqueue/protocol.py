@@ -127,9 +127,10 @@ def _script_call_args(call: Call) -> tuple[Any, ...]:
 
 
 def _direct_ok(call: Call) -> bool:
-    # BLPOP's raw reply is as good as redis-py's tuple to ops; other commands keep the
+    # BLPOP's raw reply is as good as redis-py's tuple to ops (WAIT's integer is the same
+    # either way); other commands keep the
     # reply parsing redis-py does for them (HGETALL to a dict...).
-    return call.command is None or (call.command[0] == "BLPOP" and not call.raw)
+    return call.command is None or (call.command[0] in ("BLPOP", "WAIT") and not call.raw)
 
 
 def _wire(call: Call) -> tuple[Any, ...]:

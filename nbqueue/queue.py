@@ -88,6 +88,9 @@ class QueueBase(Generic[J, B]):
             else:
                 self._connection = connect(self._connection)
         connection: Connection = self._connection
+        if self._ops.min_replicas != connection.min_replicas:  # adds WAIT for replicas
+            self._ops.min_replicas = connection.min_replicas
+            self._ops.replica_timeout_ms = connection.replica_timeout_ms
         return connection
 
     def _with_config(self, op: Op[Any]) -> Op[Any]:

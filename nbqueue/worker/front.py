@@ -91,7 +91,7 @@ class WorkerBase:
         payload = None
         if self.mode == "process":
             payload = process.child_payload(
-                self.processor, url=self.connection.url, cluster=self.connection.cluster,
+                self.processor, connection=self.connection.spec(),
                 queue_name=self.queue_name, prefix=self._engine_kwargs["prefix"],
                 backoff_strategy=self._engine_kwargs["backoff_strategy"],
                 store=self.connection.store)

@@ -114,7 +114,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     processor = spec["processor"]
     sources.restore(processor, spec.get("sources"))  # notebook lines in its tracebacks
     asynchronous = is_async(processor)
-    connection = Connection(spec["url"], cluster=spec["cluster"], store=spec.get("store"))
+    connection = Connection.from_spec(spec["connection"], store=spec.get("store"))
     queue = (AsyncQueue if asynchronous else Queue)(spec["queue_name"], connection,
                                                     prefix=spec["prefix"])
     sink = _PipeSink(conn)
@@ -420,7 +420,7 @@ class ChildPool:
                 pass
 
 
-def child_payload(processor: Any, *, url: str, cluster: bool, queue_name: str, prefix: str,
+def child_payload(processor: Any, *, connection: dict[str, Any], queue_name: str, prefix: str,
                   backoff_strategy: Any, store: str | None = None) -> bytes:
     """What every child gets once, at spawn: the processor pickled by value (cloudpickle;
     a function from an importable module travels by reference and is imported there)."""
@@ -428,7 +428,7 @@ def child_payload(processor: Any, *, url: str, cluster: bool, queue_name: str, p
 
     from ..sources import capture
 
-    return cloudpickle.dumps({"processor": processor, "url": url, "cluster": cluster,
+    return cloudpickle.dumps({"processor": processor, "connection": connection,
                               "store": store, "queue_name": queue_name, "prefix": prefix,
                               "backoff_strategy": backoff_strategy,
                               "sources": capture(processor)})  # tracebacks: nbqueue/sources.py

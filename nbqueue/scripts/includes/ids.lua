@@ -1,0 +1,27 @@
+-- Fresh job ids after a failover (docs/scaling.md "Job ids after a failover").
+-- A fresh id is the queue's counter value. Replication is asynchronous: a replica promoted
+-- by Sentinel (or a cluster failover) may lag, so its counter can be behind ids the old
+-- primary already handed out, acknowledged and lost; issuing those numbers again would give
+-- an old Job handle another job's result. So ids carry a label of the primary's history:
+-- '' until the queue's ids are issued by a server that was promoted since it started, then
+-- '-' .. the first 8 hex digits of that server's replication id (a new random id at every
+-- promotion; INFO replication's master_replid), e.g. '715-3fa85f64'. The record
+-- meta.rid/meta.idl says which replication id last issued ids and with which label:
+--   same replication id -> same label (the common case: one HMGET and one INFO call);
+--   another one, and this server has a master_replid2 (it was promoted since it started:
+--     the ids it did not receive may have been handed out) -> a new label;
+--   another one, no master_replid2 (a restart: its data is its own history) -> label kept.
+-- The label changes only at a failover, so ids stay '1', '2', ... on a single server.
+-- Call before the script's first write (its HMGET refuses a meta key of the wrong type
+-- before anything is written).
+local function id_label()
+  local info = redis.call('INFO', 'replication')
+  local replid = string.match(info, 'master_replid:(%x+)') or ''
+  local rec = redis.call('HMGET', K_META, 'rid', 'idl')
+  if rec[1] == replid then return rec[2] or '' end
+  local label = rec[2] or ''
+  local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
+  if string.find(replid2, '[1-9a-f]') then label = '-' .. string.sub(replid, 1, 8) end
+  redis.call('HSET', K_META, 'rid', replid, 'idl', label)
+  return label
+end

@@ -1,0 +1,173 @@
+"""A primary, one replica and three sentinels on loopback, as real processes.
+
+``SentinelSet`` starts them with the test server binary (``tests/redisproc.py``: the system
+redis-server, or ``$NBQUEUE_TEST_SERVER``); the sentinels run as ``<server> sentinel.conf
+--sentinel`` with their own config files. Used by test_sentinel.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from redisproc import RedisProcess, free_port, server_binary
+
+SERVICE = "nbqsvc"
+DOWN_AFTER_MS = 1000
+
+
+class SentinelSet:
+    """``primary`` + ``replica`` (RedisProcess) and ``sentinel_ports`` (3 sentinels)."""
+
+    def __init__(self, n_sentinels: int = 3) -> None:
+        self.binary = server_binary()
+        self.dir = Path(tempfile.mkdtemp(prefix="nbq-sentinel-"))
+        self.primary = RedisProcess(data_dir=self.dir / "primary")
+        self.replica: RedisProcess | None = None
+        self.n_sentinels = n_sentinels
+        self.sentinel_ports: list[int] = []
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self) -> SentinelSet:
+        (self.dir / "primary").mkdir()
+        (self.dir / "replica").mkdir()
+        self.primary.start()
+        self.replica = RedisProcess(
+            data_dir=self.dir / "replica",
+            args=["--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+        self.wait_replicated()
+        for i in range(self.n_sentinels):
+            port = free_port()
+            conf = self.dir / f"sentinel-{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"logfile {self.dir}/sentinel-{i}.log\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {SERVICE} 4000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n")
+            self.sentinels.append(subprocess.Popen(
+                [self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.sentinel_ports.append(port)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if all(self._sentinel_sees_all(p) for p in self.sentinel_ports):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"sentinels did not come up: {self.log_tail()}")
+
+    def _sentinel_sees_all(self, port: int) -> bool:
+        c = redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True)
+        try:
+            m = c.sentinel_master(SERVICE)
+            return int(m.get("num-slaves", 0)) >= 1 and \
+                int(m.get("num-other-sentinels", 0)) >= self.n_sentinels - 1
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            c.close()
+
+    def wait_replicated(self, timeout: float = 15) -> None:
+        assert self.replica is not None
+        c = self.replica.client()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.RedisError):
+                    if c.info("replication").get("master_link_status") == "up":
+                        return
+                time.sleep(0.05)
+        finally:
+            c.close()
+        raise RuntimeError("the replica did not sync")
+
+    def url(self, scheme: str = "redis+sentinel") -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"{scheme}://{hosts}/{SERVICE}/0"
+
+    def master_port(self) -> int | None:
+        """The primary's port according to a majority of sentinels (None: no agreement)."""
+        seen: dict[int, int] = {}
+        for port in self.sentinel_ports:
+            c = redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True)
+            with contextlib.suppress(redis.RedisError, OSError):
+                addr = c.sentinel_get_master_addr_by_name(SERVICE)
+                if addr:
+                    seen[int(addr[1])] = seen.get(int(addr[1]), 0) + 1
+            c.close()
+        for p, n in seen.items():
+            if n >= 2:
+                return p
+        return None
+
+    def wait_promoted(self, timeout: float = 20) -> float:
+        """Wait until the sentinels name the replica primary and it answers as one;
+        returns the seconds it took."""
+        assert self.replica is not None
+        t0 = time.monotonic()
+        c = self.replica.client(socket_timeout=1)
+        try:
+            while time.monotonic() - t0 < timeout:
+                with contextlib.suppress(redis.RedisError):
+                    if self.master_port() == self.replica.port and \
+                            c.info("replication").get("role") == "master":
+                        return time.monotonic() - t0
+                time.sleep(0.05)
+        finally:
+            c.close()
+        raise RuntimeError(f"no failover within {timeout} s: {self.log_tail()}")
+
+    def hold_replication(self) -> None:
+        """Hold replication: SIGSTOP the replica, then make the primary drop its link
+        (CLIENT KILL TYPE replica), so that nothing the primary writes from now on reaches
+        the replica (a stopped replica would still find the bytes already sent in its
+        socket buffer) and it cannot reconnect. The primary goes on acknowledging writes."""
+        assert self.replica is not None and self.replica.proc is not None
+        self.replica.proc.send_signal(signal.SIGSTOP)
+        c = self.primary.client()
+        try:
+            c.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        finally:
+            c.close()
+
+    def resume_replica(self) -> None:
+        assert self.replica is not None and self.replica.proc is not None
+        self.replica.proc.send_signal(signal.SIGCONT)
+
+    def log_tail(self, lines: int = 15) -> str:
+        out = []
+        for f in sorted(self.dir.glob("sentinel-*.log")):
+            out.append(f"--- {f.name}\n" + "\n".join(
+                f.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def cleanup(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        if self.replica is not None:
+            with contextlib.suppress(OSError):
+                self.resume_replica()
+            self.replica.cleanup()
+        self.primary.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> SentinelSet:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
