@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import NoBackoff
@@ -74,13 +75,15 @@ class SentinelSpec:
             kw.update(self.ssl)
         return kw
 
-    def sentinel_kwargs(self, base: dict[str, Any]) -> dict[str, Any]:
+    def sentinel_kwargs(self, base: dict[str, Any], *, asyncio: bool = False
+                        ) -> dict[str, Any]:
         """Options of the connections to the sentinels: ``base``'s timeouts, the sentinel
         credentials, TLS like the data nodes', no retries (discovery moves on to the next
         sentinel by itself)."""
         kw = {k: v for k, v in base.items() if k.startswith("socket_")}
         kw["decode_responses"] = True
-        kw["retry"] = Retry(NoBackoff(), 0)
+        kw["retry"] = (redis.asyncio.retry.Retry(NoBackoff(), 0) if asyncio
+                       else Retry(NoBackoff(), 0))
         if self.sentinel_username:
             kw["username"] = self.sentinel_username
         if self.sentinel_password:
@@ -204,8 +207,8 @@ def sync_client(spec: SentinelSpec, kwargs: dict[str, Any]) -> SentinelRedis:
 
 def async_client(spec: SentinelSpec, kwargs: dict[str, Any]) -> AsyncSentinelRedis:
     """An asyncio client of the service's current primary."""
-    manager = redis.asyncio.sentinel.Sentinel(list(spec.sentinels),
-                                              sentinel_kwargs=spec.sentinel_kwargs(kwargs))
+    manager = redis.asyncio.sentinel.Sentinel(
+        list(spec.sentinels), sentinel_kwargs=spec.sentinel_kwargs(kwargs, asyncio=True))
     client = manager.master_for(spec.service, redis_class=AsyncSentinelRedis,
                                 **kwargs, **spec.data_kwargs())
     client._nbq_sentinel = manager

@@ -338,4 +338,5 @@ def test_a_url_without_scheme_is_a_short_error_naming_its_source(
     assert res.stderr.strip().splitlines() == [
         "nbqueue: $NBQUEUE_REDIS_URL = 'localhost:6379' is not a Redis URL: it needs a "
         "scheme, e.g. redis://localhost:6379/0 (rediss:// for TLS, "
-        "unix:///path/to/redis.sock, redis+cluster://host:7000 for Redis Cluster)"]
+        "unix:///path/to/redis.sock, redis+cluster://host:7000 for Redis Cluster, "
+        "redis+sentinel://host:26379/mymaster for Sentinel)"]

@@ -8,6 +8,7 @@ redis-server, or ``$NBQUEUE_TEST_SERVER``); the sentinels run as ``<server> sent
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,9 @@ class SentinelSet:
     def __init__(self, n_sentinels: int = 3) -> None:
         self.binary = server_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="nbq-sentinel-"))
-        self.primary = RedisProcess(data_dir=self.dir / "primary")
+        # no 5 s wait before the first full sync (repl-diskless-sync-delay)
+        self.primary = RedisProcess(data_dir=self.dir / "primary",
+                                    args=["--repl-diskless-sync-delay", "0"])
         self.replica: RedisProcess | None = None
         self.n_sentinels = n_sentinels
         self.sentinel_ports: list[int] = []
@@ -42,22 +45,28 @@ class SentinelSet:
         self.primary.start()
         self.replica = RedisProcess(
             data_dir=self.dir / "replica",
-            args=["--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+            args=["--replicaof", "127.0.0.1", str(self.primary.port),
+                  "--repl-diskless-sync-delay", "0"]).start()
         self.wait_replicated()
-        for i in range(self.n_sentinels):
-            port = free_port()
+        # Each sentinel is told the others (ids and ports) up front: no waiting for their
+        # hello messages (one every 2 s) before a failover can be agreed.
+        self.sentinel_ports = [free_port() for _ in range(self.n_sentinels)]
+        ids = [secrets.token_hex(20) for _ in self.sentinel_ports]
+        for i, port in enumerate(self.sentinel_ports):
             conf = self.dir / f"sentinel-{i}.conf"
+            known = "".join(f"sentinel known-sentinel {SERVICE} 127.0.0.1 {p} {ids[j]}\n"
+                            for j, p in enumerate(self.sentinel_ports) if j != i)
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                f"logfile {self.dir}/sentinel-{i}.log\n"
+                f"logfile {self.dir}/sentinel-{i}.log\nsentinel myid {ids[i]}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SERVICE} 4000\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n")
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+                f"sentinel known-replica {SERVICE} 127.0.0.1 {self.replica.port}\n" + known)
             self.sentinels.append(subprocess.Popen(
                 [self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            self.sentinel_ports.append(port)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if all(self._sentinel_sees_all(p) for p in self.sentinel_ports):
