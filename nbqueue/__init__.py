@@ -141,9 +141,11 @@ __all__ = [
     "Job", "JobActiveError", "JobCancelledError", "JobFailedError", "JobNotFoundError",
     "JobPriority", "JobState", "JobStateError", "JobStatus", "JobTimeoutError",
     "MissingDependencyError", "NbqueueError",
-    "NoServerError", "NotReplicatedError", "PayloadTooLargeError", "Queue", "QueueBusyError", "QueueManager",
+    "NoServerError", "NotReplicatedError", "PayloadTooLargeError", "Queue", "QueueBusyError",
+    "QueueManager",
     "QueueMetrics", "QueueName", "RedisOutOfMemoryError", "RedisUnavailableError",
-    "ResultTimeoutError", "SentinelServiceError", "SignatureError", "UnknownQueueError", "UnrecoverableError", "Worker",
+    "ResultTimeoutError", "SentinelServiceError", "SignatureError", "UnknownQueueError",
+    "UnrecoverableError", "Worker",
     "WorkerInfo", "connect", "dashboard", "export", "load_ipython_extension", "queue_manager",
     "unload_ipython_extension",
 ]

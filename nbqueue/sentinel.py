@@ -152,10 +152,10 @@ def parse_sentinel_url(url: str, masked: str) -> SentinelSpec:
             raise _bad(masked, f"the database {path[1]!r} is not a number")
         db = int(path[1])
     options: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, text in parse_qsl(parts.query, keep_blank_values=True):
         if key not in _OPTIONS:
             raise _bad(masked, f"unknown option {key!r} (known: {', '.join(_OPTIONS)})")
-        options[key] = value
+        options[key] = text
     ssl: list[tuple[str, Any]] = []
     for key in _SSL_OPTIONS:
         if key in options:
@@ -226,7 +226,7 @@ def check(spec: SentinelSpec, masked: str, kwargs: dict[str, Any]) -> None:
     for host, port in spec.sentinels:
         client = redis.Redis(host, port, **skw)
         try:
-            masters = client.sentinel_masters()
+            masters: dict[str, Any] = dict(client.sentinel_masters())  # type: ignore[arg-type]
         except (redis.RedisError, OSError) as exc:
             errors.append(f"{host}:{port}: {exc}")
             continue

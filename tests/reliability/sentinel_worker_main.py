@@ -3,7 +3,8 @@
 
 Connects through the Sentinel URL and runs a worker of MODE (thread | asyncio | process);
 every job run appends ``"<job id> <payload n>"`` to the file OUT (outside Redis: a failover
-may lose what Redis held), then sleeps SLEEP seconds (default 0). ``Worker.run()`` stops gracefully on SIGTERM.
+may lose what Redis held), then sleeps SLEEP seconds (default 0). ``Worker.run()`` stops
+gracefully on SIGTERM.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import redis
-
 from redisproc import RedisProcess, free_port, server_binary
 
 SERVICE = "nbqsvc"

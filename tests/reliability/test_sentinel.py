@@ -258,7 +258,8 @@ def _failover(tmp_path: Path, *, min_replicas: int, hold: bool) -> dict[str, Any
         figures = {
             "min_replicas": min_replicas, "replication_held_s": 1.0 if hold else 0.0,
             "acknowledged": len(acked), "not_acknowledged_errors": len(errors),
-            "lost": len(lost), "ran_but_record_lost": results_lost, "run_twice": sum(1 for c in ran.values() if c > 1),
+            "lost": len(lost), "ran_but_record_lost": results_lost,
+            "run_twice": sum(1 for c in ran.values() if c > 1),
             "ids_reissued": len(ids) - len(set(ids)),
             "failover_s": round(failover_s, 2),
             "producer_unavailable_s": round((back[0] if back else t_kill) - t_kill, 2),
