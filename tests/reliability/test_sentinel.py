@@ -279,7 +279,7 @@ def _failover(tmp_path: Path, *, min_replicas: int, hold: bool) -> dict[str, Any
 def test_failover_with_replication_held(min_replicas: int, tmp_path: Path) -> None:
     f = _failover(tmp_path, min_replicas=min_replicas, hold=True)
     assert f["ids_reissued"] == 0  # never, with or without min_replicas
-    assert f["acknowledged"] > 100 and f["producer_unavailable_s"] < 15
+    assert f["acknowledged"] > 30 and f["producer_unavailable_s"] < 15
     if min_replicas:
         assert f["lost"] == 0 and f["ran_but_record_lost"] == 0
         assert f["acked_while_held"] == 0
