@@ -111,28 +111,47 @@ def fresh_managers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         aio_mgr.close()
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("page", RUNNABLE, ids=_page_id)
-def test_page_examples_run(page: Path, r: Any, fresh_managers: None,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def run_page(page: Path, capsys: pytest.CaptureFixture[str]) -> int:
+    """Run the blocks of ``page`` in one namespace; returns how many ran."""
     namespace: dict[str, Any] = {"__name__": "__docs_example__"}
     capsys.readouterr()
     # as in a notebook kernel: logging not configured (pytest's capture handler set aside)
     root = logging.getLogger()
     saved = root.handlers[:]
     root.handlers = []
+    ran = 0
     try:
         for block in blocks(page):
             if block.norun:
                 continue
-            where = f"{_page_id(page)}:{block.line}"
-            code = "\n" * block.line + block.code  # tracebacks give the page's line numbers
+            where = f"{page.name}:{block.line}"
+            code = "\n" * (block.line) + block.code  # tracebacks give the page's line numbers
             exec(compile(code, str(page), "exec"), namespace)
+            ran += 1
             out = capsys.readouterr().out
             if block.prints is not None:
                 assert out == block.prints, f"{where} printed:\n{out}\nexpected:\n{block.prints}"
     finally:
         root.handlers = saved
+    return ran
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("page", RUNNABLE, ids=_page_id)
+def test_page_examples_run(page: Path, r: Any, fresh_managers: None,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_page(page, capsys) > 0
+
+
+def test_a_wrong_prints_block_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check is real: a block that prints something else fails, naming the line."""
+    page = tmp_path / "p.md"
+    page.write_text("```python\nx = 1\n```\n\n```python\nprint(x + 1)\n```\nprints\n```\n3\n```\n")
+    with pytest.raises(AssertionError, match=r"p\.md:5 printed"):
+        run_page(page, capsys)
+    page.write_text("```python\nraise ValueError('boom')\n```\n")
+    with pytest.raises(ValueError, match="boom"):
+        run_page(page, capsys)
 
 
 def test_conventions_are_parsed(tmp_path: Path) -> None:
