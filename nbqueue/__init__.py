@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch import JobBatch, chunk_frame
+from .batch import IncompleteResultsWarning, JobBatch, chunk_frame
 from .connection import Connection, connect
 from .errors import (
+    ArtifactError,
+    BatchNotFoundError,
     CodeSignatureError,
     EvictionPolicyError,
     InvalidOptionError,
@@ -32,6 +34,7 @@ from .errors import (
     ResultTimeoutError,
     SentinelServiceError,
     SignatureError,
+    StoreError,
     UnknownQueueError,
     UnrecoverableError,
 )
@@ -156,6 +159,9 @@ __all__ += ["list_schedulers", "queue_llm_request", "queue_notification", "queue
 
 # -- map, gather, flows (nbqueue.batch)
 __all__ += ["JobBatch", "chunk_frame"]
+
+# -- the data plane: frames as Arrow artifacts, stores, named batches (nbqueue.dataplane)
+__all__ += ["ArtifactError", "BatchNotFoundError", "IncompleteResultsWarning", "StoreError"]
 
 # -- a wait on a queue that no live worker consumes warns (nbqueue.liveness)
 __all__ += ["NoLiveWorkerWarning"]

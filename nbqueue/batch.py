@@ -19,6 +19,7 @@ import html
 import json
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
     from .ops import QueueOps
     from .queue import QueueBase
 
-__all__ = ["AsyncJobBatch", "JobBatch", "JobBatchBase", "Progress", "chunk_frame", "map_items"]
+__all__ = ["AsyncJobBatch", "IncompleteResultsWarning", "JobBatch", "JobBatchBase", "Progress",
+           "chunk_frame", "map_items"]
 
 READ_CHUNK = 1000  # job hashes read per round trip
 SWEEP_EVERY_S = 5.0  # re-read the states of unfinished jobs this often (one queue)
@@ -560,12 +562,64 @@ def _refresh_many(jobs: Sequence[JobBase]) -> Op[None]:
                     j._record = rec
 
 
-def results_frame(values: Sequence[Any], jobs: Sequence[JobBase]) -> pd.DataFrame:
+class IncompleteResultsWarning(UserWarning):
+    """``results_frame(errors="warn")`` (the default): some jobs of the batch failed or are
+    gone, so the frame leaves them out (concatenated results) or has them as rows with
+    their error (one row per job); the warning names them."""
+
+
+ERRORS = ("warn", "raise", "ignore")
+
+
+def _check_errors(errors: object) -> str:
+    if errors not in ERRORS:
+        raise InvalidOptionError(f"errors must be 'warn', 'raise' or 'ignore', not "
+                                 f"{errors!r}")
+    return str(errors)
+
+
+def _incomplete(values: Sequence[Any], jobs: Sequence[JobBase], errors: str,
+                left_out: bool) -> None:
+    """Name the failed or missing jobs (a warning), or raise the first one's error."""
+    bad = [(j, v) for j, v in zip(jobs, values) if isinstance(v, BaseException)]
+    if not bad or errors == "ignore":
+        return
+    if errors == "raise":
+        err = bad[0][1]
+        _note(err, f"{len(bad)} of {len(values)} job(s) of this batch did not complete; "
+                   "results_frame(errors='warn') returns the others")
+        raise err
+    shown = "; ".join(
+        f"job {j.id} " + ("is gone" if isinstance(v, JobNotFoundError) else
+                          f"failed ({getattr(v, 'error_type', None) or type(v).__name__}: "
+                          f"{getattr(v, 'reason', v)})")
+        for j, v in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    where = ("left out of the frame" if left_out else
+             "rows with their error in the frame (state failed or missing)")
+    warnings.warn(
+        f"results_frame: {len(bad)} of {len(values)} job(s) did not complete and are "
+        f"{where}: {shown}{more} (batch.failed() lists them, batch.retry_failed() runs "
+        "them again; errors='ignore' silences this)", IncompleteResultsWarning, stacklevel=4)
+
+
+def results_frame(values: Sequence[Any], jobs: Sequence[JobBase],
+                  errors: str = "warn") -> pd.DataFrame:
     """``JobBatch.results_frame``: see there."""
     import pandas as pd
 
     ok = [v for v in values if not isinstance(v, BaseException)]
-    if ok and all(isinstance(v, list) and all(isinstance(x, dict) for x in v) for v in ok):
+    frames = bool(ok) and all(isinstance(v, pd.DataFrame) for v in ok)
+    series = bool(ok) and all(isinstance(v, pd.Series) for v in ok)
+    records = bool(ok) and all(isinstance(v, list) and all(isinstance(x, dict) for x in v)
+                               for v in ok)
+    _incomplete(values, jobs, _check_errors(errors), frames or series or records)
+    if frames:
+        # frame results (Arrow artifacts): concatenated in input order, dtypes kept
+        return pd.concat(ok)
+    if series:
+        return pd.concat(ok).to_frame()
+    if records:
         # chunk results that are lists of records: the concatenated records, input order
         return pd.DataFrame.from_records([rec for v in ok for rec in v])
     index = pd.Index([j.id for j in jobs], name="job_id", dtype="object")
@@ -663,13 +717,23 @@ class JobBatch(JobBatchBase):
             for j in _unseen(jobs, seen):
                 yield j
 
-    def results_frame(self, timeout: float | None = None) -> pd.DataFrame:
-        """The results as a DataFrame: the concatenated records when every result is a list
-        of dicts (chunks of a map), else one row per job (index ``job_id``; a dict result's
-        keys as columns, other results in ``result``) with ``state``, ``error`` and
-        ``error_type`` columns. Waits for the jobs first."""
+    def results_frame(self, timeout: float | None = None,
+                      errors: str = "warn") -> pd.DataFrame:
+        """The results as a DataFrame, once every job has finished:
+
+        - every result a DataFrame (or Series): them concatenated in input order, dtypes
+          and index kept (``pd.concat``; Series as a one-column frame);
+        - every result a list of dicts (JSON chunk results): the concatenated records;
+        - else one row per job (index ``job_id``; a dict result's keys as columns, other
+          results in ``result``) with ``state``, ``error`` and ``error_type`` columns.
+
+        A failed or missing job: ``errors="warn"`` (default) names it in an
+        ``IncompleteResultsWarning`` (concatenated results leave it out); ``"raise"``
+        raises its ``JobFailedError`` (``JobNotFoundError`` for a job gone);
+        ``"ignore"``: silent."""
+        _check_errors(errors)
         values = self.results(timeout, return_exceptions=True)
-        return results_frame(values, self)
+        return results_frame(values, self, errors)
 
     def failed(self) -> list[Job]:
         """The jobs of this batch that ended failed (refreshed), in input order."""
@@ -731,10 +795,12 @@ class AsyncJobBatch(JobBatchBase):
             for j in _unseen(jobs, seen):
                 yield j
 
-    async def results_frame(self, timeout: float | None = None) -> pd.DataFrame:
+    async def results_frame(self, timeout: float | None = None,
+                            errors: str = "warn") -> pd.DataFrame:
         """See ``JobBatch.results_frame``."""
+        _check_errors(errors)
         values = await self.results(timeout, return_exceptions=True)
-        return results_frame(values, self)
+        return results_frame(values, self, errors)
 
     async def failed(self) -> list[JobBase]:
         """See ``JobBatch.failed``."""

@@ -152,7 +152,10 @@ def test_wait_progress_failures_and_retry(conn) -> None:
         failed = batch.failed()
         assert [j.payload for j in failed] == [0, 4, 8]
         assert all(j.failed_reason.startswith("bad item") for j in failed)
-        frame = batch.results_frame()
+        with pytest.warns(nbqueue.IncompleteResultsWarning,
+                          match=r"3 of 12 job\(s\) did not complete and are rows with their "
+                                r"error"):
+            frame = batch.results_frame()
         assert list(frame["state"]).count("failed") == 3
         assert frame.loc[failed[0].id, "error"] == "bad item 0"
         assert frame.loc[failed[0].id, "error_type"] == "ValueError"

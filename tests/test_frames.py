@@ -166,3 +166,59 @@ def test_csv_export_writes_data_and_results_as_json(conn, tmp_path: Path) -> Non
         assert json.loads(row["returnvalue"]) == g  # a str result is JSON too: "\"...\""
         assert json.loads(row["data"]) == {"type": "t", "payload": {"give": g, "n": int(j.id) - 1}}
     assert "{'sum'" not in (tmp_path / "jobs.csv").read_text()  # no Python reprs
+
+
+# -- issue 19: frame results, and what results_frame says about failed chunks ---------------
+def _chunk_stats(job):
+    from nbqueue import chunk_frame
+
+    part = chunk_frame(job)
+    if (part["units"] == 13).any():
+        raise ValueError("unlucky units in this chunk")
+    return part.assign(revenue=part["units"] * part["price"])
+
+
+def test_results_frame_concatenates_frame_results_with_dtypes_kept(conn) -> None:
+    from tests.test_artifacts import sales
+
+    q = Queue("rframes", conn)
+    df = sales(90).assign(units=pd.array(range(100, 190), dtype="Int64"))
+    batch = q.map(df, chunksize=30)
+    with Worker(q.name, _chunk_stats, conn, concurrency=2, mode="process"):
+        frame = batch.results_frame(timeout=60)
+    expected = df.assign(revenue=df["units"] * df["price"])
+    pd.testing.assert_frame_equal(frame, expected, check_index_type=True)
+    assert str(frame["when"].dtype) == "datetime64[ns, Europe/Paris]" or \
+        frame["when"].dt.tz is not None
+    assert isinstance(frame["region"].dtype, pd.CategoricalDtype)
+    assert str(frame["units"].dtype) == "Int64"
+
+
+def test_results_frame_errors_warn_raise_ignore(conn) -> None:
+    import warnings
+
+    from nbqueue import IncompleteResultsWarning, InvalidOptionError, JobFailedError
+    from tests.test_artifacts import sales
+
+    q = Queue("rferr", conn)
+    df = sales(40).assign(units=pd.array(range(40), dtype="Int64"))  # 13 is in chunk 1
+    batch = q.map(df, chunksize=10, attempts=1)
+    with Worker(q.name, _chunk_stats, conn, concurrency=2, dead_letter=False):
+        batch.wait(timeout=30, progress=False)
+    bad = batch[1].id
+    with pytest.warns(IncompleteResultsWarning,
+                      match=rf"1 of 4 job\(s\) did not complete.*job {bad} failed "
+                            r"\(ValueError: unlucky units"):
+        frame = batch.results_frame()
+    assert len(frame) == 30 and 13 not in set(frame["units"])
+    with pytest.raises(JobFailedError, match="unlucky units"):
+        batch.results_frame(errors="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(batch.results_frame(errors="ignore")) == 30
+    with pytest.raises(InvalidOptionError, match="errors must be"):
+        batch.results_frame(errors="skip")
+    q.remove(batch[3].id)  # a missing job is named too (a batch that had not read it)
+    fresh = nbqueue.JobBatch(list(batch))
+    with pytest.warns(IncompleteResultsWarning, match=rf"job {batch[3].id} is gone"):
+        assert len(fresh.results_frame()) == 20
