@@ -5,19 +5,35 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import NbqueueError
+from .errors import InvalidOptionError, NbqueueError
 from .tables import METRIC_COLUMNS, WORKER_COLUMNS, format_table
 
 
 def _load_processor(spec: str) -> Any:
-    """``module:function`` (or ``path/to/file.py:function``) -> the function."""
-    if ":" not in spec:
-        raise SystemExit(f"--processor must look like module:function, not {spec!r}")
+    """``module:function`` (or ``path/to/file.py:function``) -> the function; a spec that
+    does not name one is an :class:`InvalidOptionError` saying why (one line)."""
     module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr or any(not part.isidentifier() for part in attr.split(".")):
+        raise InvalidOptionError(f"--processor must look like module:function (or "
+                                 f"path/to/file.py:function), not {spec!r}")
+    try:
+        fn = _import_attr(module_name, attr)
+    except Exception as exc:  # whatever importing it raised: one line, no traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidOptionError(f"--processor {spec!r}: cannot load it "
+                                 f"({type(exc).__name__}: {first})") from None
+    if not callable(fn):
+        raise InvalidOptionError(f"--processor {spec!r} is a {type(fn).__name__}, "
+                                 "not a function")
+    return fn
+
+
+def _import_attr(module_name: str, attr: str) -> Any:
     if module_name.endswith(".py"):
         import pathlib
         from importlib import util
@@ -25,10 +41,14 @@ def _load_processor(spec: str) -> Any:
         path = pathlib.Path(module_name).resolve()
         loaded = util.spec_from_file_location(path.stem, path)
         if loaded is None or loaded.loader is None:
-            raise SystemExit(f"cannot load {module_name}")
+            raise ImportError(f"not a Python file: {module_name}")
         module = util.module_from_spec(loaded)
         sys.modules[path.stem] = module
-        loaded.loader.exec_module(module)
+        try:
+            loaded.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(path.stem, None)
+            raise
         # not importable by name elsewhere: process-mode children get its code by value
         import cloudpickle
 
@@ -42,10 +62,28 @@ def _load_processor(spec: str) -> Any:
     return fn
 
 
+def _grace(value: float) -> float:
+    """``--grace``: seconds, a finite number >= 0 (``-1``, ``nan`` and ``inf`` are refused)."""
+    if not math.isfinite(value) or value < 0:
+        raise InvalidOptionError(f"--grace must be a finite number of seconds >= 0, not "
+                                 f"{value!r}")
+    return value
+
+
+def _check_queue_names(args: argparse.Namespace) -> None:
+    """Every queue name given on the command line is valid, before anything connects."""
+    from .keys import validate_queue_name
+
+    names = getattr(args, "queue", None)
+    for name in ([names] if isinstance(names, str) else names or []):
+        validate_queue_name(name)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .connection import connect
     from .worker import Worker
 
+    _grace(args.grace)
     processor = _load_processor(args.processor) if args.processor else None
     if processor is None and not args.allow_code:
         raise SystemExit("--processor module:function is required (or --allow-code)")
@@ -122,10 +160,22 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .connection import connect
-    from .metrics import serve
+    from .metrics import make_metrics_server
 
+    if not 0 <= args.port <= 65535:
+        raise InvalidOptionError(f"--port must be 0..65535, not {args.port}")
+    try:
+        server = make_metrics_server(args.port, args.host, args.queue or None,
+                                     connect(args.url))
+    except OSError as exc:  # port in use, no such address, unknown host name
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InvalidOptionError(f"cannot serve metrics on {args.host}:{args.port}: "
+                                 f"{reason}") from None
     print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
-    serve(args.port, host=args.host, queues=args.queue or None, connection=connect(args.url))
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 
@@ -184,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        _check_queue_names(args)
         return int(args.func(args) or 0)
     except NbqueueError as exc:
         print(f"nbqueue: {exc}", file=sys.stderr)

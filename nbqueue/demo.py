@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from .connection import connect
+from .errors import InvalidOptionError
 from .keys import DEAD_LETTER_QUEUE
 from .manager import QueueManager
 from .tables import format_table
@@ -41,6 +42,8 @@ def _process(job: Any) -> dict[str, Any]:
 
 
 def run_demo(jobs: int = 12, url: str | None = None, keep: bool = False) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidOptionError(f"the demo needs jobs >= 1, not {jobs!r}")
     conn = connect(url)
     print(f"nbqueue demo on {conn!r}")
     mgr = QueueManager(connection=conn)

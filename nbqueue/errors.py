@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.exceptions import OutOfMemoryError as _RedisOutOfMemoryError
+from redis.exceptions import ResponseError as _RedisResponseError
 
 
 class NbqueueError(Exception):
@@ -57,6 +58,13 @@ class RedisOutOfMemoryError(NbqueueError, _RedisOutOfMemoryError):
     def __init__(self, message: str, queue: str | None = None) -> None:
         super().__init__(message)
         self.queue = queue
+
+
+class RedisBusyError(NbqueueError, _RedisResponseError):
+    """Redis kept answering ``BUSY`` (another client's script or function ran past
+    ``busy-reply-threshold``, 5 s by default) for longer than nbqueue retries a call
+    (``protocol.BUSY_RETRY_S``, with back-off). Nothing of the refused call was written.
+    Also a ``redis.ResponseError``, for code that caught the raw reply before."""
 
 
 class EvictionPolicyError(NbqueueError, RuntimeError):

@@ -22,7 +22,8 @@ def registry_key(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def validate_queue_name(name: object) -> str:
-    """Queue names are non-empty strings without braces (they would break the hash tag)."""
+    """Queue names are non-empty strings without braces (they would break the hash tag),
+    whitespace or lone surrogates (they cannot be encoded for Redis)."""
     if isinstance(name, enum.Enum):  # QueueName members
         name = name.value
     if not isinstance(name, str):
@@ -32,6 +33,13 @@ def validate_queue_name(name: object) -> str:
         raise InvalidOptionError(f"queue name must have 1..{MAX_NAME_LEN} characters: {name!r}")
     if any(c in name for c in "{}") or any(c.isspace() for c in name):
         raise InvalidOptionError(f"queue name may not contain braces or whitespace: {name!r}")
+    if not name.isascii():
+        try:  # a lone surrogate ('\ud800', or an undecodable byte of a command line)
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidOptionError(
+                f"queue name must be valid Unicode text (it holds a lone surrogate, e.g. from "
+                f"an undecodable byte): {name!r}") from None
     return name
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,7 +25,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from . import direct, scripts
 from .connection import describe_client
-from .errors import RedisOutOfMemoryError, RedisUnavailableError
+from .errors import RedisBusyError, RedisOutOfMemoryError, RedisUnavailableError
 
 T = TypeVar("T")
 
@@ -121,6 +122,40 @@ def _out_of_memory(client: Any, step: Call | Batch | Offload,
         "remove_on_complete/remove_on_fail, or raise maxmemory.", queue)
 
 
+#: How long a call is sent again while Redis answers ``BUSY`` (a script or function of
+#: another client runs past ``busy-reply-threshold``; Redis ran nothing of the call), with
+#: back-off from ``BUSY_FIRST_DELAY_S`` doubling up to ``BUSY_MAX_DELAY_S``; after that the
+#: call raises :class:`RedisBusyError`.
+BUSY_RETRY_S = 30.0
+BUSY_FIRST_DELAY_S = 0.01
+BUSY_MAX_DELAY_S = 0.5
+
+
+def _is_busy(res: object) -> bool:
+    return isinstance(res, redis.ResponseError) and not isinstance(res, RedisBusyError) \
+        and str(res).startswith("BUSY ")
+
+
+class _BusyBackoff:
+    """The waits between re-sends of one call that Redis answered ``BUSY``."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + BUSY_RETRY_S
+        self.delay = BUSY_FIRST_DELAY_S
+
+    def next_delay(self, client: Any, call: Call, exc: BaseException) -> float:
+        """Seconds to wait before the next try; raises RedisBusyError when time is up."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            what = f"script {call.script}" if call.script else f"command {call.command!r:.40}"
+            raise RedisBusyError(
+                f"Redis at {describe_client(client)} answered BUSY for {BUSY_RETRY_S:g} s "
+                f"(another client's script runs long; SCRIPT KILL stops it): {what} was not "
+                f"run. {exc}") from None
+        delay, self.delay = min(self.delay, left), min(self.delay * 2, BUSY_MAX_DELAY_S)
+        return delay
+
+
 def _script_call_args(call: Call) -> tuple[Any, ...]:
     script = scripts.get(call.script)  # type: ignore[arg-type]
     return (script.sha, len(call.keys), *call.keys, *call.args)
@@ -186,16 +221,33 @@ def _exec_sync(client: redis.Redis, call: Call) -> Any:
         return client.eval(script.source, len(call.keys), *call.keys, *call.args)
 
 
+def _exec_sync_busy(client: redis.Redis, call: Call) -> Any:
+    """:func:`_exec_sync`, sent again with back-off while Redis answers BUSY."""
+    backoff: _BusyBackoff | None = None
+    while True:
+        try:
+            reply = _exec_sync(client, call)
+        except redis.ResponseError as exc:
+            if not _is_busy(exc):
+                raise
+            reply = exc
+        if not _is_busy(reply):
+            return reply
+        backoff = backoff or _BusyBackoff()
+        time.sleep(backoff.next_delay(client, call, reply))
+
+
 def _batch_sync(client: redis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
-        return [_exec_sync(client, call) for call in batch.calls]
+        return [_exec_sync_busy(client, call) for call in batch.calls]
     plan = _direct_plan(client, batch.calls)
     results = (direct.call_sync(*plan) if plan is not None
                else _pipe(client, batch).execute(raise_on_error=False))
     # A restarted Redis forgets its scripts: re-run only the calls that said NOSCRIPT.
+    # ... and the calls Redis answered BUSY (it ran none of them), in order
     for i, (call, res) in enumerate(zip(batch.calls, results)):
-        if isinstance(res, NoScriptError):
-            results[i] = _exec_sync(client, call)
+        if isinstance(res, NoScriptError) or _is_busy(res):
+            results[i] = _exec_sync_busy(client, call)
     return _raise_errors(results, batch.calls)
 
 
@@ -213,23 +265,25 @@ def _revived(client: Any) -> bool:
 
 def _step_sync(client: redis.Redis, step: Call | Batch) -> Any:
     try:
-        return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
+        return _exec_sync_busy(client, step) if isinstance(step, Call) \
+            else _batch_sync(client, step)
     except _CONN_ERRORS:
         if not _revived(client):
             raise
-    return _exec_sync(client, step) if isinstance(step, Call) else _batch_sync(client, step)
+    return _exec_sync_busy(client, step) if isinstance(step, Call) \
+        else _batch_sync(client, step)
 
 
 async def _step_async(client: aredis.Redis, step: Call | Batch) -> Any:
     try:
         if isinstance(step, Call):
-            return await _exec_async(client, step)
+            return await _exec_async_busy(client, step)
         return await _batch_async(client, step)
     except _CONN_ERRORS:
         if not await asyncio.to_thread(_revived, client):
             raise
     if isinstance(step, Call):
-        return await _exec_async(client, step)
+        return await _exec_async_busy(client, step)
     return await _batch_async(client, step)
 
 
@@ -285,15 +339,31 @@ def _sequential(client: Any, batch: Batch) -> bool:
         and any(call.script is not None for call in batch.calls)
 
 
+async def _exec_async_busy(client: aredis.Redis, call: Call) -> Any:
+    """:func:`_exec_async`, sent again with back-off while Redis answers BUSY."""
+    backoff: _BusyBackoff | None = None
+    while True:
+        try:
+            reply = await _exec_async(client, call)
+        except redis.ResponseError as exc:
+            if not _is_busy(exc):
+                raise
+            reply = exc
+        if not _is_busy(reply):
+            return reply
+        backoff = backoff or _BusyBackoff()
+        await asyncio.sleep(backoff.next_delay(client, call, reply))
+
+
 async def _batch_async(client: aredis.Redis, batch: Batch) -> list[Any]:
     if _sequential(client, batch):
-        return [await _exec_async(client, call) for call in batch.calls]
+        return [await _exec_async_busy(client, call) for call in batch.calls]
     plan = _direct_plan(client, batch.calls)
     results = (await direct.call_async(*plan) if plan is not None
                else await _pipe(client, batch).execute(raise_on_error=False))
     for i, (call, res) in enumerate(zip(batch.calls, results)):
-        if isinstance(res, NoScriptError):
-            results[i] = await _exec_async(client, call)
+        if isinstance(res, NoScriptError) or _is_busy(res):
+            results[i] = await _exec_async_busy(client, call)
     return _raise_errors(results, batch.calls)
 
 

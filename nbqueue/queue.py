@@ -399,6 +399,8 @@ class Queue(QueueBase[Job, JobBatch]):
         ``columns="all"`` for every one (``nbqueue.frames``)."""
         from .frames import jobs_frame
 
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidOptionError(f"limit must be an int >= 0 (0: all): {limit!r}")
         jobs = self.get_jobs(states, 0, limit)
         return jobs_frame(jobs[:limit] if limit and limit > 0 else jobs,
                           columns if columns is None or isinstance(columns, str)

@@ -1,16 +1,23 @@
--- obliterate: delete the whole queue, jobs and bookkeeping. Refused while jobs are active
--- unless forced (their workers would find their jobs gone and drop them).
+-- obliterate: delete the whole queue, jobs and bookkeeping, at most ARGV[5] jobs per call.
+-- The caller repeats the call until it says "done" (ops.QueueOps.obliterate), so that no
+-- call keeps Redis busy for long whatever the queue's size (like add_bulk). The first call
+-- pauses the queue, so that workers take no job while the later calls run. Refused while
+-- jobs are active unless forced (their workers would find their jobs gone and drop them);
+-- every call checks, so a refusal never comes after a partial delete unless a job became
+-- active in between (possible only for a worker that held it already).
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
--- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to force.
--- Returns the number of jobs deleted, or -1 when refused.
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 '1' to force, 5 max jobs this call.
+-- Returns {jobs deleted by this call, 1 when done else 0}, or {-1, 0} when refused.
 -- @include common
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
-if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return -1 end
+if ARGV[4] ~= '1' and redis.call('ZCARD', K_ACTIVE) > 0 then return {-1, 0} end
+local budget = tonumber(ARGV[5])
+redis.call('HSET', K_META, 'paused', '1')
 local n = 0
 -- jobs waiting for dependencies: their deps hashes first, then them (like the other sets)
 local K_WCHILD = BASE .. 'waiting-children'
-while true do
-  local ids = redis.call('ZRANGE', K_WCHILD, 0, 999)
+while n < budget do
+  local ids = redis.call('ZRANGE', K_WCHILD, 0, math.min(999, budget - n - 1))
   if #ids == 0 then break end
   release_files(ids)
   for i = 1, #ids do
@@ -19,10 +26,11 @@ while true do
   redis.call('ZREMRANGEBYRANK', K_WCHILD, 0, #ids - 1)
   n = n + #ids
 end
-redis.call('DEL', BASE .. 'notify')
 for _, set in ipairs({K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED}) do
-  n = n + delete_set(set)
+  if n < budget then n = n + delete_set(set, budget - n) end
 end
+if n >= budget then return {n, 0} end
+redis.call('DEL', BASE .. 'notify')
 -- per-minute history keys live one day: delete that window by name (no KEYS scan)
 local minute = math.floor(NOW / 60000)
 for m = minute - 1441, minute + 1, 200 do
@@ -46,4 +54,4 @@ redis.call('DEL', BASE .. 'batches')
 -- a SCAN of the whole keyspace inside this script (Redis blocked meanwhile); they expire by
 -- themselves within ops.ADD_TOKEN_TTL_MS.
 redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS)
-return n
+return {n, 1}

@@ -4,6 +4,8 @@
 -- waiting-children with every dependency pending again (includes/flows.lua), never to wait.
 -- Notifications about the retried jobs' previous end that are still queued (not delivered)
 -- are dropped: their parents hear of the new run instead.
+-- ops.QueueOps.retry_failed sends at most ops.SWEEP_CHUNK_JOBS as the limit and repeats the
+-- call, so that no call keeps Redis busy for long whatever the number of failed jobs.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 limit (0 = all), 5 job id ('' = any).
 -- Returns {jobs moved (re-armed ones included), jobs re-armed, {"<queue> <id>" of the

@@ -158,16 +158,18 @@ local function delete_jobs(ids)
   end
 end
 
--- Delete every job of a state set, and the set, in chunks; returns how many there were.
-local function delete_set(key)
+-- Delete up to `budget` jobs of a state set (the first by rank), and them from the set, in
+-- chunks; returns how many it deleted. Callers bound `budget` so that one call stays short.
+local function delete_set(key, budget)
   local n = 0
-  while true do
-    local ids = redis.call('ZRANGE', key, 0, 999)
+  while n < budget do
+    local ids = redis.call('ZRANGE', key, 0, math.min(999, budget - n - 1))
     if #ids == 0 then return n end
     delete_jobs(ids)
     redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1)
     n = n + #ids
   end
+  return n
 end
 
 local function zrem_many(key, ids)
