@@ -165,13 +165,15 @@ def test_remove_of_an_active_job_is_refused() -> None:
 
 def test_obliterate_with_active_jobs_is_refused() -> None:
     with pytest.raises(QueueBusyError):
-        raises(OPS.obliterate(), [-1])
-    steps, removed = drive(OPS.obliterate(force=True), [12, [], 1])
-    assert removed == 12
-    assert isinstance(steps[1], Call) and steps[1].command is not None
-    assert steps[1].command[0] == "SRANDMEMBER"  # artifact files of its jobs: none here
+        raises(OPS.obliterate(), [[-1, 0]])
+    # in script calls of at most SWEEP_CHUNK_JOBS jobs, until one says it is done
+    steps, removed = drive(OPS.obliterate(force=True), [[1000, 0], [12, 1], [], 1])
+    assert removed == 1012
+    assert [s.script for s in steps[:2]] == ["obliterate", "obliterate"]
     assert isinstance(steps[2], Call) and steps[2].command is not None
-    assert steps[2].command[0] == "SREM"  # out of the registry of queue names too
+    assert steps[2].command[0] == "SRANDMEMBER"  # artifact files of its jobs: none here
+    assert isinstance(steps[3], Call) and steps[3].command is not None
+    assert steps[3].command[0] == "SREM"  # out of the registry of queue names too
     OPS.registered_at = float("inf")
 
 
