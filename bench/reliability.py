@@ -12,6 +12,12 @@
   3 rounds: µs per add (client wall time, medians), Redis CPU µs per add, and Redis memory
   held per token while it lives.
 
+* **Sweeps** (issue 21): ``--sweep N`` fills the queue with N jobs, then runs ``drain``,
+  ``obliterate``, ``retry_failed`` and ``clean`` on them (failed/completed jobs are made by
+  a set-up script): for each, the wall time, the script calls, the longest script call
+  (SLOWLOG) and the longest PING gap of another client. Run it against the old code (one
+  script call per operation) for the "before" figures.
+
 Numbers on a loaded machine are rough; compare the rows of one run.
 """
 
@@ -101,6 +107,72 @@ def bulk_gap(server: RedisServer, n: int, chunked: bool = True) -> dict[str, flo
             "longest_script_ms": max((e["duration"] for e in slow), default=0) / 1000}
 
 
+_FINISH_ALL = """
+local ids = redis.call('ZRANGE', KEYS[1] .. 'wait', 0, 4999)
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1] .. ARGV[1], ARGV[3], id)
+  redis.call('HSET', KEYS[1] .. 'job:' .. id, 'state', ARGV[2], 'fon', ARGV[3], 'atm', 1)
+end
+if #ids > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1] .. 'wait', 0, #ids - 1) end
+return #ids
+"""
+
+
+def _pinger(server: RedisServer) -> tuple[subprocess.Popen[str], str]:
+    flag = f"{server.dir}/stop-pinger"
+    with open(flag, "w") as f:
+        f.write("")
+    pinger = subprocess.Popen([sys.executable, "-c", _PINGER, str(server.port), "3600", flag],
+                              stdout=subprocess.PIPE, text=True)
+    assert pinger.stdout is not None
+    pinger.stdout.readline()  # ready
+    return pinger, flag
+
+
+def sweep(server: RedisServer, n: int) -> dict[str, dict[str, float]]:
+    """drain / obliterate / retry_failed / clean of ``n`` jobs: calls, longest call, gap."""
+    r = redis.Redis(port=server.port, decode_responses=True)
+    r.config_set("slowlog-log-slower-than", 1000)
+    r.config_set("slowlog-max-len", 100_000)
+    out: dict[str, dict[str, float]] = {}
+    for op, finished in (("drain", ""), ("obliterate", "completed"),
+                         ("retry_failed", "failed"), ("clean", "completed")):
+        r.flushall()
+        q = _queue(server.url)
+        for i in range(0, n, 100_000):
+            q.add_bulk([{"i": j} for j in range(i, min(n, i + 100_000))])
+        if finished:
+            ms = int(time.time() * 1000) - 60_000
+            while r.eval(_FINISH_ALL, 1, f"nbq:{{{QUEUE}}}:", finished, finished, ms):
+                pass
+        r.slowlog_reset()
+        r.config_resetstat()
+        pinger, flag = _pinger(server)
+        try:
+            time.sleep(0.2)
+            t = time.perf_counter()
+            done = (q.drain() if op == "drain" else q.obliterate() if op == "obliterate"
+                    else q.retry_failed() if op == "retry_failed" else q.clean(0, 0, "completed"))
+            secs = time.perf_counter() - t
+            time.sleep(0.2)
+        finally:
+            with open(flag, "w") as f:
+                f.write("stop")
+        assert pinger.stdout is not None
+        worst, _ = pinger.stdout.readline().split()
+        pinger.wait(30)
+        stats = r.info("commandstats")
+        sha, ev = stats.get("cmdstat_evalsha", {}), stats.get("cmdstat_eval", {})
+        slow = [e["duration"] for e in r.slowlog_get(100_000)
+                if str(e.get("command", "")).upper().startswith(("EVAL", "B'EVAL"))]
+        out[op] = {"jobs": float(done), "seconds": secs,
+                   "script_calls": float(int(sha.get("calls", 0)) + int(ev.get("calls", 0))
+                                         - int(sha.get("failed_calls", 0))),
+                   "longest_script_ms": max(slow, default=0) / 1000,
+                   "longest_ping_gap_ms": float(worst) * 1000}
+    return out
+
+
 def add_cost(server: RedisServer, n: int, rounds: int = 3) -> dict[str, dict[str, float]]:
     from nbqueue import ops
 
@@ -139,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unchunked", type=int, default=0,
                    help="also run a bulk of this many jobs with chunking off (before)")
     p.add_argument("--adds", type=int, default=5000)
+    p.add_argument("--sweep", type=int, default=0,
+                   help="drain/obliterate/retry_failed/clean of this many jobs")
     a = p.parse_args(argv)
     server = RedisServer().start()
     try:
+        if a.sweep:
+            for op, row in sweep(server, a.sweep).items():
+                print(f"{op:13}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
+                      flush=True)
         if a.adds:
             for variant, row in add_cost(server, a.adds).items():
                 print(f"add one at a time, {variant:10}: " + ", ".join(

@@ -64,7 +64,7 @@ BULK_CHUNK_BYTES = 1_000_000
 #: clean): the operation repeats the call until done, so that no call keeps Redis busy
 #: (BUSY to every other client past ~5 s) for more than a few tens of ms whatever the size.
 #: Measured (bench/README, docs/reliability.md): ~3 us per deleted job on 2 cores.
-SWEEP_CHUNK_JOBS = 2000
+SWEEP_CHUNK_JOBS = 1000
 #: How long Redis remembers an add call's idempotency token (ms). It must outlast the
 #: client's whole retry sequence (``connection.SOCKET_TIMEOUT`` x (``RETRIES`` + 1) plus
 #: back-off and connect time, ~2 min); a re-send after that would add the jobs again.
