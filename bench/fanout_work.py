@@ -87,7 +87,8 @@ def w2_work(df: Any) -> Any:
 
 def w2_check(frame: Any) -> list[float]:
     """A checksum of a gathered W2 result (equal across systems)."""
-    return [float(len(frame)), round(float(frame["z"].sum()), 6),
+    # (+ 0.0: a sum that rounds to -0.0 is 0.0)
+    return [float(len(frame)), round(float(frame["z"].sum()), 6) + 0.0,
             round(float(frame["trend"].sum()), 6),
             round(float(frame["score"].sum()), 6), round(float(frame["rank"].sum()), 6)]
 
