@@ -14,13 +14,20 @@
 -- The label changes only at a failover, so ids stay '1', '2', ... on a single server.
 -- Call before the script's first write (its HMGET refuses a meta key of the wrong type
 -- before anything is written).
+-- (Plain string.find, not patterns: a pattern scan of the INFO text costs microseconds.)
+local function info_field(info, name)
+  local _, e = string.find(info, name, 1, true)
+  if not e then return '' end
+  return string.sub(info, e + 1, e + 40)  -- replication ids are 40 hex digits
+end
+
 local function id_label()
   local info = redis.call('INFO', 'replication')
-  local replid = string.match(info, 'master_replid:(%x+)') or ''
+  local replid = info_field(info, '\nmaster_replid:')
   local rec = redis.call('HMGET', K_META, 'rid', 'idl')
   if rec[1] == replid then return rec[2] or '' end
   local label = rec[2] or ''
-  local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
+  local replid2 = info_field(info, '\nmaster_replid2:')
   if string.find(replid2, '[1-9a-f]') then label = '-' .. string.sub(replid, 1, 8) end
   redis.call('HSET', K_META, 'rid', replid, 'idl', label)
   return label
