@@ -92,8 +92,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     allow_code=args.allow_code)
     print(f"nbqueue worker: queue {args.queue!r}, {args.mode} mode, "
           f"concurrency {args.concurrency} (Ctrl-C to stop)", flush=True)
+    if args.exit_when_idle is not None:
+        _exit_when_idle(worker, args.exit_when_idle)
     worker.run()
     return 0
+
+
+def _exit_when_idle(worker: Any, idle_s: float) -> None:
+    """Stop ``worker`` (gracefully) once its queue has had no waiting, delayed or active
+    job for ``idle_s`` seconds: a worker pod of a KEDA ScaledJob (contrib/keda) that drains
+    the queue and ends."""
+    import threading
+    import time
+
+    from .queue import Queue
+
+    if idle_s < 0:
+        raise SystemExit("--exit-when-idle takes seconds >= 0")
+    name = worker.queue_name
+    queue = Queue(name, worker.connection)
+
+    def watch() -> None:
+        idle_since: float | None = None
+        while True:
+            time.sleep(min(1.0, max(idle_s, 0.1)))
+            try:
+                m = queue.get_metrics()
+            except Exception:  # Redis away: not idle, the worker's own retries apply
+                idle_since = None
+                continue
+            if m.waiting or m.active or m.delayed:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            if idle_since is not None and time.monotonic() - idle_since >= idle_s:
+                engine = worker.engine
+                if engine is not None:
+                    print(f"nbqueue worker: queue {name!r} idle for {idle_s:g} s, "
+                          "exiting", flush=True)
+                    engine.request_stop()
+                    return
+
+    threading.Thread(target=watch, name="nbqueue-exit-when-idle", daemon=True).start()
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -200,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--processes", type=int, default=None, help="children in process mode")
     w.add_argument("--grace", type=float, default=30.0, help="seconds to finish active jobs")
     w.add_argument("--allow-code", action="store_true", help="run signed code jobs")
+    w.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="exit once the queue has had no waiting, delayed or active job "
+                   "for SECONDS (a KEDA ScaledJob pod: contrib/keda)")
     w.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("stats", help="print queue metrics")

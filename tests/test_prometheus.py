@@ -33,6 +33,7 @@ from .helpers import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "nbqueue.json"
 ALERTS = ROOT / "contrib" / "prometheus" / "alerts.yml"
+KEDA = ROOT / "contrib" / "keda"
 
 needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
@@ -59,6 +60,19 @@ def rule_exprs() -> list[tuple[str, str]]:
         assert m, name
         expr = m.group(1) if m.group(1) else m.group(2)
         out.append((name, " ".join(line.strip() for line in expr.splitlines())))
+    return out
+
+
+def keda_queries() -> list[tuple[str, str]]:
+    """(file, query) of every prometheus trigger of contrib/keda/*.yaml."""
+    import yaml
+
+    out = []
+    for path in sorted(KEDA.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for trigger in (doc or {}).get("spec", {}).get("triggers", []):
+                if trigger["type"] == "prometheus":
+                    out.append((path.name, trigger["metadata"]["query"]))
     return out
 
 
@@ -253,6 +267,13 @@ def test_real_prometheus_runs_every_dashboard_and_alert_expression(
         assert p.value('nbqueue_queue_waiting_jobs{queue="obs_idle",priority="low"}') == 1
         assert (p.value('nbqueue_queue_oldest_waiting_seconds{queue="obs_idle"}') or 0) >= 7200
         assert p.value('nbqueue_up{job="nbqueue_redis_down"}') == 0
+        # the KEDA ScaledObjects' queries (contrib/keda), on this scenario's idle queue:
+        # its 2 waiting jobs and none active give the depth 2
+        assert keda_queries()
+        for name, query in keda_queries():
+            assert 'queue="reports"' in query, (name, query)
+            ours = query.replace('queue="reports"', 'queue="obs_idle"')
+            assert p.value(ours) == 2, (name, ours, p.query(ours))
 
 
 def test_a_broken_expression_is_caught(tmp_path: Path) -> None:
