@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+
 import redis
 
 from bench.harness import cpu_now, free_port
