@@ -60,12 +60,18 @@ class ArtifactRef:
     size: int
     rows: int = 0
     url: str | None = None
+    # a result's job (queue name and id): the reference then reads without its job at hand
+    # (``job.dependency_results()`` of a fan-in gets its dependencies' references)
+    queue: str | None = None
+    job: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"sha256": self.sha256, "kind": self.kind, "size": self.size,
                                 "rows": self.rows}
         if self.url is not None:
             body["url"] = self.url
+        if self.queue is not None and self.job is not None:
+            body["queue"], body["job"] = self.queue, self.job
         return {REF_KEY: body}
 
     @staticmethod
@@ -76,10 +82,11 @@ class ArtifactRef:
         body = value[REF_KEY]
         if not isinstance(body, Mapping) or not isinstance(body.get("sha256"), str):
             return None
-        url = body.get("url")
+        url, queue, job = body.get("url"), body.get("queue"), body.get("job")
         return ArtifactRef(str(body["sha256"]), str(body.get("kind", "DataFrame")),
                            int(body.get("size") or 0), int(body.get("rows") or 0),
-                           str(url) if url else None)
+                           str(url) if url else None,
+                           str(queue) if queue else None, str(job) if job else None)
 
 
 def resolve_store(store: str | None) -> str:

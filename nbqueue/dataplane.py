@@ -254,7 +254,8 @@ def put_result(ops: QueueOps, store: str, job_id: str, value: Any) -> Op[dict[st
     ok = yield ops.call("art_put", job_id, field, stored, "0" if url is None else "1")
     if not int(ok) and url is not None:  # the job is gone: so goes its file
         yield Offload(lambda: delete_urls([url]))
-    return ArtifactRef(enc.sha256, enc.kind, enc.size, enc.rows, url).to_json()
+    return ArtifactRef(enc.sha256, enc.kind, enc.size, enc.rows, url, ops.name,
+                       job_id).to_json()
 
 
 def store_result(job: Any, value: Any) -> Any:
@@ -268,9 +269,17 @@ def store_result(job: Any, value: Any) -> Any:
                                                   value))
 
 
+def _art_key(keys: QueueKeys, job_id: str, ref: ArtifactRef) -> str:
+    """Where ``ref`` (of the Redis store) is: its own job's hash when it names one (a
+    result), else ``job_id``'s of ``keys``'s queue."""
+    if ref.queue is not None and ref.job is not None:
+        return QueueKeys(ref.queue, keys.prefix).art(ref.job)
+    return keys.art(job_id)
+
+
 def _load_calls(keys: QueueKeys, items: Sequence[tuple[str, ArtifactRef]]
                 ) -> list[Call]:
-    return [Call.raw_cmd("HGET", keys.art(job_id), ref.sha256)
+    return [Call.raw_cmd("HGET", _art_key(keys, job_id, ref), ref.sha256)
             for job_id, ref in items if ref.url is None]
 
 

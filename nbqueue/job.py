@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .dataplane import resolve
+from .dataplane import resolve, resolve_many
 from .display import job_html, job_text
 from .errors import JobCancelledError, JobNotFoundError
 from .options import parse_priority
@@ -212,12 +212,16 @@ class JobBase:
 
     def _dependency_results(self) -> Op[dict[str, Any]]:
         """{"<queue>:<id>": result} of the jobs this one depended on (``depends_on``) that
-        completed; ``{}`` for a job without dependencies. Read once, then cached."""
+        completed; ``{}`` for a job without dependencies. Read once, then cached. A
+        dependency's frame/Series/array result is read from its artifact (hash-checked;
+        it lives as long as that dependency's job)."""
         cached: dict[str, Any] | None = self.__dict__.get("_dep_results")
         if cached is None:  # (no attribute set in __init__: nothing on the per-job path)
             from .flows import dependency_results
 
-            cached = yield from dependency_results(self.queue._ops, self.id)
+            found = yield from dependency_results(self.queue._ops, self.id)
+            values = yield from resolve_many(self.queue._ops.keys, list(found.items()))
+            cached = dict(zip(found, values))
             self.__dict__["_dep_results"] = cached
         return dict(cached)
 

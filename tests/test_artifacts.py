@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import nbqueue
-from nbqueue import Queue, Worker, arrowcodec
+from nbqueue import Queue, Worker, arrowcodec, chunk_frame
 from nbqueue.artifacts import REF_KEY, resolve_store
 from nbqueue.errors import (
     ArtifactError,
@@ -164,3 +164,22 @@ def test_a_result_arrow_cannot_store_fails_the_job_naming_the_column(conn: Any) 
     with Worker(q.name, proc, conn, dead_letter=False), \
             pytest.raises(nbqueue.JobFailedError, match="column 'obj'"):
         job.result(timeout=30)
+
+
+def test_a_fan_in_gets_its_dependencies_frames(conn: Any) -> None:
+    q = Queue("fanin-frames", conn)
+    df = sales(40)
+    parts = q.map(df, chunksize=10)
+
+    def proc(job: Any) -> Any:
+        if job.name == "combine":
+            frames = job.dependency_results()  # {"queue:id": DataFrame}
+            return pd.concat([frames[f"{q.name}:{j}"] for j in job.payload["order"]])
+        return chunk_frame(job).assign(double=lambda f: f["units"] * 2)
+
+    total = q.add({"type": "combine", "payload": {"order": [j.id for j in parts]}},
+                  depends_on=parts)
+    with Worker(q.name, proc, conn, concurrency=2):
+        got = total.result(timeout=60)
+    pd.testing.assert_frame_equal(got, df.assign(double=df["units"] * 2),
+                                  check_index_type=True)
