@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .artifacts import ArtifactRef
-from .dataplane import chunk_ref, load_chunk, resolve_many
+from .dataplane import chunk_ref, load_chunk, resolve_many, user_stacklevel
 from .errors import (
     ArtifactError,
     InvalidOptionError,
@@ -600,7 +600,8 @@ def _incomplete(values: Sequence[Any], jobs: Sequence[JobBase], errors: str,
     warnings.warn(
         f"results_frame: {len(bad)} of {len(values)} job(s) did not complete and are "
         f"{where}: {shown}{more} (batch.failed() lists them, batch.retry_failed() runs "
-        "them again; errors='ignore' silences this)", IncompleteResultsWarning, stacklevel=4)
+        "them again; errors='ignore' silences this)", IncompleteResultsWarning,
+        stacklevel=user_stacklevel())
 
 
 def results_frame(values: Sequence[Any], jobs: Sequence[JobBase],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,19 @@ GROUP_BYTES = 4_000_000  # chunk bytes per round trip (after the first chunk, se
 GROUP_CHUNKS = 64
 SWEEP_LIMIT = 500  # artifact files deleted per sweep step
 MAX_BATCH_NAME = 100
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside nbqueue (the
+    notebook cell), however deep in ops and executors it is raised (call it right in the
+    function that warns)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 class BatchReused(UserWarning):
@@ -223,7 +237,7 @@ def _remember(ops: QueueOps, name: str, records: Sequence[JobRecord]) -> Op[None
             f"batch {name!r} of queue {ops.name!r} was mapped before with other data: "
             f"{len(set(ids) - set(before))} chunk(s) changed and got new jobs; the "
             f"{old} job(s) of the old chunks remain (until retention, or remove them)",
-            BatchReused, stacklevel=5)
+            BatchReused, stacklevel=user_stacklevel())
 
 
 def batch_ids(ops: QueueOps, name: str) -> Op[list[str]]:
