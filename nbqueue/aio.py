@@ -126,6 +126,7 @@ class QueueManager(ManagerBase[Queue, Worker]):
     add_job = by_name(Queue, Queue.add)
     add_jobs = by_name(Queue, Queue.add_bulk)
     map = by_name(Queue, Queue.map)
+    get_batch = by_name(Queue, Queue.get_batch)
     get_queue_metrics = by_name(Queue, Queue.get_metrics)
     get_job_status = by_name(Queue, Queue.get_job_status)
     get_job = by_name(Queue, Queue.get_job)

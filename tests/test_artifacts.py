@@ -183,3 +183,20 @@ def test_a_fan_in_gets_its_dependencies_frames(conn: Any) -> None:
         got = total.result(timeout=60)
     pd.testing.assert_frame_equal(got, df.assign(double=df["units"] * 2),
                                   check_index_type=True)
+
+
+def test_a_map_of_an_untypable_frame_writes_nothing(conn: Any, r: Any, tmp_path: Path,
+                                                    redis_url: str) -> None:
+    class Thing:
+        pass
+
+    df = sales(30).assign(blob=[Thing()] * 30)
+    for connection in (conn, nbqueue.connect(redis_url, store=f"file://{tmp_path}/s")):
+        q = Queue("untypable", connection)
+        with pytest.raises(TypeError, match=r"Queue.map's DataFrame: column 'blob'.*"
+                                            r"df\['blob'\].astype\(str\)"):
+            q.map(df, chunksize=10)
+        with pytest.raises(nbqueue.InvalidOptionError, match="unknown job option"):
+            q.map(sales(30), chunksize=10, colour="red")
+    assert list(r.scan_iter("nbq:{untypable}:*")) == []
+    assert list(tmp_path.rglob("*.arrow")) == []

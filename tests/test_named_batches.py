@@ -208,3 +208,20 @@ def test_a_big_map_has_no_size_error_and_no_warning(conn: Any) -> None:
         batch = q.map(df, chunksize=50_000)  # 4 chunks of ~3 MB each
     assert len(batch) == 4
     pd.testing.assert_frame_equal(chunk_frame(batch[3]), df.iloc[150_000:])
+
+
+def test_aio_named_batch(redis_url: str) -> None:
+    import asyncio
+
+    from nbqueue import aio
+
+    async def main() -> tuple[list[str], list[str], str | None]:
+        mgr = aio.QueueManager(redis_url)
+        mgr.get_queue("aionamed")
+        a = await mgr.map("aionamed", sales(20), chunksize=10, name="an")
+        b = await mgr.get_batch("aionamed", "an")
+        mgr.close()
+        return [j.id for j in a], [j.id for j in b], b.name
+
+    a, b, name = asyncio.run(main())
+    assert a == b and len(a) == 2 and name == "an"

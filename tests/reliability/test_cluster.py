@@ -299,3 +299,30 @@ def test_cluster_registry_of_queue_names_and_scrape(cluster_url):
         assert f'nbqueue_queue_jobs{{queue="{name}",state="waiting"}} {float(i + 1)}' in text
     Queue("reg-b", conn).obliterate()
     assert "reg-b" not in set(client.smembers(registry_key()))
+
+
+def test_the_data_plane_on_a_cluster(cluster_url: str) -> None:
+    """Issue 19 item 2: the default Redis store works on a cluster (artifacts in the queue's
+    slot): Arrow chunks, a frame result, a named batch, and artifacts gone with the jobs."""
+    import pandas as pd
+
+    from nbqueue import chunk_frame
+
+    conn = nbqueue.connect(cluster_url)
+    q = Queue("cl-frames", conn)
+    df = pd.DataFrame({"city": pd.Categorical(["a", "b"] * 50),
+                       "n": pd.array(range(100), dtype="Int64")},
+                      index=pd.RangeIndex(10, 110, name="row"))
+    batch = q.map(df, chunksize=25, name="cl")
+    with Worker(q.name, lambda job: chunk_frame(job).assign(m=lambda f: f["n"] * 2), conn,
+                concurrency=2):
+        frame = batch.results_frame(timeout=60)
+    pd.testing.assert_frame_equal(frame, df.assign(m=df["n"] * 2), check_index_type=True)
+    assert [j.id for j in q.get_batch("cl")] == [j.id for j in batch]
+    assert [j.id for j in q.map(df, chunksize=25, name="cl")] == [j.id for j in batch]
+    base = QueueKeys(q.name).base
+    client = conn.sync()
+    node = client.get_node_from_key(base + "art:x")
+    assert len(list(client.scan_iter(match=base + "art:*", target_nodes=node))) == 4
+    q.obliterate(force=True)
+    assert list(client.scan_iter(match=base + "art:*", target_nodes=node)) == []
