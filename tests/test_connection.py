@@ -340,3 +340,24 @@ def test_a_url_without_scheme_is_a_short_error_naming_its_source(
         "scheme, e.g. redis://localhost:6379/0 (rediss:// for TLS, "
         "unix:///path/to/redis.sock, redis+cluster://host:7000 for Redis Cluster, "
         "redis+sentinel://host:26379/mymaster for Sentinel)"]
+
+
+def test_sentinel_urls_parse_tls_and_credentials_for_both_sides() -> None:
+    from nbqueue.sentinel import parse_sentinel_url
+
+    url = ("rediss+sentinel://alice:p%40ss@s1:26380,[::1],s3/mymaster/2"
+           "?sentinel_password=spw&ssl_cert_reqs=required&ssl_ca_certs=/ca.pem")
+    spec = parse_sentinel_url(url, mask_url(url))
+    assert spec.sentinels == (("s1", 26380), ("::1", 26379), ("s3", 26379))
+    assert (spec.service, spec.db, spec.tls) == ("mymaster", 2, True)
+    data = spec.data_kwargs()  # the primary: the URL's user, TLS options
+    assert (data["username"], data["password"], data["db"], data["ssl"]) == \
+        ("alice", "p@ss", 2, True)
+    assert data["ssl_ca_certs"] == "/ca.pem" and data["ssl_cert_reqs"] == "required"
+    side = spec.sentinel_kwargs({"socket_timeout": 3.0})  # the sentinels: their own auth
+    assert side["password"] == "spw" and "username" not in side and side["ssl"] is True
+    assert side["ssl_ca_certs"] == "/ca.pem" and side["socket_timeout"] == 3.0
+    masked = mask_url(url)
+    assert "p%40ss" not in masked and "spw" not in masked and "alice:***@" in masked
+    assert "sentinel_password=***" in masked
+    assert "spw" not in repr(spec) and "p@ss" not in repr(spec)

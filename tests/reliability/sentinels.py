@@ -26,12 +26,19 @@ DOWN_AFTER_MS = 1000
 class SentinelSet:
     """``primary`` + ``replica`` (RedisProcess) and ``sentinel_ports`` (3 sentinels)."""
 
-    def __init__(self, n_sentinels: int = 3) -> None:
+    def __init__(self, n_sentinels: int = 3, *, acl_user: tuple[str, str] | None = None,
+                 sentinel_password: str | None = None) -> None:
+        """``acl_user``: (name, password) of an ACL user on the primary and the replica;
+        ``sentinel_password``: the sentinels' requirepass."""
         self.binary = server_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="nbq-sentinel-"))
+        self.acl_user = acl_user
+        self.sentinel_password = sentinel_password
+        self._acl = (["--user", acl_user[0], "on", f">{acl_user[1]}", "~*", "&*", "+@all"]
+                     if acl_user else [])
         # no 5 s wait before the first full sync (repl-diskless-sync-delay)
         self.primary = RedisProcess(data_dir=self.dir / "primary",
-                                    args=["--repl-diskless-sync-delay", "0"])
+                                    args=["--repl-diskless-sync-delay", "0", *self._acl])
         self.replica: RedisProcess | None = None
         self.n_sentinels = n_sentinels
         self.sentinel_ports: list[int] = []
@@ -45,7 +52,7 @@ class SentinelSet:
         self.replica = RedisProcess(
             data_dir=self.dir / "replica",
             args=["--replicaof", "127.0.0.1", str(self.primary.port),
-                  "--repl-diskless-sync-delay", "0"]).start()
+                  "--repl-diskless-sync-delay", "0", *self._acl]).start()
         self.wait_replicated()
         # Each sentinel is told the others (ids and ports) up front: no waiting for their
         # hello messages (one every 2 s) before a failover can be agreed.
@@ -62,7 +69,9 @@ class SentinelSet:
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SERVICE} 4000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
-                f"sentinel known-replica {SERVICE} 127.0.0.1 {self.replica.port}\n" + known)
+                f"sentinel known-replica {SERVICE} 127.0.0.1 {self.replica.port}\n" + known
+                + (f"requirepass {sentinel_password}\n" if (sentinel_password :=
+                                                            self.sentinel_password) else ""))
             self.sentinels.append(subprocess.Popen(
                 [self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -73,8 +82,12 @@ class SentinelSet:
             time.sleep(0.1)
         raise RuntimeError(f"sentinels did not come up: {self.log_tail()}")
 
+    def sentinel_client(self, port: int) -> redis.Redis:
+        return redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True,
+                           password=self.sentinel_password)
+
     def _sentinel_sees_all(self, port: int) -> bool:
-        c = redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True)
+        c = self.sentinel_client(port)
         try:
             m = c.sentinel_master(SERVICE)
             return int(m.get("num-slaves", 0)) >= 1 and \
@@ -98,15 +111,15 @@ class SentinelSet:
             c.close()
         raise RuntimeError("the replica did not sync")
 
-    def url(self, scheme: str = "redis+sentinel") -> str:
+    def url(self, scheme: str = "redis+sentinel", auth: str = "", query: str = "") -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"{scheme}://{hosts}/{SERVICE}/0"
+        return f"{scheme}://{auth}{hosts}/{SERVICE}/0{query}"
 
     def master_port(self) -> int | None:
         """The primary's port according to a majority of sentinels (None: no agreement)."""
         seen: dict[int, int] = {}
         for port in self.sentinel_ports:
-            c = redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True)
+            c = self.sentinel_client(port)
             with contextlib.suppress(redis.RedisError, OSError):
                 addr = c.sentinel_get_master_addr_by_name(SERVICE)
                 if addr:

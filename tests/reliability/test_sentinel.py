@@ -135,6 +135,22 @@ def test_a_replica_that_never_acknowledges_names_what_was_written(sset: Sentinel
         sset.resume_replica()
 
 
+def test_acl_users_of_the_data_nodes_and_of_the_sentinels() -> None:
+    """``user:pass@`` authenticates on the primary (an ACL user), ``?sentinel_password=``
+    on the sentinels; wrong ones are clear errors that never show the password."""
+    with SentinelSet(acl_user=("alice", "a-s3cret"), sentinel_password="s-s3cret") as s:
+        conn = connect(s.url(auth="alice:a-s3cret@", query="?sentinel_password=s-s3cret"))
+        assert conn.sync().acl_whoami() == "alice"
+        assert Queue("acl", conn).add({"type": "t"}).id == "1"
+        assert "s3cret" not in repr(conn)
+        with pytest.raises(RedisUnavailableError) as info:  # the sentinels refuse
+            connect(s.url(auth="alice:a-s3cret@", query="?sentinel_password=wrong"))
+        assert "s3cret" not in str(info.value) and "wrong" not in str(info.value)
+        with pytest.raises(RedisUnavailableError) as info:  # the primary refuses
+            connect(s.url(auth="alice:bad-pass@", query="?sentinel_password=s-s3cret"))
+        assert "bad-pass" not in str(info.value)
+
+
 # -- every client through the URL --------------------------------------------------------
 def test_producers_workers_schedulers_and_metrics_use_the_sentinel_url(
         sset: SentinelSet, tmp_path: Path) -> None:
