@@ -12,8 +12,9 @@ disturbed by other load):
   in the add's own pipeline): one more command and the replica's round trip;
 * the same two for ``add_bulk`` of ``--bulk`` jobs per call (one WAIT per call), per job;
 * ``ids: label lookup off`` -- single adds with the fresh-id label lookup of
-  scripts/includes/ids.lua stubbed out (``INFO replication`` + ``HMGET`` per add call):
-  the difference to ``min_replicas=0`` is what failover-safe ids cost every add.
+  scripts/includes/ids.lua stubbed out (``HMGET`` + ``GET`` per add call, and
+  ``INFO replication`` at most twice a second per queue): the difference to
+  ``min_replicas=0`` is what failover-safe ids cost every add.
 
 Numbers on a loaded machine are rough; compare the rows of one run.
 """
@@ -90,19 +91,21 @@ def _run(q: Queue, r: redis.Redis, adds: int, bulk: int) -> tuple[float, float, 
 def _lookup_cost(r: redis.Redis, rounds: int = 7, n: int = 20000) -> float:
     """Redis µs per call of the label lookup alone (includes/ids.lua's id_label() in a
     script, minus an empty script), pipelined, the minimum over ``rounds``: the figure
-    least disturbed by other load on the machine."""
+    least disturbed by other load on the machine. (Its INFO check is cached for 500 ms, so
+    this is mostly the cached path: HMGET + GET.)"""
     from importlib import resources
 
     ids = resources.files("nbqueue.scripts").joinpath("includes/ids.lua").read_text()
-    with_lookup = r.script_load("local K_META = KEYS[1]\n" + ids + "\nreturn id_label()")
-    empty = r.script_load("local K_META = KEYS[1]\nreturn ''")
+    head = "local BASE = KEYS[1]\nlocal K_META = BASE .. 'meta'\n"
+    with_lookup = r.script_load(head + ids + "\nreturn id_label()")
+    empty = r.script_load(head + "return ''")
     best: dict[str, float] = {}
     for _ in range(rounds):
         for name, sha in (("lookup", with_lookup), ("empty", empty)):
             r.config_resetstat()
             pipe = r.pipeline(transaction=False)
             for _ in range(n):
-                pipe.evalsha(sha, 1, "nbq:{bench-ids}:meta")
+                pipe.evalsha(sha, 1, "nbq:{bench-ids}:")
             pipe.execute()
             us = float(r.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
             best[name] = min(best.get(name, us), us)
@@ -132,20 +135,24 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(200):
                 q.add({"type": "t"})
             q.drain()
-        rows: dict[str, list[tuple[float, float, float]]] = {}
-        for _ in range(a.rounds):
-            rows.setdefault("add, min_replicas=0", []).append(_run(q0, r, a.adds, 1))
-            rows.setdefault("add, min_replicas=1", []).append(_run(q1, r, a.adds, 1))
-            rows.setdefault(f"add_bulk({a.bulk}), min_replicas=0, per job", []).append(
-                _run(q0, r, a.adds * 10, a.bulk))
-            rows.setdefault(f"add_bulk({a.bulk}), min_replicas=1, per job", []).append(
-                _run(q1, r, a.adds * 10, a.bulk))
+        def unlabelled() -> tuple[float, float, float]:
             _unlabelled_add()
             try:
-                rows.setdefault("add, min_replicas=0, ids: label lookup off", []).append(
-                    _run(q0, r, a.adds, 1))
+                return _run(q0, r, a.adds, 1)
             finally:
                 _restore_add()
+
+        plan = [("add, min_replicas=0", lambda: _run(q0, r, a.adds, 1)),
+                ("add, min_replicas=1", lambda: _run(q1, r, a.adds, 1)),
+                (f"add_bulk({a.bulk}), min_replicas=0, per job",
+                 lambda: _run(q0, r, a.adds * 10, a.bulk)),
+                (f"add_bulk({a.bulk}), min_replicas=1, per job",
+                 lambda: _run(q1, r, a.adds * 10, a.bulk)),
+                ("add, min_replicas=0, ids: label lookup off", unlabelled)]
+        rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in plan}
+        for i in range(a.rounds):  # the order rotates from round to round
+            for name, run in plan[i % len(plan):] + plan[:i % len(plan)]:
+                rows[name].append(run())
         lookup = _lookup_cost(r)
         version = r.info("server")["redis_version"]
         print(f"redis {version}, primary + 1 replica on loopback, {a.adds} adds x "
@@ -157,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = (statistics.median(v[i] for v in vals) for i in range(2))
             script = min(v[2] for v in vals)  # the least disturbed round
             print(f"| {name} | {wall:.1f} | {cpu:.1f} | {script:.2f} |")
-        print(f"\nthe fresh-id label lookup alone (INFO replication + HMGET in a script, "
-              f"min of 7 rounds): {lookup:.2f} µs of Redis time per add call")
+        print(f"\nthe fresh-id label lookup alone (in a script, min of 7 rounds): "
+              f"{lookup:.2f} µs of Redis time per add call")
     finally:
         for proc in procs:
             proc.terminate()
