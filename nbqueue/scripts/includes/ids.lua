@@ -32,7 +32,10 @@ local function id_label()
   local rec = redis.call('HMGET', K_META, 'rid', 'idl')
   local chk = BASE .. 'idchk'
   if rec[1] and redis.call('GET', chk) == rec[1] then return rec[2] or '' end
-  local info = redis.call('INFO', 'replication')
+  -- pcall: an ACL user without +info cannot run INFO; its adds keep the recorded label
+  -- (their ids are then not failover-safe; docs/scaling.md)
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then return rec[2] or '' end
   local replid = info_field(info, '\nmaster_replid:')
   redis.set_repl(redis.REPL_NONE)
   redis.call('SET', chk, replid, 'PX', 500)
