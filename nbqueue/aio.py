@@ -92,9 +92,15 @@ class QueueManager(ManagerBase[Queue, Worker]):
 
     async def start_worker(
             self, name: str, worker_concurrency: int | None = None, mode: str = "asyncio",
-            processor: Processor | None = None, **worker_options: Any) -> Worker:
-        """Start a worker for ``name`` and return it (idempotent); asyncio mode by default."""
+            processor: Processor | None = None, *, detach: bool = False,
+            **worker_options: Any) -> Any:
+        """Start a worker for ``name`` and return it (idempotent); asyncio mode by default.
+        ``mode="process", detach=True``: a ``DetachedWorker`` (see ``nbqueue.detached``)."""
         worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
+        if detach:
+            from .detached import start
+
+            return await asyncio.to_thread(start, worker, worker.name)
         reused = self._reuse_worker(name, worker)
         if reused is not None:
             return reused

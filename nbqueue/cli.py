@@ -158,6 +158,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_worker(conn: Any, worker_id: str, timeout: float) -> int:
+    """``nbqueue workers stop ID``: any registered worker (a detached one, a CLI worker, a
+    kernel's), on any host, through Redis; waits for it to finish its active jobs."""
+    from .detached import stop_by_id
+
+    queue, left = stop_by_id(conn, worker_id, timeout)
+    if queue is None:
+        print(f"no registered worker {worker_id!r} (see `nbqueue workers`)", file=sys.stderr)
+        return 1
+    if left:
+        print(f"worker {worker_id} of {queue!r} stopped")
+        return 0
+    print(f"worker {worker_id} of {queue!r} was asked to stop and is still finishing its "
+          f"active jobs after {timeout:g}s", file=sys.stderr)
+    return 2
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     """The registered workers of the queues (every process and host), one line each."""
     import datetime as dt
@@ -167,6 +184,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
     from .queue import Queue
 
     conn = connect(args.url)
+    if len(args.queue) == 2 and args.queue[0] == "stop":  # nbqueue workers stop ID
+        return _stop_worker(conn, args.queue[1], args.timeout)
     client = conn.sync()
     names = args.queue or discover_queues(client)
     t = client.time()
@@ -251,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("workers", help="list the workers registered for queues (any host); "
                         "a worker drops out when it misses heartbeats for its ttl")
-    wk.add_argument("queue", nargs="*")
+    wk.add_argument("queue", nargs="*", help="queues to list (default: all); or "
+                    "`stop ID`: stop that worker gracefully (any process or host)")
+    wk.add_argument("--timeout", type=float, default=60.0,
+                    help="with stop: seconds to wait for it to finish its active jobs")
     wk.set_defaults(func=cmd_workers)
 
     d = sub.add_parser("demo", help="a short end-to-end run on the embedded default Redis")

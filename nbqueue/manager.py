@@ -12,7 +12,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from .connection import Connection, connect
 from .errors import UnknownQueueError
@@ -24,6 +24,8 @@ from .worker import Processor, Worker, WorkerBase
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .detached import DetachedWorker
 
 _MANAGERS: weakref.WeakSet[ManagerBase[Any, Any]] = weakref.WeakSet()
 
@@ -186,11 +188,30 @@ class QueueManager(ManagerBase[Queue, Worker]):
     queue_class = Queue
     worker_class = Worker
 
+    @overload
     def start_worker(self, name: str, worker_concurrency: int | None = None,
-                     mode: str = "thread", processor: Processor | None = None,
-                     **worker_options: Any) -> Worker:
-        """Start a worker for ``name`` in the background and return it (idempotent)."""
+                     mode: str = "thread", processor: Processor | None = None, *,
+                     detach: Literal[False] = False, **worker_options: Any) -> Worker: ...
+
+    @overload
+    def start_worker(self, name: str, worker_concurrency: int | None = None,
+                     mode: str = "thread", processor: Processor | None = None, *,
+                     detach: Literal[True], **worker_options: Any) -> DetachedWorker: ...
+
+    def start_worker(self, name: str, worker_concurrency: int | None = None,
+                     mode: str = "thread", processor: Processor | None = None, *,
+                     detach: bool = False, **worker_options: Any) -> Worker | DetachedWorker:
+        """Start a worker for ``name`` in the background and return it (idempotent).
+
+        ``mode="process", detach=True``: a worker that outlives this process (the kernel),
+        handed the processor over a pipe; returns a ``DetachedWorker`` once it is registered
+        (``nbqueue.detached``). A running detached worker of the same ``name`` (default: the
+        queue's name) is replaced."""
         worker = self._build_worker(name, worker_concurrency, mode, processor, worker_options)
+        if detach:
+            from .detached import start
+
+            return start(worker, worker.name)
         with self._lock:
             reused = self._reuse_worker(name, worker)
             if reused is not None:
@@ -202,7 +223,8 @@ class QueueManager(ManagerBase[Queue, Worker]):
         return worker.start()
 
     def stop_worker(self, name: str, timeout: float | None = None) -> None:
-        """Stop the worker of ``name`` started here (gracefully), if any."""
+        """Stop the worker of ``name`` started here (gracefully), if any (a detached worker:
+        ``DetachedWorker.stop``, ``%nbqueue worker stop ID``, ``nbqueue workers stop ID``)."""
         with self._lock:
             worker = self._workers.pop(name, None)
         if worker is not None:

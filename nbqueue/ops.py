@@ -833,7 +833,8 @@ def parse_worker(worker_id: str, h: Mapping[str, Any]) -> WorkerInfo | None:
     return WorkerInfo(id=worker_id, host=str(info.get("host", "")), pid=num(info.get("pid")),
                       mode=str(info.get("mode", "")), concurrency=num(info.get("concurrency")),
                       active=num(h.get("active")), started_at=num(h.get("started")),
-                      last_heartbeat=num(h.get("hb")))
+                      last_heartbeat=num(h.get("hb")), detached=str(info.get("detached", "")),
+                      process=str(info.get("proc", "")))
 
 def _log_line(line: Any) -> str:
     text = line if isinstance(line, str) else str(line)

@@ -90,7 +90,11 @@ class WorkerInfo:
     ``id`` is the worker's token (``<pid>-<hex>`` unless the worker was given a ``name``),
     ``mode`` is thread, asyncio or process, ``active`` the number of jobs it was running at
     its last heartbeat. ``started_at`` and ``last_heartbeat`` are epoch milliseconds from the
-    Redis server's clock (as ``JobStatus.processed_on``).
+    Redis server's clock (as ``JobStatus.processed_on``). ``detached`` is the name of a
+    detached worker (``start_worker(..., mode="process", detach=True)``; '' for a worker that
+    lives in the process that started it); ``process`` identifies its process on its machine
+    ("<boot id>/<pid namespace>/<start ticks>": how a worker on the same machine tells that
+    it is gone, see ``nbqueue.reaper``).
     """
 
     id: str
@@ -101,6 +105,8 @@ class WorkerInfo:
     active: int
     started_at: int
     last_heartbeat: int
+    detached: str = ""
+    process: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -177,3 +177,25 @@ def test_nbqueue_line_magic(ip) -> None:
 def test_nbqueue_bad_usage(ip, line: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         ip.run_line_magic("nbqueue", line)
+
+
+def test_worker_stop_by_id_stops_a_worker_of_another_kernel(ip, capsys) -> None:
+    """``%nbqueue worker stop ID`` (issue 19 item 5): any registered worker, through Redis
+    (here one of another manager, as another kernel's would be)."""
+    other = nbqueue.QueueManager(connection=nbqueue.connect())
+    other.get_queue("elsewhere")
+    w = nbqueue.Worker("elsewhere", lambda job: None, other.connection,
+                       name="other-kernel-w1").start()
+    try:
+        assert [x.id for x in other.get_workers("elsewhere")] == ["other-kernel-w1"]
+        ip.run_line_magic("nbqueue", "worker stop other-kernel-w1")
+        assert "stopped worker other-kernel-w1 of 'elsewhere'" in capsys.readouterr().out
+        assert other.get_workers("elsewhere") == []
+        deadline = time.monotonic() + 30
+        while w.is_running:
+            assert time.monotonic() < deadline, "the worker did not stop"
+            time.sleep(0.05)
+        ip.run_line_magic("nbqueue", "worker stop no-such-worker")
+        assert "no registered worker has that id" in capsys.readouterr().out
+    finally:
+        w.stop()

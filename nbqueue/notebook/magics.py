@@ -176,6 +176,8 @@ def _nbqueue_parser() -> _Parser:
     s.add_argument("--processor", "-p", default=None,
                    help="name of a function in the notebook (default: the registered one)")
     s.add_argument("--allow-code", action="store_true", help="also run %%%%enqueue --run jobs")
+    s.add_argument("--detach", action="store_true",
+                   help="with --mode process: a worker that outlives this kernel")
     for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue"),
                            ("retry", "move failed jobs back to wait")):
         sub.add_parser(name, help=helptext).add_argument("queue")
@@ -359,7 +361,8 @@ class NbqueueMagics(Magics):
         %nbqueue dashboard [QUEUE ...] [--refresh S]  the live widget panel
         %nbqueue worker start QUEUE [--concurrency N] [--mode thread|asyncio|process]
                                     [--processor FUNC] [--allow-code]
-        %nbqueue worker stop QUEUE | worker list
+        %nbqueue worker stop QUEUE|ID | worker list   (ID: any registered worker)
+        %nbqueue worker start QUEUE --mode process --detach   (outlives the kernel)
         %nbqueue pause|resume|retry QUEUE
         %nbqueue batch QUEUE NAME   a named batch (map(..., name=NAME)) from any kernel
         %nbqueue promote QUEUE JOB_ID              run a delayed job now
@@ -414,11 +417,22 @@ class NbqueueMagics(Magics):
         if not args.queue:
             raise UsageError(f"%nbqueue worker {args.action}: name the queue")
         if args.action == "stop":
-            if args.queue not in m.workers:
-                print(f"no worker of this kernel runs for {args.queue!r}")
+            if args.queue in m.workers:
+                m.stop_worker(args.queue)
+                print(f"stopped the worker of {args.queue!r}")
                 return None
-            m.stop_worker(args.queue)
-            print(f"stopped the worker of {args.queue!r}")
+            # a worker id from `%nbqueue workers` (detached, another kernel, a terminal)
+            from ..detached import stop_by_id
+
+            queue, left = stop_by_id(m.connection, args.queue, timeout=60.0, prefix=m.prefix)
+            if queue is None:
+                print(f"no worker of this kernel runs for {args.queue!r}, and no registered "
+                      f"worker has that id (see %nbqueue workers)")
+            elif left:
+                print(f"stopped worker {args.queue} of {queue!r}")
+            else:
+                print(f"asked worker {args.queue} of {queue!r} to stop; it is still "
+                      "finishing its active jobs")
             return None
         processor = None
         if args.processor:
@@ -430,6 +444,11 @@ class NbqueueMagics(Magics):
                 raise UsageError(f"%nbqueue worker start: {args.processor!r} is not callable")
         m.get_queue(args.queue)
         options: dict[str, Any] = {"allow_code": True} if args.allow_code else {}
+        if args.detach:
+            if args.mode != "process":
+                raise UsageError("%nbqueue worker start --detach runs a process-mode worker: "
+                                 "add --mode process")
+            options["detach"] = True
         try:
             return m.start_worker(args.queue, args.concurrency, mode=args.mode,
                                   processor=processor, **options)

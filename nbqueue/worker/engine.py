@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from ..keys import DEAD_LETTER_QUEUE, DEFAULT_PREFIX
 from ..ops import QueueOps
 from ..processor import Processor, is_async
 from ..queue import AsyncQueue, Queue
+from ..reaper import process_identity
 from ..records import JobRecord
 from .execution import Execution, JobFactory
 from .fetching import Fetcher
@@ -100,9 +100,10 @@ class Engine:
                              stalled_ms=stalled_interval, max_stalled=max_stalled_count,
                              jobs=self.jobs, outbox=self.outbox,
                              heartbeat_ms=heartbeat_interval,
-                             info={"host": socket.gethostname(), "pid": os.getpid(),
+                             info={**process_identity(),  # nbqueue/reaper.py
                                    "mode": mode, "concurrency": concurrency},
                              new_client=connection.new_async)
+        self.upkeep.on_stop = self.request_stop  # a stop request by id (nbqueue.reaper)
         self.loop: asyncio.AbstractEventLoop | None = None
         # called (on the loop) once the worker is in the registry: Worker.start() waits for it
         self.on_registered: Callable[[], None] | None = None

@@ -11,6 +11,9 @@ The cancel listener blocks (BLPOP, on a connection of its own) on this worker's 
 list, where ``cancel.lua`` pushes the id of an active job it holds: no polling, and the
 list has the queue's hash tag, so it lives in the queue's slot on a Redis Cluster. A list
 rather than pub/sub: a request made while the listener reconnects waits for it.
+A stop request (``nbqueue.reaper.request_stop``) arrives on the same list and calls
+``on_stop``. After each heartbeat the worker releases the jobs of workers on this machine
+whose process is gone (``nbqueue.reaper``) and sweeps them back at once.
 The flow upkeep (every ``flows.UPKEEP_S``) delivers dependency notifications a crashed
 process left in this queue and re-registers the dependencies of its waiting jobs whose
 re-check time has come (``nbqueue.flows``); ``resolve_flows`` delivers the notifications a
@@ -24,7 +27,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import flows
+from .. import flows, reaper
 from ..dataplane import sweep
 from ..ops import QueueOps
 from ..protocol import Call, run_async, single
@@ -56,6 +59,7 @@ class Upkeep:
         self.client: Any = None
         self.new_client = new_client
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_stop: Callable[[], None] | None = None  # a stop request came (reaper.py)
         # Set by stop() before it cancels the tasks: a loop also ends at its next turn if a
         # cancellation that hit it inside a Redis call was swallowed on the way (seen: the
         # task then slept on, and stop() waited for it until the worker's stop timed out).
@@ -101,6 +105,18 @@ class Upkeep:
             raise
         except Exception as exc:
             log.warning("worker %s could not send its heartbeat: %s", self.token, exc)
+        try:  # workers of this machine whose process is gone: their jobs back now
+            dead, held = await run_async(self.client, reaper.reap(self.ops, self.token))
+            if dead:
+                log.warning("worker %s: worker(s) %s of this machine are gone (pid not alive); "
+                            "%d job(s) they held go back now", self.token, ", ".join(dead),
+                            held)
+            if held:
+                await self.sweep_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("worker %s could not check for gone workers: %s", self.token, exc)
         try:  # artifact files of jobs that retention deleted (an fsspec store; one SRANDMEMBER)
             await run_async(self.client, sweep(self.ops.keys))
         except asyncio.CancelledError:
@@ -129,19 +145,23 @@ class Upkeep:
                 # Its outcome will be refused by finish.lua (and logged then).
                 log.warning("worker %s lost the lock of job %s", self.token, jid)
 
+    async def sweep_once(self) -> None:
+        """One stalled sweep (at most one per interval across the queue's workers)."""
+        _, failed = await run_async(self.client, self.ops.check_stalled(
+            self.max_stalled, self.stalled_ms))
+        if failed and self.outbox.dead_letter:
+            records = await run_async(self.client, self.ops.get_jobs_by_id(failed))
+            for rec in records:
+                if rec is not None:
+                    rec.attempts_made -= 1  # dead_letter_entry counts this attempt
+                    self.outbox.add_dead_letter(rec, rec.failed_reason or "stalled",
+                                                "stalled")
+            await self.outbox.send_dead_letters()
+
     async def sweep_stalled(self) -> None:
         while not self._closing:
             try:
-                _, failed = await run_async(self.client, self.ops.check_stalled(
-                    self.max_stalled, self.stalled_ms))
-                if failed and self.outbox.dead_letter:
-                    records = await run_async(self.client, self.ops.get_jobs_by_id(failed))
-                    for rec in records:
-                        if rec is not None:
-                            rec.attempts_made -= 1  # dead_letter_entry counts this attempt
-                            self.outbox.add_dead_letter(rec, rec.failed_reason or "stalled",
-                                                        "stalled")
-                    await self.outbox.send_dead_letters()
+                await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -162,7 +182,12 @@ class Upkeep:
                     log.warning("worker %s: cancel listener: %s", self.token, exc)
                     await asyncio.sleep(1.0)
                     continue
-                if popped:
+                if popped and str(popped[1]) == reaper.STOP_REQUEST:
+                    log.warning("worker %s: a stop was requested; stopping gracefully",
+                                self.token)
+                    if self.on_stop is not None:
+                        self.on_stop()
+                elif popped:
                     self.jobs.cancel(str(popped[1]))
         finally:
             try:

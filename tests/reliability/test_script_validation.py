@@ -390,6 +390,15 @@ def case_art_put(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     assert not r.exists(f"{BASE}art:no-such-job")
 
 
+def case_release_worker(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    held = [j.id for j in s["active"]]  # locked by w1
+    for key in ("active", "workers"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: _run(q, _single(q._ops.call("release_worker", "w1")))) \
+                is not None
+    assert all(r.zscore(BASE + "active", i) > 0 for i in held)  # locks untouched
+
+
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {
     name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
