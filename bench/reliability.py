@@ -66,7 +66,7 @@ def _queue(url: str) -> Any:
 
 
 def bulk_gap(server: RedisServer, n: int, chunked: bool = True) -> dict[str, float]:
-    from nbqueue import ops
+    from nbqueue.ops import jobs as ops
 
     r = redis.Redis(port=server.port, decode_responses=True)
     r.flushall()
@@ -174,7 +174,7 @@ def sweep(server: RedisServer, n: int) -> dict[str, dict[str, float]]:
 
 
 def add_cost(server: RedisServer, n: int, rounds: int = 3) -> dict[str, dict[str, float]]:
-    from nbqueue import ops
+    from nbqueue.ops import jobs as ops
 
     r = redis.Redis(port=server.port, decode_responses=True)
     out: dict[str, list[tuple[float, float, float]]] = {"with token": [], "no token": []}

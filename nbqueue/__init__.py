@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch import IncompleteResultsWarning, JobBatch, chunk_frame
+from .batch import IncompleteResultsWarning, JobBatch
 from .connection import Connection, connect
 from .errors import (
     ArtifactError,
@@ -132,6 +132,14 @@ def dashboard(queues: Any = None, refresh: float | None = 1.0, **kwargs: Any) ->
     from .notebook.dashboard import Dashboard
 
     return Dashboard(queues, refresh=refresh, **kwargs)
+
+
+def chunk_frame(job: Any) -> pd.DataFrame:
+    """The DataFrame chunk a ``Queue.map`` job carries, exactly as it was in the mapped
+    frame (``nbqueue.frames.chunk_frame``)."""
+    from .frames import chunk_frame as _chunk_frame
+
+    return _chunk_frame(job)
 
 
 def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:

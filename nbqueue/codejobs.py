@@ -119,7 +119,7 @@ def add_code_job(queue: Any, code: str, *, secret: str | bytes | None = None,
     if job_options.get("job_id") is not None:
         raise ValueError("a code job's id is chosen when it is signed; job_id cannot be given")
     job_options.pop("job_id", None)
-    now = queue._run(queue._ops.server_time())
+    now = queue._run(queue.ops.server_time())
     job_id = f"code-{secrets.token_hex(8)}"
     data = make_code_job(code, secret, queue=queue.name, job_id=job_id, now=now, ttl=ttl)
     return queue.add(data, job_id=job_id, **job_options)

@@ -279,7 +279,7 @@ def store_result(job: Any, value: Any) -> Any:
         return value
     queue = job.queue
     connection = queue.connection
-    return run_sync(connection.sync(), put_result(queue._ops, connection.store, job.id,
+    return run_sync(connection.sync(), put_result(queue.ops, connection.store, job.id,
                                                   value))
 
 
@@ -344,7 +344,7 @@ def load_chunk(job: Any, ref: ArtifactRef) -> Any:
                             "job itself, not its payload")
         return arrowcodec.decode(check_bytes(read_url(ref.url), ref, "chunk"))
     return run_sync(queue.connection.sync(),
-                    resolve(queue._ops.keys, job.id, ref.to_json()))
+                    resolve(queue.ops.keys, job.id, ref.to_json()))
 
 
 # -- the sweep of fsspec artifact files ------------------------------------------------------

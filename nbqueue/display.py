@@ -1,7 +1,9 @@
 """Rich and plain-text displays of queues, jobs and batches (their ``_repr_html_`` and
 ``_repr_pretty_``), and the small formatters the dashboard shares with them.
 
-Pure functions of values already read from Redis: nothing here does I/O. Progress is shown
+Pure functions of values already read from Redis: nothing here reads Redis. ``Progress``
+is the live display of ``JobBatch.wait`` (a notebook output updated in place, or a text
+bar on a terminal). Progress is shown
 in percent everywhere (``frames.progress_percent``); durations read as ``850 ms``,
 ``4.2 s``, ``3 min 5 s``, ``2 h 10 min``; times are UTC.
 """
@@ -12,11 +14,16 @@ import datetime as _dt
 import html
 import json
 import math
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
-__all__ = ["batch_html", "batch_text", "fmt_count", "fmt_duration", "fmt_time", "job_html",
-           "job_text", "progress_percent", "queue_html", "queue_text"]
+from .errors import InvalidOptionError
+
+__all__ = ["Progress", "batch_html", "batch_text", "fmt_count", "fmt_duration", "fmt_time",
+           "job_html", "job_text", "progress_percent", "queue_html", "queue_text"]
 
 STATE_COLORS = {"waiting": "#1f6fb2", "active": "#c25e00", "delayed": "#7b4fa8",
                 "completed": "#1e7b34", "failed": "#c62828", "paused": "#8a6d00",
@@ -247,3 +254,92 @@ def batch_text(total: int, done: int, failed: int, rate: float | None = None,
     if eta_s is not None and done < total:
         parts.append(f"ETA {fmt_duration(eta_s * 1000)}")
     return ", ".join(parts)
+
+
+# -- the live progress of a JobBatch.wait ----------------------------------------------------
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+def _fmt_eta(secs: float) -> str:
+    total = round(secs)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@dataclass
+class Progress:
+    """The live display of a ``wait``: done/total, failures, rate and ETA.
+
+    ``mode``: ``"html"`` (a notebook output updated in place), ``"text"`` (a bar on
+    ``stream``, redrawn with ``\\r``), or ``None`` (nothing). ``auto()`` picks html in a
+    notebook kernel, text on a terminal, else nothing."""
+
+    total: int
+    mode: str | None
+    stream: TextIO | None = None
+    every: float = 0.2
+    _handle: Any = None
+    _last: float = -1.0
+    _start: float = field(default_factory=time.monotonic)
+    text: str = ""
+
+    @staticmethod
+    def pick(progress: bool | str | None) -> str | None:
+        if progress is None or progress is False:
+            return None
+        if progress is True:
+            if _in_notebook():
+                return "html"
+            return "text" if sys.stderr.isatty() else None
+        if progress in ("html", "text"):
+            return str(progress)
+        raise InvalidOptionError(f"progress must be True, False, 'html' or 'text': "
+                                 f"{progress!r}")
+
+    def summary(self, done: int, failed: int) -> tuple[str, float, float | None]:
+        elapsed = max(1e-9, time.monotonic() - self._start)
+        rate = done / elapsed
+        left = self.total - done
+        eta = left / rate if rate > 0 else None
+        parts = [f"{done}/{self.total} done", f"{failed} failed", f"{rate:,.1f} jobs/s"]
+        parts.append("ETA " + (_fmt_eta(eta) if eta is not None else "?")
+                     if left else f"in {elapsed:.1f}s")
+        return ", ".join(parts), rate, eta
+
+    def html(self, done: int, failed: int) -> str:
+        text, _, _ = self.summary(done, failed)
+        colour = "#c0392b" if failed else "#2e7d32"
+        return (f"<div class='nbqueue-batch'><progress value='{done}' "
+                f"max='{max(1, self.total)}' style='width:20em'></progress> "
+                f"<span style='color:{colour}'>{html.escape(text)}</span></div>")
+
+    def update(self, done: int, failed: int, final: bool = False) -> None:
+        self.text = self.summary(done, failed)[0]
+        if self.mode is None:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < self.every:
+            return
+        self._last = now
+        if self.mode == "html":
+            from IPython.display import HTML, display
+
+            if self._handle is None:
+                self._handle = display(HTML(self.html(done, failed)), display_id=True)
+            else:
+                self._handle.update(HTML(self.html(done, failed)))
+            return
+        stream = self.stream or sys.stderr
+        width = 30
+        filled = int(width * done / self.total) if self.total else width
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.text}")
+        if final:
+            stream.write("\n")
+        stream.flush()

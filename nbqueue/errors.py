@@ -188,3 +188,9 @@ class MissingStoreBackendError(MissingDependencyError):
 class BatchNotFoundError(NbqueueError, LookupError):
     """``get_batch(name)`` of a name no ``Queue.map(..., name=...)`` of this queue made
     (or whose queue was obliterated since); the message lists the names it knows."""
+
+
+class IncompleteResultsWarning(UserWarning):
+    """``results_frame(errors="warn")`` (the default): some jobs of the batch failed or are
+    gone, so the frame leaves them out (concatenated results) or has them as rows with
+    their error (one row per job); the warning names them."""

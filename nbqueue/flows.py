@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidOptionError, JobNotFoundError
-from .keys import DEAD_LETTER_QUEUE, QueueKeys, validate_queue_name
+from .keys import DEAD_LETTER_QUEUE, validate_queue_name
 from .protocol import Batch, Call, Op
 
-if TYPE_CHECKING:
-    from .ops import QueueOps
+if TYPE_CHECKING:  # typing only: ops imports this module (flows are ops of several queues)
+    from .ops.jobs import JobOps as QueueOps
     from .records import JobRecord
 
 log = logging.getLogger("nbqueue.flows")
@@ -101,13 +101,6 @@ def _job_id(value: Any) -> str:
     return text
 
 
-def _ops_for(ops: QueueOps, name: str) -> QueueOps:
-    """The ops of queue ``name`` (same prefix); no import of ops here: ops imports us."""
-    if name == ops.name:
-        return ops
-    return type(ops)(name, prefix=ops.keys.prefix)
-
-
 @dataclass
 class Resolved:
     """What resolver runs did: parents released to wait and parents failed."""
@@ -137,7 +130,7 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
     # The dependencies must exist: their sequence numbers identify them (a job that re-uses
     # an id later is another job). Jobs can only depend on jobs that exist, so no cycle can
     # form. Read in one round trip (plain commands: fine across slots on a cluster).
-    seqs = yield Batch([Call.cmd("HGET", _ops_for(ops, d.queue).keys.job(d.id), "seq")
+    seqs = yield Batch([Call.cmd("HGET", ops.sibling(d.queue).keys.job(d.id), "seq")
                         for d in deps])
     missing = [d.ref for d, s in zip(deps, seqs) if s is None]
     if missing:
@@ -171,14 +164,14 @@ def register(ops: QueueOps, parent_id: str, deps: Sequence[tuple[Dep, str]]) -> 
         by_queue.setdefault(d.queue, []).extend((d.id, seq))
     queued: list[str] = []
     for name, flat in by_queue.items():
-        child = _ops_for(ops, name)
+        child = ops.sibling(name)
         for i in range(0, len(flat), 2000):
             n = yield child.call("dep_register", ops.name, parent_id, *flat[i:i + 2000])
             if int(n) and name not in queued:
                 queued.append(name)
     done = Resolved()
     for name in queued:
-        done.extend((yield from resolve(_ops_for(ops, name))))
+        done.extend((yield from resolve(ops.sibling(name))))
     return done
 
 
@@ -203,7 +196,7 @@ def resolve(ops: QueueOps, dead_letter: bool = True, _depth: int = 0) -> Op[Reso
             by_parent.setdefault(pq, []).extend(
                 (str(pid), f"{cq} {cid}", str(kind), str(value)))
         for pq, args in by_parent.items():
-            parent = _ops_for(ops, pq)
+            parent = ops.sibling(pq)
             released, failed, queued = yield parent.call("dep_resolve", *args)
             done.released += [(pq, str(i)) for i in released]
             done.failed += [(pq, str(i)) for i in failed]
@@ -216,7 +209,7 @@ def resolve(ops: QueueOps, dead_letter: bool = True, _depth: int = 0) -> Op[Reso
             break
     if _depth < 50:  # a failed parent notifies its own parents: follow the chain
         for pq in cascade:
-            done.extend((yield from resolve(_ops_for(ops, pq), dead_letter, _depth + 1)))
+            done.extend((yield from resolve(ops.sibling(pq), dead_letter, _depth + 1)))
     return done
 
 
@@ -227,7 +220,7 @@ def _dead_letter(ops: QueueOps, ids: list[str]) -> Op[None]:
     records = [r for r in (yield from ops.get_jobs_by_id(ids)) if r is not None]
     if records:
         letters = ops.dead_letters_of(records, "dependency_failed")
-        yield from _ops_for(ops, DEAD_LETTER_QUEUE).add_dead_letters(letters)
+        yield from ops.sibling(DEAD_LETTER_QUEUE).add_dead_letters(letters)
 
 
 def upkeep(ops: QueueOps, limit: int = 100, dead_letter: bool = True) -> Op[Resolved]:
@@ -318,7 +311,7 @@ def after_retry(replies: Sequence[tuple[QueueOps, Any]]) -> Op[int]:
         armed = {}
         nxt: dict[str, dict[str, None]] = {}
         for name, ids in parents.items():
-            ops = _ops_for(some, name)
+            ops = some.sibling(name)
             todo = list(ids)
             for i in range(0, len(todo), 1000):
                 n, grand = yield ops.call("dep_rearm", *todo[i:i + 1000])
@@ -339,8 +332,7 @@ def _add_parents(out: dict[str, dict[str, None]], refs: Sequence[Any]) -> None:
 def dependency_results(ops: QueueOps, job_id: str) -> Op[dict[str, Any]]:
     """``job.dependency_results()``: {"<queue>:<id>": result} of its completed dependencies
     (a dependency that failed under ``on_dependency_failure="ignore"`` is left out)."""
-    key = QueueKeys(ops.name, ops.keys.prefix).job(job_id)
-    text = yield Call.cmd("HGET", key, "dres")
+    text = yield Call.cmd("HGET", ops.keys.job(job_id), "dres")
     if text is None:
         return {}
     value = json.loads(text)

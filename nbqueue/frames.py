@@ -25,12 +25,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterable, Sequence
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dataplane import chunk_ref, load_chunk, user_stacklevel
 from .display import progress_percent
-from .errors import MissingDependencyError, NbqueueError
+from .errors import (
+    IncompleteResultsWarning,
+    InvalidOptionError,
+    JobNotFoundError,
+    MissingDependencyError,
+    NbqueueError,
+)
 
 try:
     import pandas as pd
@@ -43,8 +52,9 @@ if TYPE_CHECKING:
     from .job import JobBase
 
 __all__ = ["ALL_JOB_COLUMNS", "HISTORY_COLUMNS", "JOB_COLUMNS", "METRICS_COLUMNS",
-           "WORKER_COLUMNS", "export", "history_frame", "jobs_frame", "metrics_frame",
-           "progress_percent", "workers_frame"]
+           "WORKER_COLUMNS", "chunk_frame", "export", "frame_chunks", "history_frame",
+           "jobs_frame", "metrics_frame", "progress_percent", "results_frame",
+           "workers_frame"]
 
 METRICS_COLUMNS: tuple[str, ...] = ("waiting", "active", "completed", "failed", "delayed",
                                     "paused", "total", "waiting_children")
@@ -240,3 +250,119 @@ def export(df: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
         raise ValueError(f"cannot export to {path.name!r}: use a .csv, .parquet, .md or "
                          ".json path")
     return path
+
+
+# -- the frames of Queue.map and JobBatch ----------------------------------------------------
+def frame_chunks(df: pd.DataFrame, size: int, job_type: str) -> list[dict[str, Any]]:
+    """The job data of ``Queue.map(df, chunksize=size)`` (see ``batch.map_items``)."""
+    if not df.columns.is_unique:
+        dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise InvalidOptionError(f"Queue.map: the DataFrame has duplicate columns {dup}; "
+                                 "rename them first (each row becomes a dict)")
+    out: list[dict[str, Any]] = []
+    for k, i in enumerate(range(0, len(df), size)):
+        part = df.iloc[i:i + size]
+        # to_json: C speed, and the values become JSON ones (ISO dates, NaN -> null)
+        split = json.loads(part.to_json(orient="split", date_format="iso",
+                                        default_handler=str))
+        columns = [str(c) for c in split["columns"]]
+        out.append({"type": job_type, "payload": {
+            "chunk": k, "start": i, "stop": i + len(part), "columns": columns,
+            "index": split["index"],
+            "records": [dict(zip(columns, row)) for row in split["data"]]}})
+    return out
+
+
+def chunk_frame(job: Any) -> pd.DataFrame:
+    """The DataFrame chunk a ``Queue.map`` job carries, exactly as it was in the mapped
+    frame (dtypes, index, column order): read from the artifact store and checked against
+    its content hash (``ArtifactError`` if it was changed or is gone)."""
+    payload = job.payload if hasattr(job, "payload") else job
+    ref = chunk_ref(payload)
+    if ref is not None:
+        return load_chunk(job, ref)
+    if not isinstance(payload, Mapping) or "records" not in payload:
+        raise TypeError("chunk_frame takes a job (or payload) made by Queue.map from a "
+                        "DataFrame")
+    return pd.DataFrame.from_records(payload["records"], index=payload.get("index"),
+                                     columns=payload.get("columns"))
+
+
+
+
+ERRORS = ("warn", "raise", "ignore")
+
+
+def check_errors(errors: object) -> str:
+    """``results_frame``'s ``errors``: "warn", "raise" or "ignore"."""
+    if errors not in ERRORS:
+        raise InvalidOptionError(f"errors must be 'warn', 'raise' or 'ignore', not "
+                                 f"{errors!r}")
+    return str(errors)
+
+
+def _incomplete(values: Sequence[Any], jobs: Sequence[JobBase], errors: str,
+                left_out: bool) -> None:
+    """Name the failed or missing jobs (a warning), or raise the first one's error."""
+    bad = [(j, v) for j, v in zip(jobs, values) if isinstance(v, BaseException)]
+    if not bad or errors == "ignore":
+        return
+    if errors == "raise":
+        err = bad[0][1]
+        if sys.version_info >= (3, 11):
+            err.add_note(f"{len(bad)} of {len(values)} job(s) of this batch did not "
+                         "complete; results_frame(errors='warn') returns the others")
+        raise err
+    shown = "; ".join(
+        f"job {j.id} " + ("is gone" if isinstance(v, JobNotFoundError) else
+                          f"failed ({getattr(v, 'error_type', None) or type(v).__name__}: "
+                          f"{getattr(v, 'reason', v)})")
+        for j, v in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    where = ("left out of the frame" if left_out else
+             "rows with their error in the frame (state failed or missing)")
+    warnings.warn(
+        f"results_frame: {len(bad)} of {len(values)} job(s) did not complete and are "
+        f"{where}: {shown}{more} (batch.failed() lists them, batch.retry_failed() runs "
+        "them again; errors='ignore' silences this)", IncompleteResultsWarning,
+        stacklevel=user_stacklevel())
+
+
+def results_frame(values: Sequence[Any], jobs: Sequence[JobBase],
+                  errors: str = "warn") -> pd.DataFrame:
+    """``JobBatch.results_frame``: see there."""
+    ok = [v for v in values if not isinstance(v, BaseException)]
+    frames = bool(ok) and all(isinstance(v, pd.DataFrame) for v in ok)
+    series = bool(ok) and all(isinstance(v, pd.Series) for v in ok)
+    records = bool(ok) and all(isinstance(v, list) and all(isinstance(x, dict) for x in v)
+                               for v in ok)
+    _incomplete(values, jobs, check_errors(errors), frames or series or records)
+    if frames:
+        # frame results (Arrow artifacts): concatenated in input order, dtypes kept
+        return pd.concat(ok)
+    if series:
+        return pd.concat(ok).to_frame()
+    if records:
+        # chunk results that are lists of records: the concatenated records, input order
+        return pd.DataFrame.from_records([rec for v in ok for rec in v])
+    index = pd.Index([j.id for j in jobs], name="job_id", dtype="object")
+    meta = {
+        "state": ["completed" if not isinstance(v, BaseException) else
+                  ("missing" if isinstance(v, JobNotFoundError) else "failed") for v in values],
+        "error": [str(getattr(v, "reason", v)) if isinstance(v, BaseException) else None
+                  for v in values],
+        "error_type": [getattr(v, "error_type", None) if isinstance(v, BaseException)
+                       else None for v in values],
+    }
+    if ok and all(isinstance(v, dict) for v in ok) and not (
+            set().union(*[set(v) for v in ok]) & set(meta)):
+        cols = list(dict.fromkeys(k for v in ok for k in v))
+        body = pd.DataFrame.from_records(
+            [v if isinstance(v, dict) else {} for v in values], columns=cols, index=index)
+    else:
+        body = pd.DataFrame({"result": pd.Series(
+            [None if isinstance(v, BaseException) else v for v in values], dtype="object",
+            index=index)}, index=index)
+    for k, col in meta.items():
+        body[k] = pd.Series(col, index=index, dtype="object")
+    return body

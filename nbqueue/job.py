@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .dataplane import resolve, resolve_many
+from . import flows
+from .dataplane import resolve_many
 from .display import job_html, job_text
 from .errors import JobCancelledError, JobNotFoundError
 from .options import parse_priority
@@ -151,7 +152,7 @@ class JobBase:
 
     # -- operations (one definition, bound to sync or asyncio below) -------------------
     def _refresh(self: JB) -> Op[JB]:
-        record = yield from self.queue._ops.get_job(self.id)
+        record = yield from self.queue.ops.get_job(self.id)
         if record is None:
             raise JobNotFoundError(f"job {self.id} not found in queue {self.queue.name!r}")
         self._record = record
@@ -166,45 +167,44 @@ class JobBase:
         return self._record.state
 
     def _result(self, timeout: float | None = None) -> Op[Any]:
-        value = yield from self.queue._ops.wait_result(self.id, timeout)
-        # a frame/Series/array result is an artifact: read, checked against its hash
-        return (yield from resolve(self.queue._ops.keys, self.id, value))
+        # (a frame/Series/array result is an artifact: QueueOps.outcomes reads and checks it)
+        return (yield from self.queue.ops.wait_result(self.id, timeout))
 
     def _remove(self) -> Op[bool]:
-        return (yield from self.queue._ops.remove(self.id))
+        return (yield from self.queue.ops.remove(self.id))
 
     def _retry(self) -> Op[bool]:
         """Move this failed job back to wait (attempts reset)."""
-        return bool((yield from self.queue._ops.retry_failed(0, self.id)))
+        return bool((yield from self.queue.ops.retry_failed(0, self.id)))
 
     def _promote(self) -> Op[None]:
         """Run this delayed job now (``JobStateError`` if it is not delayed)."""
-        yield from self.queue._ops.promote(self.id)
+        yield from self.queue.ops.promote(self.id)
         self._record.state = JobState.WAITING
         self._record.delay = 0
 
     def _change_priority(self, priority: Any, lifo: bool = False) -> Op[None]:
         """Move this waiting or delayed job to priority level ``priority`` (its back;
         ``lifo=True``: its front). ``JobStateError`` if it is active or finished."""
-        yield from self.queue._ops.change_priority(self.id, priority, lifo)
+        yield from self.queue.ops.change_priority(self.id, priority, lifo)
         self._record.opts = replace(self._record.opts, priority=parse_priority(priority))
 
     def _update_data(self, data: Mapping[str, Any]) -> Op[None]:
         """Replace this job's data (same rules and size limit as ``add``); ``JobStateError``
         once it has finished. A processor may call it on its own job (a checkpoint)."""
-        yield from self.queue._ops.update_data(self.id, data)
+        yield from self.queue.ops.update_data(self.id, data)
         self._record.data = dict(data)
 
     def _cancel(self) -> Op[bool]:
         """Cancel this job (see ``Queue.cancel``)."""
-        return (yield from self.queue._ops.cancel(self.id))
+        return (yield from self.queue.ops.cancel(self.id))
 
     def _get_logs(self) -> Op[list[str]]:
         """This job's log lines, oldest first."""
-        return (yield from self.queue._ops.get_logs(self.id))
+        return (yield from self.queue.ops.get_logs(self.id))
 
     def _log(self, message: Any) -> Op[int]:
-        return (yield from self.queue._ops.append_logs({self.id: [str(message)]}))
+        return (yield from self.queue.ops.append_logs({self.id: [str(message)]}))
 
     def _in_worker_log(self, message: Any) -> _Done:
         self._sink.report_log(self.id, str(message))  # type: ignore[union-attr]
@@ -217,16 +217,14 @@ class JobBase:
         it lives as long as that dependency's job)."""
         cached: dict[str, Any] | None = self.__dict__.get("_dep_results")
         if cached is None:  # (no attribute set in __init__: nothing on the per-job path)
-            from .flows import dependency_results
-
-            found = yield from dependency_results(self.queue._ops, self.id)
-            values = yield from resolve_many(self.queue._ops.keys, list(found.items()))
+            found = yield from flows.dependency_results(self.queue.ops, self.id)
+            values = yield from resolve_many(self.queue.ops.keys, list(found.items()))
             cached = dict(zip(found, values))
             self.__dict__["_dep_results"] = cached
         return dict(cached)
 
     def _update_progress(self, value: Any) -> Op[bool]:
-        ok = yield from self.queue._ops.update_progress(self.id, value)
+        ok = yield from self.queue.ops.update_progress(self.id, value)
         self._record.progress = value
         return ok
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .protocol import Batch, Call, Op
 
 if TYPE_CHECKING:
-    from .ops import QueueOps
+    from .ops.base import OpsBase as QueueOps  # (keys and name are all it reads)
 
 GRACE_S = 2.0  # a worker started with the jobs has registered by then
 

@@ -318,3 +318,41 @@ def default_options(opts: Mapping[str, Any] | None) -> JobOptions:
         if per_job in opts:
             raise InvalidOptionError(f"{per_job} cannot be a default job option")
     return merge_options(JobOptions(), opts)
+
+
+@dataclass
+class RateLimit:
+    """A queue's rate limit: at most ``max`` jobs started per ``duration`` ms."""
+
+    max: int
+    duration: int
+
+    @classmethod
+    def parse(cls, value: object) -> RateLimit | None:
+        if value is None:
+            return None
+        if isinstance(value, RateLimit):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"max", "duration"}:
+            raise InvalidOptionError("rate_limiter must be a dict {'max': n, 'duration': ms}")
+        n = value.get("max")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidOptionError(f"rate_limiter max must be an int >= 1: {n!r}")
+        return cls(n, to_ms(value.get("duration", 1000), "rate_limiter duration",
+                            allow_zero=False))
+
+
+def validate_global_concurrency(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidOptionError(f"global_concurrency must be an int >= 1 (or None for no "
+                                 f"limit): {limit!r}")
+    return limit
+
+
+def check_job_id(job_id: object) -> str:
+    """A job id given to a control operation: a non-empty str (an int is made one)."""
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        return str(job_id)
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidOptionError(f"job id must be a non-empty str: {job_id!r}")
+    return job_id

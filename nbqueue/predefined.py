@@ -106,7 +106,7 @@ class QueueService(_ServiceBase):
         """Create all predefined queues (rate limits written to Redis) and start a worker
         (``mode``) for each that has a registered processor; returns those queue names."""
         for q in self._queues():
-            q._run(q._ops.set_rate_limit(q.rate_limiter))
+            q._run(q.ops.set_rate_limit(q.rate_limiter))
         for name in self._with_processor():
             self.manager.start_worker(name, mode=mode, **worker_options)
             if name not in self.started:
@@ -126,7 +126,7 @@ class AsyncQueueService(_ServiceBase):
     async def initialize(self, *, mode: str = "asyncio", **worker_options: Any) -> list[str]:
         """See :meth:`QueueService.initialize`; workers default to the running loop."""
         for q in self._queues():
-            await q._run(q._ops.set_rate_limit(q.rate_limiter))
+            await q._run(q.ops.set_rate_limit(q.rate_limiter))
         for name in self._with_processor():
             await self.manager.start_worker(name, mode=mode, **worker_options)
             if name not in self.started:

@@ -398,6 +398,54 @@ def single(call: Call) -> Op[Any]:
     return (yield call)
 
 
+def together(ops: Sequence[Op[Any]]) -> Op[list[Any]]:
+    """Run several ops in lockstep: the steps each one yields in a round go out as ONE
+    batch (one round trip per round, however many ops); returns their values in order.
+    How a batch of jobs of several queues, or a panel of many queues, reads in one trip."""
+    if len(ops) == 1:
+        return [(yield from ops[0])]
+    values: list[Any] = [None] * len(ops)
+    steps: dict[int, Step] = {}
+    for i, op in enumerate(ops):
+        try:
+            steps[i] = next(op)
+        except StopIteration as stop:
+            values[i] = stop.value
+    while steps:
+        for i, step in list(steps.items()):
+            while isinstance(step, Offload):  # not a Redis call: run it on its own
+                try:
+                    try:
+                        done = yield step
+                    except Exception as exc:  # raised into that op, which may handle it
+                        step = ops[i].throw(exc)
+                    else:
+                        step = ops[i].send(done)
+                except StopIteration as stop:
+                    values[i] = stop.value
+                    del steps[i]
+                    break
+            else:
+                steps[i] = step
+        if not steps:
+            break
+        calls: list[Call] = []
+        spans: list[tuple[int, bool, int, int]] = []  # op, one call?, first reply, replies
+        for i, step in steps.items():
+            assert not isinstance(step, Offload)
+            part = [step] if isinstance(step, Call) else list(step.calls)
+            spans.append((i, isinstance(step, Call), len(calls), len(part)))
+            calls += part
+        replies = yield Batch(calls)
+        steps = {}
+        for i, one, first, n in spans:
+            try:
+                steps[i] = ops[i].send(replies[first] if one else replies[first:first + n])
+            except StopIteration as stop:
+                values[i] = stop.value
+    return values
+
+
 # -- binding operations to the two executors --------------------------------------------
 # A class defines each operation once, as a method returning an ``Op``; ``sync_method`` and
 # ``async_method`` turn it into the blocking or awaitable public method. The owning class

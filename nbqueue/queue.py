@@ -28,7 +28,8 @@ from .durations import to_ms
 from .errors import InvalidOptionError
 from .job import AsyncJob, Job, JobBase
 from .keys import DEFAULT_PREFIX
-from .ops import QueueOps, RateLimit, validate_global_concurrency
+from .ops import QueueOps
+from .options import RateLimit, validate_global_concurrency
 from .protocol import Op, async_method, run_async, run_sync, sync_method
 from .records import Event, JobRecord
 from .types import JobState, JobStatus, QueueMetrics, WorkerInfo
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 
 J = TypeVar("J", bound=JobBase)
-B = TypeVar("B", bound=JobBatchBase)
+B = TypeVar("B", bound=JobBatchBase[Any])
 
 
 class QueueBase(Generic[J, B]):
@@ -77,6 +78,12 @@ class QueueBase(Generic[J, B]):
         # written before the next op.
         self._config_pending = (self.rate_limiter is not None
                                 or self.global_concurrency is not None)
+
+    @property
+    def ops(self) -> QueueOps:
+        """This queue's operations as sans-I/O generators (``nbqueue.ops``): what its
+        methods, its jobs' and its batches' run. ``queue._run(queue.ops.metrics())``."""
+        return self._ops
 
     @property
     def connection(self) -> Connection:

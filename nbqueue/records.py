@@ -1,14 +1,20 @@
-"""Parsing what Redis holds into value objects (no I/O)."""
+"""What Redis holds, as value objects, and the parsers of script replies (no I/O).
+
+Job records, fetch replies, attempt outcomes (what ``finish.lua`` takes), job ends (what a
+result reader sees), events and worker registrations. ``ops`` sends and receives them.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ArtifactError, JobFailedError, JobNotFoundError
 from .options import JobOptions
-from .types import JobState, JobStatus
+from .types import JobState, JobStatus, WorkerInfo
 
 
 def _int(value: Any, default: int | None = 0) -> int | None:
@@ -215,3 +221,143 @@ def parse_events(entries: list[Any]) -> list[Event]:
         if also:
             out.append(Event(entry_id, also, None, {}))
     return out
+
+
+def parse_fetch_safe(reply: list[Any]) -> Fetched:
+    """``parse_fetch``, but a job whose stored fields break the parser in an unexpected way
+    (e.g. ``opts`` = ``{"roc": 5}``) becomes a corrupt job the worker fails, instead of an
+    exception that kills the worker and strands every job locked by the same fetch."""
+    try:
+        return parse_fetch(reply)
+    except Exception:
+        pass
+    head = list(reply[:2])
+    fetched = Fetched([], [], int(reply[0]), int(reply[1]))
+    for i in range(2, len(reply), FETCH_STRIDE):
+        part = reply[i:i + FETCH_STRIDE]
+        try:
+            one = parse_fetch(head + list(part))
+        except Exception as exc:
+            fetched.corrupt.append(CorruptJob(str(part[0]), str(part[1]),
+                                              f"corrupt job hash: {type(exc).__name__}: {exc}"))
+            continue
+        fetched.jobs.extend(one.jobs)
+        fetched.corrupt.extend(one.corrupt)
+    return fetched
+
+
+# -- how an attempt ended (the worker -> finish.lua) ------------------------------------------
+class OutcomeKind(str, enum.Enum):
+    """How an attempt ended, as ``finish.lua`` takes it (one letter on the wire)."""
+
+    COMPLETED = "c"
+    FAILED = "f"  # failed at once, never retried (unrecoverable, bad result, corrupt...)
+    EXHAUSTED = "x"  # failed, attempts exhausted
+    RETRY = "r"  # back to wait (or delayed by the backoff) for another attempt
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended, as the finish script takes it."""
+
+    job: JobRecord
+    kind: OutcomeKind
+    value: str  # result JSON (c) or failure reason
+    error_type: str = ""
+    retry_delay: int = 0
+    attempts_made: int | None = None  # None: this attempt counts (job.attempts_made + 1)
+    stacktrace: str = ""  # a failed attempt's traceback ('' = none), kept on the job
+
+    @property
+    def terminal_failure(self) -> bool:
+        return self.kind is OutcomeKind.FAILED or self.kind is OutcomeKind.EXHAUSTED
+
+
+# -- how a job ended, as a reader sees it (results, batches) ----------------------------------
+#: The end states of :class:`JobEnd` (``missing``: the job is gone).
+END_STATES = ("completed", "failed", "missing")
+#: The fields :func:`parse_job_end` reads (HMGET order).
+END_FIELDS = ("state", "rv", "fr", "et", "st")
+
+
+@dataclass
+class JobEnd:
+    """A job's state as a result reader needs it: ``value`` once completed, ``error`` (the
+    exception ``result()`` raises) once failed or gone; neither while it runs."""
+
+    state: str
+    value: Any = None
+    error: JobFailedError | JobNotFoundError | ArtifactError | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in END_STATES
+
+
+def parse_job_end(queue: str, job_id: str, fields: Sequence[Any]) -> JobEnd:
+    """HMGET ``END_FIELDS`` of a job hash -> :class:`JobEnd`."""
+    state, rv, fr, et, st = fields
+    if state is None:
+        return JobEnd("missing", error=JobNotFoundError(
+            f"job {job_id} of queue {queue!r} is gone (removed, or trimmed by retention "
+            "before its result was read)"))
+    if state == "completed":
+        return JobEnd(state, json.loads(rv) if rv else None)
+    if state == "failed":
+        traces = parse_traces(st)
+        return JobEnd(state, error=JobFailedError(job_id, fr, et,
+                                                  traces[-1] if traces else None))
+    return JobEnd(str(state))
+
+
+# -- the worker registry ----------------------------------------------------------------------
+def reply_text(value: Any) -> str:
+    """A reply value as str (clients configured without decoding give bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pairs(members: Any) -> list[tuple[Any, Any]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs, whatever shape the client returns."""
+    if not members:
+        return []
+    if isinstance(members[0], (list, tuple)):
+        return [(m[0], m[1]) for m in members]
+    return list(zip(members[0::2], members[1::2]))
+
+
+def parse_worker(worker_id: str, h: Mapping[str, Any]) -> WorkerInfo | None:
+    """A worker registry hash as a ``WorkerInfo`` (None: expired, or not a registration)."""
+    if not h or "hb" not in h:
+        return None
+    try:
+        info = json.loads(h.get("info") or "{}")
+        if not isinstance(info, dict):
+            info = {}
+    except ValueError:
+        info = {}
+
+    def num(v: Any) -> int:
+        try:
+            return int(float(v))
+        except (TypeError, ValueError):
+            return 0
+
+    return WorkerInfo(id=worker_id, host=str(info.get("host", "")), pid=num(info.get("pid")),
+                      mode=str(info.get("mode", "")), concurrency=num(info.get("concurrency")),
+                      active=num(h.get("active")), started_at=num(h.get("started")),
+                      last_heartbeat=num(h.get("hb")), detached=str(info.get("detached", "")),
+                      process=str(info.get("proc", "")))
+
+
+def dead_letter_entry(origin: str, record: JobRecord, reason: str,
+                      error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data and options of the dead-letter job recording a terminal failure; sent by
+    :meth:`QueueOps.add_dead_letters`, which stamps ``failed_at`` with the server's clock."""
+    data = {"type": "dead_letter", "payload": {
+        "queue": origin, "job_id": record.id, "name": record.name, "data": record.data,
+        "reason": reason, "error_type": error_type,
+        "attempts_made": record.attempts_made + 1}}
+    return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}"}

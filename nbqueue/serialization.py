@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _datetime
 import json
 import math
+import re
 import sys
 import uuid
 import warnings
@@ -233,3 +234,48 @@ def loads(text: str | None, default: Any = None) -> Any:
     if text is None or text == "":
         return default
     return json.loads(text)
+
+
+# -- text on the wire ------------------------------------------------------------------------
+LOG_LINE_CHARS = 10_000  # a longer job-log line is cut (its end is kept)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def wire_text(text: str) -> str:
+    """``text`` made sendable as UTF-8: lone surrogates become ``\\uXXXX`` escapes.
+
+    In JSON text they can only occur inside strings, where that escape is exact; in a
+    failure reason it is a readable stand-in. Without this a processor returning (or an
+    error message holding) such a str made the worker's finish call raise
+    UnicodeEncodeError, which killed the worker.
+    """
+    if text.isascii() or encodable(text):
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def utf8_safe(text: str, data: Any, name: str) -> tuple[str, str]:
+    """Lone surrogates cannot be sent to Redis as UTF-8: JSON-escape them (``\\ud800``),
+    which round-trips exactly, instead of failing deep in the client with UnicodeEncodeError."""
+    if not encodable(text):
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+    if not encodable(name):
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text, name
+
+
+def log_line(line: Any) -> str:
+    """One job-log line as sent: cut to ``LOG_LINE_CHARS`` (the end kept), wire-safe."""
+    text = line if isinstance(line, str) else str(line)
+    if len(text) > LOG_LINE_CHARS:
+        text = f"[{len(text) - LOG_LINE_CHARS} chars cut] " + text[-LOG_LINE_CHARS:]
+    return wire_text(text)

@@ -21,7 +21,8 @@ from nbqueue import (
     aio,
     chunk_frame,
 )
-from nbqueue.batch import Progress, map_items
+from nbqueue.batch import map_items
+from nbqueue.display import Progress
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -201,7 +202,7 @@ def test_wait_in_a_notebook_updates_one_html_output(conn, monkeypatch) -> None:
     import IPython.display
 
     monkeypatch.setattr(IPython.display, "display", display)
-    monkeypatch.setattr("nbqueue.batch._in_notebook", lambda: True)
+    monkeypatch.setattr("nbqueue.display._in_notebook", lambda: True)
     q = Queue("nbw", conn)
     batch = q.map([{"type": "t", "payload": i} for i in range(6)])
     with Worker("nbw", lambda job: job.payload, conn, concurrency=2):

@@ -386,7 +386,7 @@ def test_an_empty_registry_is_rebuilt_by_one_scan(conn: Connection, r: redis.Red
 
 def test_a_queue_obliterated_elsewhere_comes_back_with_the_next_add(
         conn: Connection, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbqueue import ops
+    from nbqueue.ops import base as ops
 
     producer = Queue("back", connection=conn)
     producer.add({"type": "t"})

@@ -116,35 +116,37 @@ def test_metrics_total_is_pending_work() -> None:
 def test_wait_result_returns_the_stored_value() -> None:
     _, value = drive(OPS.wait_result("5", None),
                      [[],  # XREVRANGE: an empty event stream
-                      ["completed", '{"ok": 1}', None, None, "{}", None]])
+                      ["completed", '{"ok": 1}', None, None, None]])
     assert value == {"ok": 1}
 
 
 def test_wait_result_of_a_failed_job_raises_with_reason_and_type() -> None:
     with pytest.raises(JobFailedError, match="boom") as exc:
-        raises(OPS.wait_result("5", None), [[], ["failed", None, "boom", "ValueError", "{}",
+        raises(OPS.wait_result("5", None), [[], ["failed", None, "boom", "ValueError",
                                                  None]])
     assert exc.value.error_type == "ValueError" and exc.value.job_id == "5"
 
 
 def test_wait_result_of_a_missing_job() -> None:
     with pytest.raises(JobNotFoundError):
-        raises(OPS.wait_result("5", None), [[], [None] * 6])
+        raises(OPS.wait_result("5", None), [[], [None] * 5])
 
 
 def test_wait_result_times_out_without_waiting_past_the_deadline() -> None:
     with pytest.raises(ResultTimeoutError) as exc:
-        raises(OPS.wait_result("5", 0), [[], ["active", None, None, None, "{}", None]])
+        raises(OPS.wait_result("5", 0), [[], ["active", None, None, None, None],
+                                          [[1_700_000_000, 0], []]])  # TIME, no worker
     assert isinstance(exc.value, TimeoutError) and isinstance(exc.value, NbqueueError)
+    assert "no live worker" in str(exc.value)  # the registry was read (nbqueue.liveness)
 
 
 def test_wait_result_looks_again_after_the_job_s_event() -> None:
     event = [["1-0", {"event": "completed", "jobId": "5"}]]  # as redis-py parses XREAD
     steps, value = drive(OPS.wait_result("5", None), [
         [["0-1", []]],  # the stream's last entry id: 0-1
-        ["active", None, None, None, "{}", None],
+        ["active", None, None, None, None],
         [["sq-stream", event]],  # XREAD: the job's completed event
-        ["completed", "3", None, None, "{}", None]])
+        ["completed", "3", None, None, None]])
     assert value == 3
     xread = steps[2]
     assert isinstance(xread, Call) and xread.command is not None
@@ -270,3 +272,80 @@ def test_a_step_can_be_answered_by_anything_shaped_like_a_reply() -> None:
     # the executors are not involved at all: no Redis, no client
     _, paused = drive(OPS.is_paused(), ["1"])
     assert paused is True
+
+
+# -- how jobs ended (wait_result and JobBatch share QueueOps.outcomes) -----------------------
+def test_outcomes_reads_every_job_in_one_round_trip() -> None:
+    steps, ends = drive(OPS.outcomes(["1", "2", "3", "4"]), [[
+        ["completed", '{"v": 1}', None, None, None],
+        ["failed", None, "boom", "ValueError", json.dumps(["Traceback: here"])],
+        [None, None, None, None, None],
+        ["active", None, None, None, None]]])
+    assert len(steps) == 1 and isinstance(steps[0], Batch) and len(steps[0].calls) == 4
+    assert [e.state for e in ends] == ["completed", "failed", "missing", "active"]
+    assert ends[0].value == {"v": 1} and ends[0].error is None and ends[0].ended
+    assert isinstance(ends[1].error, JobFailedError) and ends[1].error.error_type == "ValueError"
+    assert ends[1].error.remote_traceback == "Traceback: here"
+    assert isinstance(ends[2].error, JobNotFoundError) and "gone" in str(ends[2].error)
+    assert not ends[3].ended and ends[3].error is None
+
+
+def test_cancel_many_counts_and_resolves_dependents_once() -> None:
+    steps, n = drive(OPS.cancel_many(["1", "2", "3", "4"]), [
+        [[1, "waiting"], [0, ""], [3, "active"], [-1, "completed"]],
+        []])  # flows.resolve: ZRANGE notify -> nothing left to deliver
+    assert n == 2  # 1 (cancelled) and 3 (cancelled, dependents notified); 2 and 4 skipped
+    assert isinstance(steps[0], Batch) and [c.script for c in steps[0].calls] == ["cancel"] * 4
+    assert isinstance(steps[1], Call) and steps[1].command is not None
+    assert steps[1].command[0] == "ZRANGE"  # the resolver ran (code 3)
+    steps, n = drive(OPS.cancel_many(["5"]), [[[1, "waiting"]]])
+    assert n == 1 and len(steps) == 1  # no resolver without a code 3
+
+
+def test_retry_jobs_one_round_trip() -> None:
+    # retry_failed.lua: {moved, re-armed, parents to re-arm}: nothing more to do here
+    steps, moved = drive(OPS.retry_jobs(["1", "2", "3"]), [[[1, 0, []], [0, 0, []],
+                                                           [1, 0, []]]])
+    assert moved == 2 and len(steps) == 1 and isinstance(steps[0], Batch)
+    assert [c.args[-1] for c in steps[0].calls] == ["1", "2", "3"]
+
+
+def test_siblings_share_the_prefix_and_are_made_once() -> None:
+    ops = QueueOps("left", prefix="pfx")
+    right = ops.sibling("right")
+    assert right.keys.prefix == "pfx" and right.name == "right"
+    assert ops.sibling("right") is right and ops.sibling("left") is ops
+
+
+def test_together_sends_the_steps_of_several_ops_as_one_batch() -> None:
+    from nbqueue.protocol import together
+
+    a, b = QueueOps("qa"), QueueOps("qb")
+    steps, (ends_a, ends_b, none) = drive(together([
+        a.outcomes(["1", "2"]), b.outcomes(["7"]), iter_nothing()]), [
+        [["completed", "1", None, None, None], ["active", None, None, None, None],
+         ["completed", "7", None, None, None]]])
+    assert len(steps) == 1 and isinstance(steps[0], Batch) and len(steps[0].calls) == 3
+    assert [e.value for e in ends_a] == [1, None] and ends_b[0].value == 7 and none == "done"
+
+
+def iter_nothing() -> Op[str]:
+    """An op that needs no Redis at all."""
+    if False:  # pragma: no cover - makes this a generator
+        yield Call.cmd("PING")
+    return "done"
+
+
+def test_together_runs_an_offload_step_on_its_own() -> None:
+    from nbqueue.protocol import Offload, together
+
+    def reads_a_file() -> Op[str]:
+        body = yield Offload(lambda: "bytes")
+        n = yield Call.cmd("STRLEN", "k")
+        return f"{body}:{n}"
+
+    steps, (a, b) = drive(together([reads_a_file(), QueueOps("qa").outcomes(["1"])]),
+                          ["bytes", [5, ["completed", "1", None, None, None]]])
+    assert isinstance(steps[0], Offload)  # alone, before the round of Redis calls
+    assert isinstance(steps[1], Batch) and len(steps[1].calls) == 2
+    assert a == "bytes:5" and b[0].value == 1

@@ -143,3 +143,16 @@ def test_no_import_cycles_in_the_package() -> None:
         " <-> ".join(c) + "\n" + "\n".join(
             f"    {m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found)
     assert not found, f"import cycles (function-level imports count):\n{detail}"
+
+
+
+def test_the_checker_counts_late_imports(tmp_path: Path) -> None:
+    """A function-level import (a "late import") is an edge like any other: a cycle
+    dodged by importing inside a function is still found."""
+    tree = ast.parse("def f():\n    from .b import x\n")
+    found = _imports(tree)
+    assert len(found) == 1 and isinstance(found[0], ast.ImportFrom)
+    typing_only = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                            "    from .b import x\n")
+    assert [n for n in _imports(typing_only) if isinstance(n, ast.ImportFrom)
+            and n.module == "b"] == []

@@ -38,6 +38,32 @@ def sync_use() -> None:
     print(value, same, batch, found, status, metrics, by_name, queue)
 
 
+def batch_use() -> None:
+    # a batch is a list of Job: iterating it gives handles with .result()
+    for job in Queue("q").map([{"type": "t"}]):
+        value: Any = job.result(timeout=1)
+        print(value)
+    bulk = Queue("q").add_bulk([{"type": "t"}])
+    results: list[Any] = [job.result() for job in bulk]
+    mapped: JobBatch = queue_manager.map("q", [{"type": "t"}], chunksize=10)
+    first: Job = mapped[0]
+    failed: list[Job] = mapped.failed()
+    done: list[Any] = [j.result() for j in mapped.as_completed(timeout=5)]
+    print(results, first, failed, done, mapped.wait(progress=False).results())
+
+
+async def async_batch_use() -> None:
+    batch: aio.JobBatch = await aio.Queue("q").map([{"type": "t"}])
+    for job in batch:
+        value: Any = await job.result(timeout=1)
+        print(value)
+    first: aio.Job = batch[0]
+    async for j in batch.as_completed():
+        print(await j.result())
+    failed: list[aio.Job] = await batch.failed()
+    print(first, failed)
+
+
 async def async_use() -> None:
     job: aio.Job = await aio.Queue("q").add({"type": "t"})
     again: aio.Job = await job.refresh()
@@ -56,6 +82,12 @@ async def wrong() -> None:
     job = Queue("q").add({"type": "t"})
     job.no_such_method()
     not_awaited: aio.Job = aio.Queue("q").add({"type": "t"})
+
+
+def batch_misuse() -> None:
+    wrong_kind: aio.Job = Queue("q").map([{"type": "t"}])[0]
+    for job in Queue("q").add_bulk([{"type": "t"}]):
+        job.no_such_batch_method()
 '''
 
 
@@ -95,3 +127,6 @@ def test_misuse_is_caught(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert '"Job" has no attribute "no_such_method"' in res.stdout
     assert "Coroutine" in res.stdout  # an un-awaited aio call is not a Job
+    # a sync batch holds sync jobs (not aio ones), and they are typed (not Any)
+    assert 'expression has type "Job", variable has type "AsyncJob"' in res.stdout
+    assert '"Job" has no attribute "no_such_batch_method"' in res.stdout

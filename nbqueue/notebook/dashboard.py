@@ -46,8 +46,8 @@ except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no
 from .. import kernel as _kernel
 from ..display import fmt_duration, fmt_time, progress_percent
 from ..keys import QueueKeys
-from ..ops import parse_worker
 from ..protocol import Batch, Call, run_sync
+from ..records import parse_worker
 
 __all__ = ["RATE_WINDOW_S", "SPARK_MINUTES", "Dashboard"]
 
@@ -89,7 +89,7 @@ class _QueueState:
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
-        self.keys: QueueKeys = queue._ops.keys
+        self.keys: QueueKeys = queue.ops.keys
         self.samples: deque[tuple[float, float]] = deque()  # (monotonic s, finished total)
         self.minutes: dict[int, tuple[int, int]] = {}  # minute -> (completed, failed)
         self.active_ids: list[str] = []

@@ -23,9 +23,8 @@ from ..backoff import BackoffStrategy
 from ..dataplane import store_result
 from ..errors import JobCancelledError, JobTimeoutError, UnrecoverableError
 from ..job import JobBase, ProgressSink
-from ..ops import Outcome, OutcomeKind
 from ..processor import Processor
-from ..records import JobRecord
+from ..records import JobRecord, Outcome, OutcomeKind
 from ..serialization import dumps
 from . import capture
 from .outbox import Outbox

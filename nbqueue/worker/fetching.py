@@ -15,9 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..ops import Outcome, OutcomeKind, QueueOps
+from ..ops import QueueOps
 from ..protocol import Call, run_async, single
-from ..records import Fetched, JobRecord
+from ..records import Fetched, JobRecord, Outcome, OutcomeKind
 from ..scheduler import TickFollower
 from .execution import Execution
 from .outbox import Outbox

@@ -19,9 +19,9 @@ from typing import Any
 from .. import stats as stats_mod
 from ..job import JobBase
 from ..keys import DEAD_LETTER_QUEUE
-from ..ops import Outcome, OutcomeKind, QueueOps, dead_letter_entry
+from ..ops import QueueOps
 from ..protocol import run_async
-from ..records import JobRecord
+from ..records import JobRecord, Outcome, OutcomeKind, dead_letter_entry
 
 log = logging.getLogger("nbqueue.worker")
 

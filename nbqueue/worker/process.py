@@ -43,8 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import JobCancelledError
-from ..ops import Outcome
-from ..records import JobRecord
+from ..records import JobRecord, Outcome
 
 # Imported at nbqueue's import, so that multiprocessing's own exit hook (which joins every
 # child) is registered before nbqueue's (which stops the workers, and so their children):

@@ -24,7 +24,8 @@ from redisproc import RedisProcess
 from rhelpers import check_states
 
 import nbqueue.aio
-from nbqueue import Queue, connect, connection, ops
+from nbqueue import Queue, connect, connection
+from nbqueue.ops import jobs as ops
 
 pytestmark = pytest.mark.reliability
 

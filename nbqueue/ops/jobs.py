@@ -1,60 +1,56 @@
-"""Every queue operation, written once as a sans-I/O generator (see ``protocol``).
+"""The operations of producers and readers: add, read, control, cancel, results.
 
-``QueueOps`` builds script calls and parses replies; the sync ``Queue``, the asyncio
-``nbqueue.aio.Queue`` and the worker engine run these same generators.
+See ``nbqueue.ops`` (the package) for the map of the operations.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
-import json
-import logging
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from . import serialization
-from .dataplane import sweep
-from .durations import to_ms
-from .errors import (
+from .. import flows, serialization
+from ..artifacts import ArtifactRef
+from ..dataplane import resolve_many, sweep
+from ..errors import (
+    ArtifactError,
     InvalidOptionError,
     JobActiveError,
-    JobFailedError,
     JobNotFoundError,
     JobStateError,
     NbqueueError,
-    NotReplicatedError,
     QueueBusyError,
     ResultTimeoutError,
 )
-from .keys import DEFAULT_PREFIX, QueueKeys, registry_key
-from .liveness import WorkerWatch
-from .options import JobOptions, default_options, merge_options, parse_priority
-from .protocol import Batch, Call, Op
-from .records import (
-    FETCH_STRIDE,
-    CorruptJob,
-    Event,
-    Fetched,
-    JobRecord,
-    parse_events,
-    parse_fetch,
-    parse_job,
-    parse_traces,
+from ..keys import registry_key
+from ..liveness import WorkerWatch
+from ..options import (
+    JobOptions,
+    RateLimit,
+    check_job_id,
+    merge_options,
+    parse_priority,
+    validate_global_concurrency,
 )
-from .types import JobState, QueueMetrics, WorkerInfo
+from ..protocol import Batch, Call, Op
+from ..records import (
+    END_FIELDS,
+    Event,
+    JobEnd,
+    JobRecord,
+    dead_letter_entry,
+    parse_events,
+    parse_job,
+    parse_job_end,
+    reply_text,
+)
+from ..serialization import encodable, log_line, utf8_safe, wire_text
+from ..types import JobState, QueueMetrics
+from .base import REGISTER_EVERY_S, OpsBase
 
-_log = logging.getLogger("nbqueue.ops")
-EVENTS_MAXLEN = 10_000
 LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
-LOG_LINE_CHARS = 10_000  # a longer line is cut (its end is kept)
-REGISTER_EVERY_S = 60.0  # how often a queue object re-adds its name to the registry
-FINISHED = (JobState.COMPLETED, JobState.FAILED)
-
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
 #: Redis busy (every other client waits meanwhile) for more than a few tens of ms.
 BULK_CHUNK_JOBS = 1000
@@ -65,11 +61,6 @@ BULK_CHUNK_BYTES = 1_000_000
 #: (BUSY to every other client past ~5 s) for more than a few tens of ms whatever the size.
 #: Measured (bench/README, docs/reliability.md): ~3 us per deleted job on 2 cores.
 SWEEP_CHUNK_JOBS = 1000
-#: How long Redis remembers an add call's idempotency token (ms). It must outlast the
-#: client's whole retry sequence (``connection.SOCKET_TIMEOUT`` x (``RETRIES`` + 1) plus
-#: back-off and connect time, ~2 min); a re-send after that would add the jobs again.
-#: Cost: one key of ~100 bytes per add call (not per job of a bulk) while it lives.
-ADD_TOKEN_TTL_MS = 180_000
 
 
 def now_ms() -> int:
@@ -81,88 +72,19 @@ def new_token() -> str:
     return os.urandom(12).hex()
 
 
-class OutcomeKind(str, enum.Enum):
-    """How an attempt ended, as ``finish.lua`` takes it (one letter on the wire)."""
+class JobOps(OpsBase):
+    """Adding jobs, reading them and the queue, controlling both, and waiting for ends."""
 
-    COMPLETED = "c"
-    FAILED = "f"  # failed at once, never retried (unrecoverable, bad result, corrupt...)
-    EXHAUSTED = "x"  # failed, attempts exhausted
-    RETRY = "r"  # back to wait (or delayed by the backoff) for another attempt
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass
-class Outcome:
-    """How one attempt ended, as the finish script takes it."""
-
-    job: JobRecord
-    kind: OutcomeKind
-    value: str  # result JSON (c) or failure reason
-    error_type: str = ""
-    retry_delay: int = 0
-    attempts_made: int | None = None  # None: this attempt counts (job.attempts_made + 1)
-    stacktrace: str = ""  # a failed attempt's traceback ('' = none), kept on the job
-
-    @property
-    def terminal_failure(self) -> bool:
-        return self.kind is OutcomeKind.FAILED or self.kind is OutcomeKind.EXHAUSTED
-
-
-@dataclass
-class RateLimit:
-    max: int
-    duration: int
-
-    @classmethod
-    def parse(cls, value: object) -> RateLimit | None:
-        if value is None:
-            return None
-        if isinstance(value, RateLimit):
-            return value
-        if not isinstance(value, Mapping) or set(value) - {"max", "duration"}:
-            raise InvalidOptionError("rate_limiter must be a dict {'max': n, 'duration': ms}")
-        n = value.get("max")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidOptionError(f"rate_limiter max must be an int >= 1: {n!r}")
-        return cls(n, to_ms(value.get("duration", 1000), "rate_limiter duration",
-                            allow_zero=False))
-
-
-class QueueOps:
-    """The operations of one queue, as generators of Redis calls."""
-
-    def __init__(self, name: str, *, prefix: str = DEFAULT_PREFIX,
-                 default_job_options: Mapping[str, Any] | JobOptions | None = None,
-                 max_payload_bytes: int = serialization.DEFAULT_HARD_LIMIT,
-                 events_maxlen: int = EVENTS_MAXLEN,
-                 add_token_ttl_ms: int = ADD_TOKEN_TTL_MS) -> None:
-        self.keys = QueueKeys(name, prefix)
-        self.add_token_ttl_ms = add_token_ttl_ms
-        self.name = self.keys.name
-        self.defaults = (default_job_options if isinstance(default_job_options, JobOptions)
-                         else default_options(default_job_options))
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
-                or max_payload_bytes < 1:
-            raise InvalidOptionError(f"max_payload_bytes must be a positive int: "
-                                     f"{max_payload_bytes!r}")
-        self.max_payload_bytes = max_payload_bytes
-        self.events_maxlen = events_maxlen
-        # When this object last put the queue's name in the registry (keys.registry_key):
-        # the SADD rides in the pipeline of an add (no extra round trip), at most once a
-        # minute, so a queue obliterated elsewhere and added to again comes back.
-        self.registered_at = -REGISTER_EVERY_S
-        # connect(..., min_replicas=N): adds wait for N replicas (set by the Queue from its
-        # Connection; the engine's own adds, dead letters, keep 0)
-        self.min_replicas = 0
-        self.replica_timeout_ms = 0
-
-    # -- building blocks -------------------------------------------------------------
-    def call(self, script: str, *args: Any) -> Call:
-        """A call of ``script`` with the queue's key prefix and the common ARGV prologue."""
-        return Call(script, self.keys.script_keys,
-                    (self.keys.job_prefix, "", self.events_maxlen, *args))
+    def sibling(self, name: str) -> JobOps:
+        """The ops of queue ``name`` beside this one (same key prefix): dependencies and
+        dead letters cross queues (``nbqueue.flows``)."""
+        siblings: dict[str, JobOps] | None = self.__dict__.get("_siblings")
+        if siblings is None:
+            siblings = self.__dict__["_siblings"] = {self.name: self}
+        found = siblings.get(name)
+        if found is None:
+            found = siblings[name] = type(self)(name, prefix=self.keys.prefix)
+        return found
 
     def prepare(self, data: Any, opts: Mapping[str, Any]) -> tuple[list[Any], JobRecord]:
         """Validate and encode one job (no I/O): its add.lua arguments and its record."""
@@ -180,9 +102,9 @@ class QueueOps:
             if not isinstance(name, str):
                 name = "default"
         if not (text.isascii() and name.isascii()):
-            text, name = _utf8_safe(text, data, name)
+            text, name = utf8_safe(text, data, name)
         job_id = options.job_id
-        if job_id and not job_id.isascii() and not _encodable(job_id):
+        if job_id and not job_id.isascii() and not encodable(job_id):
             raise InvalidOptionError(f"job_id {job_id!r} is not valid UTF-8 text "
                                      "(it holds a lone surrogate)")
         delay = options.delay
@@ -274,7 +196,7 @@ class QueueOps:
                 if k > 0:
                     existing.append((first + k - 1, chunk[k - 1].id))
                 else:
-                    other = _text(next(rest))
+                    other = reply_text(next(rest))
                     if other:
                         existing.append((first - k - 1, other))
                     else:
@@ -310,67 +232,6 @@ class QueueOps:
         items = [({**data, "payload": {**data["payload"], "failed_at": now}},
                   {**opts, "job_id": f"{opts['job_id']}:{now}"}) for data, opts in letters]
         return (yield from self.add_bulk(items))
-
-    # -- the registry of queue names -----------------------------------------------------
-    def register_call(self) -> Call:
-        """Add this queue's name to the registry that scrapes and ``nbqueue stats`` read.
-        Optional: an ACL user without access to the registry key still adds jobs."""
-        return Call(command=("SADD", registry_key(self.keys.prefix), self.name),
-                    optional=True)
-
-    def note_registration(self, reply: Any) -> None:
-        """Note a registration's reply (a refused one is logged once per object)."""
-        if isinstance(reply, Exception) and self.registered_at < 0:
-            _log.warning("queue %r: could not add its name to %s (%s); scrapes and "
-                         "`nbqueue stats` of this Redis need the queue names given "
-                         "explicitly", self.name, registry_key(self.keys.prefix), reply)
-        self.registered_at = time.monotonic()
-
-    def registering(self, call: Call) -> Op[Any]:
-        """``call``'s reply; the queue's registration rides in the same pipeline when due
-        (once a minute per object: no extra round trip, the direct lane otherwise)."""
-        if time.monotonic() - self.registered_at < REGISTER_EVERY_S:
-            return (yield call)
-        reply, registered = yield Batch([call, self.register_call()])
-        self.note_registration(registered)
-        return reply
-
-    def replicated(self, call: Call) -> Op[tuple[Any, int | None]]:
-        """``call``'s reply and, on a ``min_replicas`` connection, how many replicas hold
-        it: ``WAIT`` rides in the same pipeline, so it runs on the connection that wrote
-        (None: no WAIT asked). The registration rides along when due (:meth:`registering`).
-        """
-        if not self.min_replicas:
-            return (yield from self.registering(call)), None
-        due = time.monotonic() - self.registered_at >= REGISTER_EVERY_S
-        wait = self.wait_call()
-        replies = yield Batch([call, self.register_call(), wait] if due else [call, wait])
-        if due:
-            self.note_registration(replies[1])
-        return replies[0], int(replies[-1])
-
-    def wait_call(self) -> Call:
-        """``WAIT min_replicas timeout``: how many replicas hold this connection's writes."""
-        return Call.cmd("WAIT", self.min_replicas, self.replica_timeout_ms)
-
-    def not_replicated(self, acked: int, ids: Sequence[str], unsent: int = 0) -> None:
-        """Raise :class:`NotReplicatedError`: ``ids`` were written, fewer replicas than
-        ``min_replicas`` confirmed them."""
-        shown = ", ".join(ids[:10]) + (f" ... ({len(ids)} jobs)" if len(ids) > 10 else "")
-        rest = f"; the {unsent} later item(s) of the call were not sent" if unsent else ""
-        raise NotReplicatedError(
-            f"queue {self.name!r}: job(s) {shown} were written on the primary, but only "
-            f"{acked} of the {self.min_replicas} replica(s) asked for (connect(..., "
-            f"min_replicas={self.min_replicas})) confirmed them within "
-            f"{self.replica_timeout_ms} ms{rest}. The jobs ARE stored and will run unless "
-            "the primary fails before a replica has them; adding them again adds them "
-            "twice unless they have a job_id.", queue=self.name, job_ids=list(ids),
-            acked=acked, wanted=self.min_replicas)
-
-    def ensure_registered(self) -> Op[None]:
-        """One SADD unless this object registered the queue in the last minute."""
-        if time.monotonic() - self.registered_at >= REGISTER_EVERY_S:
-            self.note_registration((yield self.register_call()))
 
     # -- reading -----------------------------------------------------------------------
     def get_jobs_by_id(self, ids: Sequence[str]) -> Op[list[JobRecord | None]]:
@@ -495,19 +356,17 @@ class QueueOps:
         to wait; a dependent re-armed (flows.retry: never partial). At most
         :data:`SWEEP_CHUNK_JOBS` per script call; a job that fails again while this runs is
         not moved twice: at most as many as were failed at the start."""
-        from .flows import retry
-
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidOptionError(f"retry_failed limit must be an int >= 0 (0 = all): "
                                      f"{limit!r}")
         if job_id:
-            return (yield from retry(self, 0, job_id))
+            return (yield from flows.retry(self, 0, job_id))
         target = int((yield Call.cmd("ZCARD", self.keys.failed)))
         if limit:
             target = min(target, limit)
         moved = 0
         while moved < target:
-            n = yield from retry(self, min(SWEEP_CHUNK_JOBS, target - moved), "")
+            n = yield from flows.retry(self, min(SWEEP_CHUNK_JOBS, target - moved), "")
             if n == 0:
                 break
             moved += n
@@ -521,9 +380,7 @@ class QueueOps:
             raise JobActiveError(f"job {job_id} is active (locked by a worker) and cannot be "
                                "removed now; remove it once it has finished")
         if r == 2:  # jobs depended on it: deliver their "gone" notifications now
-            from .flows import resolve
-
-            yield from resolve(self)
+            yield from flows.resolve(self)
         return r >= 1
 
     def obliterate(self, force: bool = False) -> Op[int]:
@@ -548,7 +405,7 @@ class QueueOps:
     # -- job control (BullMQ parity) ----------------------------------------------------
     def promote(self, job_id: str) -> Op[None]:
         """A delayed job joins its priority level now; anything else is an error."""
-        r = yield self.call("promote", _job_id(job_id))
+        r = yield self.call("promote", check_job_id(job_id))
         self._check_control(r, job_id, "promote", "it is not delayed")
 
     def change_priority(self, job_id: str, priority: Any, lifo: bool = False) -> Op[str]:
@@ -556,16 +413,16 @@ class QueueOps:
         prio = parse_priority(priority)
         if not isinstance(lifo, bool):
             raise InvalidOptionError(f"lifo must be a bool: {lifo!r}")
-        r = yield self.call("change_priority", _job_id(job_id), prio, "1" if lifo else "0")
+        r = yield self.call("change_priority", check_job_id(job_id), prio, "1" if lifo else "0")
         return self._check_control(r, job_id, "change the priority of",
                                    "only waiting and delayed jobs can be re-prioritised")
 
     def update_data(self, job_id: str, data: Any) -> Op[str]:
         """Replace the data of a job that has not finished; returns its state."""
         text = serialization.encode_data(data, self.max_payload_bytes)
-        if not text.isascii() and not _encodable(text):
-            text, _ = _utf8_safe(text, data, "")
-        r = yield self.call("update_data", _job_id(job_id), text)
+        if not text.isascii() and not encodable(text):
+            text, _ = utf8_safe(text, data, "")
+        r = yield self.call("update_data", check_job_id(job_id), text)
         return self._check_control(r, job_id, "update the data of",
                                    "its data is final once it has finished")
 
@@ -575,8 +432,8 @@ class QueueOps:
             raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
         if code < 0:
             raise JobStateError(f"cannot {action} job {job_id} of queue {self.name!r}: it is "
-                                f"{_text(reply[1])} ({why})")
-        return _text(reply[1])
+                                f"{reply_text(reply[1])} ({why})")
+        return reply_text(reply[1])
 
     def get_deduplication_job_id(self, dedup_id: str) -> Op[str | None]:
         """The id of the job that deduplication id ``dedup_id`` currently points to."""
@@ -603,32 +460,8 @@ class QueueOps:
         r = yield Call.cmd("HGET", self.keys.meta, "gc")
         return int(r) if r else None
 
-    # -- worker registry ---------------------------------------------------------------
-    def heartbeat(self, worker_id: str, ttl_ms: int, info: Mapping[str, Any],
-                  active: int) -> Op[None]:
-        """Register or renew a worker (one call per worker per heartbeat interval)."""
-        # the queue's name rides along (registry of queue names): scrapes see its workers
-        yield from self.registering(self.call(
-            "heartbeat", worker_id, ttl_ms, json.dumps(dict(info), separators=(",", ":")),
-            active, "0"))
-
-    def deregister(self, worker_id: str) -> Op[None]:
-        yield self.call("heartbeat", worker_id, 1, "{}", 0, "1")
-
-    def get_workers(self) -> Op[list[WorkerInfo]]:
-        """The workers of this queue that heartbeated within their ttl, oldest first."""
-        t, members = yield Batch([Call.cmd("TIME"),
-                                  Call.cmd("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")])
-        now = int(t[0]) * 1000 + int(t[1]) // 1000
-        ids = [_text(m) for m, score in _pairs(members) if float(score) >= now]
-        if not ids:
-            return []
-        hashes = yield Batch([Call.cmd("HGETALL", self.keys.worker(i)) for i in ids])
-        out = [info for info in (parse_worker(i, h) for i, h in zip(ids, hashes)) if info]
-        return sorted(out, key=lambda w: (w.started_at, w.id))
-
     def update_progress(self, job_id: str, progress: Any) -> Op[bool]:
-        text = _wire_text(serialization.dumps(progress, "progress"))
+        text = wire_text(serialization.dumps(progress, "progress"))
         return bool((yield self.call("progress", job_id, text)))
 
     # -- logs and cancel ----------------------------------------------------------------
@@ -638,7 +471,7 @@ class QueueOps:
         kept; lines of jobs that no longer exist are dropped). Returns jobs written."""
         args: list[Any] = [cap]
         for job_id, job_lines in lines.items():
-            args += [str(job_id), len(job_lines), *(_log_line(x) for x in job_lines)]
+            args += [str(job_id), len(job_lines), *(log_line(x) for x in job_lines)]
         if len(args) == 1:
             return 0
         return int((yield self.call("logs", *args)))
@@ -651,18 +484,35 @@ class QueueOps:
         """Cancel a job (cancel.lua). True: a waiting/delayed job failed at once, or an
         active one's worker was told to stop it. False: the job had finished already (a
         documented no-op). Unknown ids raise ``JobNotFoundError``."""
-        code, state = (yield self.call("cancel", str(job_id), _wire_text(str(reason))))
+        code, state = (yield self.call("cancel", str(job_id), wire_text(str(reason))))
         code = int(code)
         if code == 0:
             raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
         if code == -2:
             raise JobStateError(f"job {job_id} of {self.name!r} is in state {state!r}, "
-                               "which cancel does not handle")
+                                "which cancel does not handle")
         if code == 3:  # jobs depended on it: deliver their notifications now
-            from .flows import resolve
-
-            yield from resolve(self)
+            yield from flows.resolve(self)
         return code > 0
+
+    def cancel_many(self, ids: Sequence[str], reason: str = "cancelled") -> Op[int]:
+        """Cancel several jobs (a batch's ``cancel``): one round trip of cancel.lua calls.
+        Finished, unknown or unhandled ones are skipped; returns how many were cancelled or
+        told to stop."""
+        why = wire_text(str(reason))
+        replies = yield Batch([self.call("cancel", str(i), why) for i in ids])
+        codes = [int(code) for code, _ in replies]
+        if 3 in codes:  # jobs depended on some: deliver their notifications now
+            yield from flows.resolve(self)
+        return sum(1 for c in codes if c > 0)
+
+    def retry_jobs(self, ids: Sequence[str]) -> Op[int]:
+        """Move these failed jobs back to wait (attempts reset; retry_failed.lua each, one
+        round trip; a dependent is re-armed, ``flows.after_retry``); jobs not failed are
+        skipped. Returns how many moved."""
+        replies = yield Batch([self.call("retry_failed", 0, str(i)) for i in ids])
+        # re-arms dependents of the jobs (DESIGN "Fan-in is never partial")
+        return (yield from flows.after_retry([(self, x) for x in replies]))
 
     # -- events and results -----------------------------------------------------------
     def last_event_id(self) -> Op[str]:
@@ -683,6 +533,25 @@ class QueueOps:
             return last_id, []
         return entries[-1][0], parse_events(entries)
 
+    def outcomes(self, ids: Sequence[str]) -> Op[list[JobEnd]]:
+        """How each job ended (completed: its value; failed or gone: the error
+        ``result()`` raises) or that it has not yet: one pipelined round trip (and one
+        more for the artifacts of frame/array results, read and hash-checked). What
+        ``wait_result`` and ``JobBatch`` read (several queues at once: ``protocol.together``)."""
+        calls = [Call.cmd("HMGET", self.keys.job(i), *END_FIELDS) for i in ids]
+        replies = [(yield calls[0])] if len(calls) == 1 else (yield Batch(calls))
+        ends = [parse_job_end(self.name, i, r) for i, r in zip(ids, replies)]
+        # frame/Series/array results: their artifacts, read (one round trip) and checked
+        arts = [k for k, e in enumerate(ends)
+                if e.state == "completed" and ArtifactRef.parse(e.value) is not None]
+        if arts:
+            values = yield from resolve_many(self.keys, [(ids[k], ends[k].value)
+                                                         for k in arts], True)
+            for k, v in zip(arts, values):
+                ends[k] = (JobEnd("failed", error=v) if isinstance(v, ArtifactError)
+                           else JobEnd("completed", v))
+        return ends
+
     def wait_result(self, job_id: str, timeout: float | None) -> Op[Any]:
         """The job's return value once it has finished (raises JobFailedError if failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -690,15 +559,13 @@ class QueueOps:
         # Read the stream position before the job: a finish after it shows up as an event.
         last = yield from self.last_event_id()
         while True:
-            h = yield Call.cmd("HMGET", self.keys.job(job_id), "state", "rv", "fr", "et", "data",
-                               "st")
-            if h[4] is None:
+            end = (yield from self.outcomes([job_id]))[0]
+            if end.state == "completed":
+                return end.value
+            if end.state == "missing":
                 raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
-            if h[0] == "completed":
-                return serialization.loads(h[1])
-            if h[0] == "failed":
-                traces = parse_traces(h[5])
-                raise JobFailedError(job_id, h[2], h[3], traces[-1] if traces else None)
+            if end.error is not None:
+                raise end.error
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -717,195 +584,3 @@ class QueueOps:
                                                           "cancelled")
                        for e in events):
                     break
-
-    # -- worker side -------------------------------------------------------------------
-    def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
-        return _parse_fetch_safe((yield self.call("fetch", want, token, lock_ms, 0,
-                                                  int(unpark))))
-
-    def handoff_key(self, token: str) -> str:
-        return self.keys.handoff(token)
-
-    def block_and_fetch(self, wake_key: str, secs: float, want: int, token: str,
-                        lock_ms: int) -> Op[tuple[Fetched, bool]]:
-        """Fetch, and if there was nothing, park: wait (BLPOP) for a job handed over by a
-        producer (add.lua), a marker (other new work), ``wake_key`` or the timeout. One
-        pipeline; returns what was fetched or handed over, and whether the worker may still
-        be registered as idle (then its next fetch or finish must unpark)."""
-        hkey = self.handoff_key(token)
-        replies = yield Batch([
-            self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
-            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))])
-        fetched = _parse_fetch_safe(replies[0])
-        popped = replies[1]
-        if popped and popped[0] == hkey and popped[1] != "0":
-            # a job handed over: its fields as in a fetch reply (add.lua)
-            try:
-                fields = json.loads(popped[1])
-            except ValueError:
-                fields = []
-            handed = _parse_fetch_safe([-1, 0, *fields])
-            fetched.jobs.extend(handed.jobs)
-            fetched.corrupt.extend(handed.corrupt)
-            return fetched, False
-        return fetched, True
-
-    def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
-               token: str, lock_ms: int,
-               unpark: bool = False) -> Op[tuple[list[bool], Fetched]]:
-        args: list[Any] = [want, token, lock_ms, int(unpark), len(stats)]
-        for field, inc in stats.items():
-            args += [field, inc]
-        for o in outcomes:
-            keep = (o.job.opts.remove_on_complete if o.kind is OutcomeKind.COMPLETED
-                    else o.job.opts.remove_on_fail)
-            atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
-            value, error_type = o.value, o.error_type  # ASCII (most): no call per job
-            args += [o.job.id, o.job.lock or "", o.kind._value_,
-                     value if value.isascii() else _wire_text(value),
-                     error_type if error_type.isascii() else _wire_text(error_type),
-                     o.retry_delay, atm, keep.count, keep.age_ms,
-                     _wire_text(o.stacktrace) if o.stacktrace else ""]
-        reply = yield self.call("finish", *args)
-        n = len(outcomes)
-        fetched = _parse_fetch_safe(reply[n:])
-        # status 2: done, and jobs that depend on it were notified (a resolver should run)
-        fetched.notify = 2 in reply[:n]
-        return [bool(x) for x in reply[:n]], fetched
-
-    def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
-        args: list[Any] = [lock_ms]
-        for job_id, lock in locks.items():
-            args += [job_id, lock]
-        return list((yield self.call("extend_locks", *args)))
-
-    def check_stalled(self, max_stalled: int, interval_ms: int) -> Op[tuple[list[str],
-                                                                               list[str]]]:
-        back, failed = yield self.call("stalled", max_stalled, interval_ms)
-        return list(back), list(failed)
-
-
-def validate_global_concurrency(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidOptionError(f"global_concurrency must be an int >= 1 (or None for no "
-                                 f"limit): {limit!r}")
-    return limit
-
-
-def _job_id(job_id: object) -> str:
-    if isinstance(job_id, int) and not isinstance(job_id, bool):
-        return str(job_id)
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidOptionError(f"job id must be a non-empty str: {job_id!r}")
-    return job_id
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(members: Any) -> list[tuple[Any, Any]]:
-    """ZRANGE ... WITHSCORES as (member, score) pairs, whatever shape the client returns."""
-    if not members:
-        return []
-    if isinstance(members[0], (list, tuple)):
-        return [(m[0], m[1]) for m in members]
-    return list(zip(members[0::2], members[1::2]))
-
-
-def parse_worker(worker_id: str, h: Mapping[str, Any]) -> WorkerInfo | None:
-    """A worker registry hash as a ``WorkerInfo`` (None: expired, or not a registration)."""
-    if not h or "hb" not in h:
-        return None
-    try:
-        info = json.loads(h.get("info") or "{}")
-        if not isinstance(info, dict):
-            info = {}
-    except ValueError:
-        info = {}
-
-    def num(v: Any) -> int:
-        try:
-            return int(float(v))
-        except (TypeError, ValueError):
-            return 0
-
-    return WorkerInfo(id=worker_id, host=str(info.get("host", "")), pid=num(info.get("pid")),
-                      mode=str(info.get("mode", "")), concurrency=num(info.get("concurrency")),
-                      active=num(h.get("active")), started_at=num(h.get("started")),
-                      last_heartbeat=num(h.get("hb")), detached=str(info.get("detached", "")),
-                      process=str(info.get("proc", "")))
-
-def _log_line(line: Any) -> str:
-    text = line if isinstance(line, str) else str(line)
-    if len(text) > LOG_LINE_CHARS:
-        text = f"[{len(text) - LOG_LINE_CHARS} chars cut] " + text[-LOG_LINE_CHARS:]
-    return _wire_text(text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _wire_text(text: str) -> str:
-    """``text`` made sendable as UTF-8: lone surrogates become ``\\uXXXX`` escapes.
-
-    In JSON text they can only occur inside strings, where that escape is exact; in a
-    failure reason it is a readable stand-in. Without this a processor returning (or an
-    error message holding) such a str made the worker's finish call raise
-    UnicodeEncodeError, which killed the worker.
-    """
-    if text.isascii() or _encodable(text):
-        return text
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _parse_fetch_safe(reply: list[Any]) -> Fetched:
-    """``parse_fetch``, but a job whose stored fields break the parser in an unexpected way
-    (e.g. ``opts`` = ``{"roc": 5}``) becomes a corrupt job the worker fails, instead of an
-    exception that kills the worker and strands every job locked by the same fetch."""
-    try:
-        return parse_fetch(reply)
-    except Exception:
-        pass
-    head = list(reply[:2])
-    fetched = Fetched([], [], int(reply[0]), int(reply[1]))
-    for i in range(2, len(reply), FETCH_STRIDE):
-        part = reply[i:i + FETCH_STRIDE]
-        try:
-            one = parse_fetch(head + list(part))
-        except Exception as exc:
-            fetched.corrupt.append(CorruptJob(str(part[0]), str(part[1]),
-                                              f"corrupt job hash: {type(exc).__name__}: {exc}"))
-            continue
-        fetched.jobs.extend(one.jobs)
-        fetched.corrupt.extend(one.corrupt)
-    return fetched
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _utf8_safe(text: str, data: Any, name: str) -> tuple[str, str]:
-    """Lone surrogates cannot be sent to Redis as UTF-8: JSON-escape them (``\\ud800``),
-    which round-trips exactly, instead of failing deep in the client with UnicodeEncodeError."""
-    if not _encodable(text):
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
-    if not _encodable(name):
-        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text, name
-
-
-def dead_letter_entry(origin: str, record: JobRecord, reason: str,
-                      error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The data and options of the dead-letter job recording a terminal failure; sent by
-    :meth:`QueueOps.add_dead_letters`, which stamps ``failed_at`` with the server's clock."""
-    data = {"type": "dead_letter", "payload": {
-        "queue": origin, "job_id": record.id, "name": record.name, "data": record.data,
-        "reason": reason, "error_type": error_type,
-        "attempts_made": record.attempts_made + 1}}
-    return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}"}

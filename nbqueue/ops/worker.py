@@ -1,0 +1,119 @@
+"""The operations of a worker: fetch, park, finish, locks, stalled jobs, the registry.
+
+See ``nbqueue.ops`` (the package) for the map of the operations; ``nbqueue.worker``
+runs them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..protocol import Batch, Call, Op
+from ..records import (
+    Fetched,
+    Outcome,
+    OutcomeKind,
+    pairs,
+    parse_fetch_safe,
+    parse_worker,
+    reply_text,
+)
+from ..serialization import wire_text
+from ..types import WorkerInfo
+from .base import OpsBase
+
+
+class WorkerOps(OpsBase):
+    """What a worker engine sends: every per-job step of a drain is one of these."""
+
+    # -- worker registry ---------------------------------------------------------------
+    def heartbeat(self, worker_id: str, ttl_ms: int, info: Mapping[str, Any],
+                  active: int) -> Op[None]:
+        """Register or renew a worker (one call per worker per heartbeat interval)."""
+        # the queue's name rides along (registry of queue names): scrapes see its workers
+        yield from self.registering(self.call(
+            "heartbeat", worker_id, ttl_ms, json.dumps(dict(info), separators=(",", ":")),
+            active, "0"))
+
+    def deregister(self, worker_id: str) -> Op[None]:
+        yield self.call("heartbeat", worker_id, 1, "{}", 0, "1")
+
+    def get_workers(self) -> Op[list[WorkerInfo]]:
+        """The workers of this queue that heartbeated within their ttl, oldest first."""
+        t, members = yield Batch([Call.cmd("TIME"),
+                                  Call.cmd("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")])
+        now = int(t[0]) * 1000 + int(t[1]) // 1000
+        ids = [reply_text(m) for m, score in pairs(members) if float(score) >= now]
+        if not ids:
+            return []
+        hashes = yield Batch([Call.cmd("HGETALL", self.keys.worker(i)) for i in ids])
+        out = [info for info in (parse_worker(i, h) for i, h in zip(ids, hashes)) if info]
+        return sorted(out, key=lambda w: (w.started_at, w.id))
+
+    # -- worker side -------------------------------------------------------------------
+    def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
+        return parse_fetch_safe((yield self.call("fetch", want, token, lock_ms, 0,
+                                                  int(unpark))))
+
+    def handoff_key(self, token: str) -> str:
+        return self.keys.handoff(token)
+
+    def block_and_fetch(self, wake_key: str, secs: float, want: int, token: str,
+                        lock_ms: int) -> Op[tuple[Fetched, bool]]:
+        """Fetch, and if there was nothing, park: wait (BLPOP) for a job handed over by a
+        producer (add.lua), a marker (other new work), ``wake_key`` or the timeout. One
+        pipeline; returns what was fetched or handed over, and whether the worker may still
+        be registered as idle (then its next fetch or finish must unpark)."""
+        hkey = self.handoff_key(token)
+        replies = yield Batch([
+            self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
+            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))])
+        fetched = parse_fetch_safe(replies[0])
+        popped = replies[1]
+        if popped and popped[0] == hkey and popped[1] != "0":
+            # a job handed over: its fields as in a fetch reply (add.lua)
+            try:
+                fields = json.loads(popped[1])
+            except ValueError:
+                fields = []
+            handed = parse_fetch_safe([-1, 0, *fields])
+            fetched.jobs.extend(handed.jobs)
+            fetched.corrupt.extend(handed.corrupt)
+            return fetched, False
+        return fetched, True
+
+    def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
+               token: str, lock_ms: int,
+               unpark: bool = False) -> Op[tuple[list[bool], Fetched]]:
+        args: list[Any] = [want, token, lock_ms, int(unpark), len(stats)]
+        for field, inc in stats.items():
+            args += [field, inc]
+        for o in outcomes:
+            keep = (o.job.opts.remove_on_complete if o.kind is OutcomeKind.COMPLETED
+                    else o.job.opts.remove_on_fail)
+            atm = o.job.attempts_made + 1 if o.attempts_made is None else o.attempts_made
+            value, error_type = o.value, o.error_type  # ASCII (most): no call per job
+            args += [o.job.id, o.job.lock or "", o.kind._value_,
+                     value if value.isascii() else wire_text(value),
+                     error_type if error_type.isascii() else wire_text(error_type),
+                     o.retry_delay, atm, keep.count, keep.age_ms,
+                     wire_text(o.stacktrace) if o.stacktrace else ""]
+        reply = yield self.call("finish", *args)
+        n = len(outcomes)
+        fetched = parse_fetch_safe(reply[n:])
+        # status 2: done, and jobs that depend on it were notified (a resolver should run)
+        fetched.notify = 2 in reply[:n]
+        return [bool(x) for x in reply[:n]], fetched
+
+    def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
+        args: list[Any] = [lock_ms]
+        for job_id, lock in locks.items():
+            args += [job_id, lock]
+        return list((yield self.call("extend_locks", *args)))
+
+    def check_stalled(self, max_stalled: int, interval_ms: int) -> Op[tuple[list[str],
+                                                                               list[str]]]:
+        back, failed = yield self.call("stalled", max_stalled, interval_ms)
+        return list(back), list(failed)
