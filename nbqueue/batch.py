@@ -69,7 +69,10 @@ def is_frame(value: object) -> bool:
 
 def map_items(items: Any, chunksize: int | None = None,
               job_type: str | None = None) -> list[dict[str, Any]]:
-    """The job data of ``Queue.map(items, chunksize=...)`` (no I/O; see ``Queue.map``).
+    """The JSON job data of ``Queue.map(items, chunksize=...)`` of data dicts (no I/O).
+
+    ``Queue.map`` sends a DataFrame as Arrow chunks instead (``nbqueue.dataplane``: exact
+    dtypes, no size limit); this function still gives a frame's JSON form:
 
     - a DataFrame: one job per ``chunksize`` rows (default 1000), data
       ``{"type": job_type or "dataframe_chunk", "payload": {"chunk": k, "start": i,
