@@ -209,3 +209,27 @@ def test_detach_needs_process_mode_and_a_picklable_processor(conn) -> None:
     with pytest.raises(TypeError, match="cannot be handed to a detached worker"):
         mgr.start_worker("dk_bad", mode="process", processor=lambda job: lock, detach=True)
     assert Queue("dk_bad", conn).get_workers() == []
+
+
+def test_aio_start_worker_detach(conn, kernels) -> None:
+    import asyncio
+
+    from nbqueue import aio
+
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("def plus_one(job):\n    return job.payload + 1\n", ns)
+
+    async def main() -> Any:
+        mgr = aio.QueueManager(connection=conn)
+        mgr.get_queue("dk_aio")
+        handle = await mgr.start_worker("dk_aio", mode="process", processor=ns["plus_one"],
+                                        detach=True)
+        kernels.pids.append(handle.pid)
+        job = await mgr.add_job("dk_aio", {"type": "t", "payload": 41})
+        assert await job.result(timeout=60) == 42
+        return handle
+
+    handle = asyncio.run(main())
+    assert [w.detached for w in Queue("dk_aio", conn).get_workers()] == ["dk_aio"]
+    assert handle.stop(timeout=60)
+    _wait(lambda: _gone(handle.pid), 30, "the detached worker to exit")
