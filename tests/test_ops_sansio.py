@@ -252,8 +252,11 @@ def test_block_and_fetch_after_a_marker_may_still_be_parked() -> None:
 
 
 def test_check_stalled_and_extend_locks_replies() -> None:
-    assert drive(OPS.check_stalled(1, 30_000), [[["1", "2"], ["3"]]])[1] == (["1", "2"],
-                                                                             ["3"])
+    assert drive(OPS.check_stalled(1, 30_000), [[["1", "2"], ["3"], 0]])[1] == (["1", "2"],
+                                                                                ["3"])
+    # a failed job had dependents: the sweep notified them, the op delivers at once
+    steps, _ = drive(OPS.check_stalled(1, 30_000), [[[], ["3"], 1], []])
+    assert steps[1] == Call.cmd("ZRANGE", OPS.keys.notify, 0, steps[1].command[-1])
     steps, lost = drive(OPS.extend_locks({"1": "a", "2": "b"}, 30_000), [["2"]])
     assert lost == ["2"]
     call = steps[0]

@@ -113,7 +113,13 @@ class WorkerOps(OpsBase):
             args += [job_id, lock]
         return list((yield self.call("extend_locks", *args)))
 
-    def check_stalled(self, max_stalled: int, interval_ms: int) -> Op[tuple[list[str],
-                                                                               list[str]]]:
-        back, failed = yield self.call("stalled", max_stalled, interval_ms)
+    def check_stalled(self, max_stalled: int, interval_ms: int, dead_letter: bool = True,
+                      ) -> Op[tuple[list[str], list[str]]]:
+        """The stalled sweep: (ids back to wait, ids failed). Jobs that depend on a job that
+        failed here hear of it at once (flows.resolve), as after a finish."""
+        back, failed, notified = yield self.call("stalled", max_stalled, interval_ms)
+        if int(notified):
+            from ..flows import resolve
+
+            yield from resolve(self, dead_letter)  # type: ignore[arg-type]
         return list(back), list(failed)

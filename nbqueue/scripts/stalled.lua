@@ -5,10 +5,15 @@
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 max stalled count, 5 interval ms.
 -- A job whose cancel was requested (cancel.lua) fails as 'cancelled' instead (not in the
 -- failed ids: it is not dead-lettered).
--- Returns {{requeued ids}, {failed ids}}.
+-- A job that fails here and has dependents (depends_on: its 'par' field) notifies them in
+-- this script, as finish.lua does (includes/flows.lua); the caller then delivers the
+-- notifications (ops.QueueOps.check_stalled -> flows.resolve), so a parent fails at once,
+-- not at the flows re-check.
+-- Returns {{requeued ids}, {failed ids}, parents notified}.
 -- @include common
+-- @include flows
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
-if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}} end
+if not redis.call('SET', K_STALLED, NOW, 'PX', ARGV[5], 'NX') then return {{}, {}, 0} end
 local max_stalled = tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT', 0, 1000)
 -- Validation before the first job write (see common.lua): read every expired job first;
@@ -18,13 +23,15 @@ local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT',
 if #expired > 0 then check_types(K_WAIT, 'zset', K_FAILED, 'zset') end
 local seen = {}
 for i, id in ipairs(expired) do
-  local f = redis.pcall('HMGET', JOB .. id, 'stc', 'cx', 'dd', 'atm', 'prio', 'seq')
+  local f = redis.pcall('HMGET', JOB .. id, 'stc', 'cx', 'dd', 'atm', 'prio', 'seq', 'par')
   if type(f) == 'table' and not f.err and redis.call('EXISTS', JOB .. id) == 1 then
     seen[i] = f
     if f[3] then check_types(BASE .. 'de:' .. f[3], 'string') end
+    if f[7] then check_types(K_NOTIFY, 'zset') end
   end
 end
 local back, failed, zfailed, cancelled = {}, {}, {}, {}
+local notified = 0
 for i, id in ipairs(expired) do
   redis.call('ZREM', K_ACTIVE, id)
   local key = JOB .. id
@@ -38,12 +45,17 @@ for i, id in ipairs(expired) do
         'fr', 'cancelled', 'atm', atm)
       cancelled[#cancelled + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
+      -- 'par' stays: a retry re-arms the parents (nbqueue/flows.py)
+      if f[7] then notified = notified + notify_parents(f[7], id, 'f', 'cancelled') end
     elseif count > max_stalled then
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
         'fr', 'job stalled more than allowable limit', 'atm', atm)
       release_dedup(f[3], id)
       failed[#failed + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
+      if f[7] then
+        notified = notified + notify_parents(f[7], id, 'f', 'job stalled more than allowable limit')
+      end
     else
       -- back to the front of its level: its original sequence number
       redis.call('HSET', key, 'state', 'waiting')
@@ -67,4 +79,4 @@ emit('failed', failed, {'reason', 'stalled'})
 emit('failed', cancelled, {'reason', 'cancelled'})
 emit('cancelled', cancelled)
 if #back > 0 then push_marker() end
-return {back, failed}
+return {back, failed, notified}

@@ -148,7 +148,7 @@ class Upkeep:
     async def sweep_once(self) -> None:
         """One stalled sweep (at most one per interval across the queue's workers)."""
         _, failed = await run_async(self.client, self.ops.check_stalled(
-            self.max_stalled, self.stalled_ms))
+            self.max_stalled, self.stalled_ms, self.outbox.dead_letter))
         if failed and self.outbox.dead_letter:
             records = await run_async(self.client, self.ops.get_jobs_by_id(failed))
             for rec in records:
