@@ -27,11 +27,19 @@ from __future__ import annotations
 
 from ..records import Outcome, OutcomeKind, dead_letter_entry
 from .base import ADD_TOKEN_TTL_MS, EVENTS_MAXLEN, REGISTER_EVERY_S, OpsBase
-from .jobs import BULK_CHUNK_BYTES, BULK_CHUNK_JOBS, LOG_CAP_LINES, JobOps, new_token, now_ms
+from .jobs import (
+    BULK_CHUNK_BYTES,
+    BULK_CHUNK_JOBS,
+    LOG_CAP_LINES,
+    SWEEP_CHUNK_JOBS,
+    JobOps,
+    new_token,
+    now_ms,
+)
 from .worker import WorkerOps
 
 __all__ = ["ADD_TOKEN_TTL_MS", "BULK_CHUNK_BYTES", "BULK_CHUNK_JOBS", "EVENTS_MAXLEN",
-           "LOG_CAP_LINES", "REGISTER_EVERY_S", "JobOps", "OpsBase", "Outcome",
+           "LOG_CAP_LINES", "REGISTER_EVERY_S", "SWEEP_CHUNK_JOBS", "JobOps", "OpsBase", "Outcome",
            "OutcomeKind", "QueueOps", "WorkerOps", "dead_letter_entry", "new_token",
            "now_ms"]
 

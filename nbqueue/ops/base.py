@@ -5,6 +5,8 @@ See ``nbqueue.ops`` (the package) for the map of the operations.
 
 from __future__ import annotations
 
+import collections
+
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -22,8 +24,17 @@ REGISTER_EVERY_S = 60.0  # how often a queue object re-adds its name to the regi
 #: How long Redis remembers an add call's idempotency token (ms). It must outlast the
 #: client's whole retry sequence (``connection.SOCKET_TIMEOUT`` x (``RETRIES`` + 1) plus
 #: back-off and connect time, ~2 min); a re-send after that would add the jobs again.
-#: Cost: one key of ~100 bytes per add call (not per job of a bulk) while it lives.
+#: Cost: one key of ~180 bytes per add call (not per job of a bulk) while it lives; the
+#: same process's next add to the queue deletes it (``ACKS``).
 ADD_TOKEN_TTL_MS = 180_000
+#: At most this many acknowledged tokens ride along with one add call.
+MAX_ACKS_PER_ADD = 64
+#: Tokens of add calls whose reply this process has received, by queue key prefix: the
+#: next add call to that queue (any ``QueueOps`` of the process, any thread) deletes them in
+#: its script (add.lua), so live tokens stay at about one per (process, queue) whatever the
+#: add rate (docs/reliability.md "Durability rules"). A token acknowledged that way is never
+#: needed again: only a re-send of its own call (which already got its reply) would read it.
+ACKS: dict[str, collections.deque[str]] = {}
 
 
 class OpsBase:

@@ -5,6 +5,7 @@ See ``nbqueue.ops`` (the package) for the map of the operations.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import time
@@ -48,7 +49,7 @@ from ..records import (
 )
 from ..serialization import encodable, log_line, utf8_safe, wire_text
 from ..types import JobState, QueueMetrics
-from .base import REGISTER_EVERY_S, OpsBase
+from .base import ACKS, MAX_ACKS_PER_ADD, REGISTER_EVERY_S, OpsBase
 
 LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
@@ -165,7 +166,11 @@ class JobOps(OpsBase):
                    end: int, before: Sequence[Call] = ()) -> Op[None]:
         """Run add.lua for ``records[first:end]`` (their arguments ``args``); fills in ids
         and the server's timestamp."""
-        call = self.call("add", new_token(), self.add_token_ttl_ms, *args)
+        token = new_token()
+        acks = ACKS.setdefault(self.keys.base, collections.deque())
+        received = [acks.popleft() for _ in range(min(len(acks), MAX_ACKS_PER_ADD))]
+        call = self.call("add", " ".join([token, *received]) if received else token,
+                         self.add_token_ttl_ms, *args)
         if before:
             if self.min_replicas:  # WAIT rides behind the add, on the same connection
                 replies = yield Batch([*before, call, self.wait_call()])
@@ -174,6 +179,8 @@ class JobOps(OpsBase):
                 reply, acked = (yield Batch([*before, call]))[-1], None
         else:
             reply, acked = yield from self.replicated(call)
+        if token:  # its reply is here: the next add deletes it (bounded token memory)
+            acks.append(token)
         # "<s>" or "<s>/<label>": fresh ids are s + k and the label (scripts/includes/ids.lua)
         seq_text, _, label = str(reply[0]).partition("/")
         seq0, ts = int(seq_text), int(reply[1])

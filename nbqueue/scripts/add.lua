@@ -1,7 +1,9 @@
 -- add: add one or many jobs atomically; an existing job id is returned, not re-added.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 idempotency token of this call ('' =
---   none), 5 how long the token is remembered (ms), then 7 per job:
+--   none), then, space-separated, the tokens of earlier calls of this process whose replies
+--   it has (acknowledged: deleted here, see below), 5 how long the token is remembered
+--   (ms), then 7 per job:
 --   id ('' = next counter value), name, data JSON, opts JSON, priority 1..5, delay ms,
 --   ext: '' or a JSON object of the options that need this script's attention:
 --     lifo = 1 (first within its priority level: wait score priority * 2^40 - seq),
@@ -20,9 +22,14 @@
 -- foreign value (hand-made; that job was not added) as the pair -k, ''.
 -- Exactly-once: the reply is kept under add:<token> for ARGV[5] ms; the same call again (a
 -- client re-sending after a socket timeout or a reconnect) gets that reply and writes nothing.
+-- Token memory is bounded (docs/reliability.md "Durability rules"): a process's next add to
+-- the queue deletes the tokens whose replies it received (ARGV[4] after the first word), so
+-- Redis holds about one token per (process, queue) plus the calls in flight or whose reply
+-- was lost (those expire after ARGV[5] ms), whatever the add rate.
 -- @include common
 -- @include ids
-local TOKEN, TOKEN_KEY = ARGV[4], nil
+local TOKEN, ACKED = string.match(ARGV[4], '^(%S*)%s*(.*)$')
+local TOKEN_KEY = nil
 if TOKEN ~= '' then
   TOKEN_KEY = BASE .. 'add:' .. TOKEN
   local seen = redis.call('GET', TOKEN_KEY)
@@ -267,4 +274,9 @@ if #added > 0 then
   elseif marker_len == 0 then redis.pcall('RPUSH', K_MARKER, '1') end
 end
 if TOKEN_KEY then redis.call('SET', TOKEN_KEY, cjson.encode(out), 'PX', ARGV[5]) end
+if ACKED ~= '' then
+  local gone = {}
+  for t in string.gmatch(ACKED, '%S+') do gone[#gone + 1] = BASE .. 'add:' .. t end
+  redis.pcall('DEL', unpack(gone))
+end
 return out

@@ -23,9 +23,28 @@ local first_job = 9 + 2 * nstats
 local MAX_TRACES = 10
 local statuses = {}
 local cancelled = {}
+-- Whether Redis is full (used_memory >= maxmemory > 0), read once per call and only when a
+-- traceback is to be stored. The rule (docs/reliability.md "Durability rules"): on a full
+-- Redis a failure is still recorded (state, reason, error type, attempts: the writes this
+-- script may make there) but its traceback is not stored, so that failing jobs cannot grow
+-- memory past maxmemory by more than their small state fields. A user whose ACL forbids
+-- INFO gets tracebacks stored as before.
+local FULL = nil
+local function memory_full()
+  if FULL == nil then
+    FULL = false
+    local info = redis.pcall('INFO', 'memory')
+    if type(info) == 'string' then
+      local used = tonumber(string.match(info, 'used_memory:(%d+)'))
+      local max = tonumber(string.match(info, '\nmaxmemory:(%d+)'))
+      FULL = used ~= nil and max ~= nil and max > 0 and used >= max
+    end
+  end
+  return FULL
+end
 -- Appends a failed attempt's traceback to the job's list (a corrupt list starts afresh).
 local function add_trace(key, trace)
-  if trace == '' then return end
+  if trace == '' or memory_full() then return end
   local list = {}
   local old = redis.call('HGET', key, 'st')
   if old then
