@@ -155,8 +155,13 @@ def sweep(server: RedisServer, n: int) -> dict[str, dict[str, float]]:
         try:
             time.sleep(0.2)
             t = time.perf_counter()
-            done = (q.drain() if op == "drain" else q.obliterate() if op == "obliterate"
-                    else q.retry_failed() if op == "retry_failed" else q.clean(0, 0, "completed"))
+            try:
+                done = (q.drain() if op == "drain" else q.obliterate() if op == "obliterate"
+                        else q.retry_failed() if op == "retry_failed"
+                        else q.clean(0, 0, "completed"))
+            except Exception as exc:  # the old code's BUSY after a 30 s socket timeout
+                print(f"{op}: raised {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                done = -1
             secs = time.perf_counter() - t
             time.sleep(0.2)
         finally:
@@ -174,6 +179,13 @@ def sweep(server: RedisServer, n: int) -> dict[str, dict[str, float]]:
                                          - int(sha.get("failed_calls", 0))),
                    "longest_script_ms": max(slow, default=0) / 1000,
                    "longest_ping_gap_ms": float(worst) * 1000}
+        print(f"{op:13}: " + ", ".join(f"{k} {v:.1f}" for k, v in out[op].items()), flush=True)
+        while True:  # a script the old code left running (BUSY) must end before FLUSHALL
+            try:
+                r.ping()
+                break
+            except redis.ResponseError:
+                time.sleep(0.5)
     return out
 
 
@@ -221,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer().start()
     try:
         if a.sweep:
-            for op, row in sweep(server, a.sweep).items():
-                print(f"{op:13}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
-                      flush=True)
+            sweep(server, a.sweep)
         if a.adds:
             for variant, row in add_cost(server, a.adds).items():
                 print(f"add one at a time, {variant:10}: " + ", ".join(
