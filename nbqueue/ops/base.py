@@ -6,7 +6,6 @@ See ``nbqueue.ops`` (the package) for the map of the operations.
 from __future__ import annotations
 
 import collections
-
 import logging
 import time
 from collections.abc import Mapping, Sequence
