@@ -3,8 +3,9 @@ batches": ``wait()`` on a queue with no live worker says so).
 
 A wait (``JobBatch.wait``/``results``, ``Job.result``) that has not ended ``GRACE_S`` seconds
 in looks at the registry of the queues it waits on once: when none of a queue's workers has
-a live registration (heartbeat within its ttl), it warns (``NoLiveWorkerWarning``), and a
-timeout's message says so instead of "they keep running". One round trip, once per wait.
+a live registration (heartbeat within its ttl, and not a worker of this machine whose pid is
+gone), it warns (``NoLiveWorkerWarning``), and a timeout's message says so instead of "they
+keep running". Two round trips per queue, once per wait (and once at a timeout).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .keys import QueueKeys
 from .protocol import Batch, Call, Op
+from .reaper import is_gone, process_identity
+from .records import pairs, parse_worker, reply_text
+from .types import WorkerInfo
 
 if TYPE_CHECKING:
     from .ops.base import OpsBase as QueueOps  # (keys and name are all it reads)
@@ -27,24 +32,31 @@ class NoLiveWorkerWarning(UserWarning):
     """A wait is waiting on a queue that no live worker consumes (none registered)."""
 
 
-def queues_without_worker(queues: Sequence[QueueOps]) -> Op[list[str]]:
-    """The names of ``queues`` with no live registration in their worker registry."""
-    if not queues:
-        return []
-    replies = yield Batch([Call.cmd("TIME")] + [
-        Call.cmd("ZRANGE", q.keys.workers, 0, -1, "WITHSCORES") for q in queues])
-    t = replies[0]
+def read_workers(keys: QueueKeys) -> Op[list[WorkerInfo]]:
+    """The workers registered for ``keys``' queue within their ttl, oldest first
+    (``Queue.get_workers``)."""
+    t, members = yield Batch([Call.cmd("TIME"),
+                              Call.cmd("ZRANGE", keys.workers, 0, -1, "WITHSCORES")])
     now = int(t[0]) * 1000 + int(t[1]) // 1000
-    return [q.name for q, members in zip(queues, replies[1:])
-            if not any(float(score) >= now for score in _scores(members))]
-
-
-def _scores(members: Any) -> list[Any]:
-    if not members:
+    ids = [reply_text(m) for m, score in pairs(members) if float(score) >= now]
+    if not ids:
         return []
-    if isinstance(members[0], (list, tuple)):
-        return [m[1] for m in members]
-    return list(members[1::2])
+    hashes = yield Batch([Call.cmd("HGETALL", keys.worker(i)) for i in ids])
+    out = [info for info in (parse_worker(i, h) for i, h in zip(ids, hashes)) if info]
+    return sorted(out, key=lambda w: (w.started_at, w.id))
+
+
+def queues_without_worker(queues: Sequence[QueueOps]) -> Op[list[str]]:
+    """The names of ``queues`` with no live worker: none registered, or only workers of
+    this machine whose process is gone (a killed kernel's, until its registration lapses;
+    ``nbqueue.reaper``)."""
+    me = process_identity()
+    out = []
+    for q in queues:
+        workers = yield from read_workers(q.keys)
+        if not any(not is_gone(w.host, w.pid, w.process, me) for w in workers):
+            out.append(q.name)
+    return out
 
 
 def no_worker_text(names: Sequence[str]) -> str:

@@ -10,15 +10,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..liveness import read_workers
 from ..protocol import Batch, Call, Op
 from ..records import (
     Fetched,
     Outcome,
     OutcomeKind,
-    pairs,
     parse_fetch_safe,
-    parse_worker,
-    reply_text,
 )
 from ..serialization import wire_text
 from ..types import WorkerInfo
@@ -42,15 +40,7 @@ class WorkerOps(OpsBase):
 
     def get_workers(self) -> Op[list[WorkerInfo]]:
         """The workers of this queue that heartbeated within their ttl, oldest first."""
-        t, members = yield Batch([Call.cmd("TIME"),
-                                  Call.cmd("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")])
-        now = int(t[0]) * 1000 + int(t[1]) // 1000
-        ids = [reply_text(m) for m, score in pairs(members) if float(score) >= now]
-        if not ids:
-            return []
-        hashes = yield Batch([Call.cmd("HGETALL", self.keys.worker(i)) for i in ids])
-        out = [info for info in (parse_worker(i, h) for i, h in zip(ids, hashes)) if info]
-        return sorted(out, key=lambda w: (w.started_at, w.id))
+        return (yield from read_workers(self.keys))  # nbqueue.liveness
 
     # -- worker side -------------------------------------------------------------------
     def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:

@@ -233,3 +233,17 @@ def test_aio_start_worker_detach(conn, kernels) -> None:
     assert [w.detached for w in Queue("dk_aio", conn).get_workers()] == ["dk_aio"]
     assert handle.stop(timeout=60)
     _wait(lambda: _gone(handle.pid), 30, "the detached worker to exit")
+
+
+def test_a_wait_after_the_kernel_died_says_nobody_consumes_the_queue(conn, kernels) -> None:
+    """The dead kernel's registration lingers until its ttl (15 s); a wait in the new
+    kernel does not count it: its pid is gone (nbqueue.reaper)."""
+    q = Queue("dk_wait", conn)
+    kernel, _ = kernels("dk_wait", "inkernel")
+    kernel.kill()
+    kernel.wait(10)
+    assert [w.pid for w in q.get_workers()] == [kernel.pid]
+    job = q.add({"type": "t", "payload": {"x": 1}})
+    with pytest.raises(nbqueue.ResultTimeoutError,
+                       match="no live worker consumes queue 'dk_wait'"):
+        job.result(timeout=1)
