@@ -112,7 +112,7 @@ def _run_child(tree: Path, url: str, store: str, rows: int, chunksize: int) -> d
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} KB"
 
 
 def main() -> None:
