@@ -8,29 +8,35 @@ keeps working) with batch methods: ``wait`` (with a live progress display,
 its job handle: ``JobBatch`` is a ``list[Job]``, ``aio.JobBatch`` a ``list[aio.Job]``.
 
 Waiting is cheap for any size: the batch follows its queue's event stream (one blocking
-``XREAD`` per step, whatever the number of jobs) and reads job states in pipelined chunks
-only at the start and every few seconds (the stream is capped and may roll past an entry
-under heavy load, and events of other queues are not followed), never one round trip per
-job per poll. Every read and write is an operation of ``QueueOps`` (``outcomes``,
-``cancel_many``, ``retry_jobs``...); jobs of several queues are read in one round trip
-(``protocol.together``). Architecture: docs/architecture.md.
+``XREAD`` per step, whatever the number of jobs, see ``nbqueue.follow``); a small result
+comes with its ``completed`` event, so the batch reads a job only when it failed or its
+result is large. All jobs are read (pipelined chunks) only at the start when the batch was
+not added by this process, when the capped stream rolled past the last entry read, and
+every ``MULTI_QUEUE_SWEEP_S`` for jobs of queues other than the first (whose events are
+not followed); never one round trip per job per poll. Every read and write is an
+operation of ``QueueOps`` (``outcomes``, ``cancel_many``, ``retry_jobs``...); jobs of
+several queues are read in one round trip (``protocol.together``). Architecture:
+docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
+from . import follow
+from .artifacts import ArtifactRef
 from .display import Progress
 from .errors import IncompleteResultsWarning, InvalidOptionError, ResultTimeoutError
 from .job import AsyncJob, Job, JobBase
 from .liveness import WorkerWatch
-from .protocol import Op, together
+from .protocol import Op, Pause, together
 from .records import JobEnd
 
 if TYPE_CHECKING:
@@ -43,23 +49,48 @@ __all__ = ["AsyncJobBatch", "IncompleteResultsWarning", "JobBatch", "JobBatchBas
            "map_items"]
 
 READ_CHUNK = 1000  # job hashes read per round trip
-SWEEP_EVERY_S = 5.0  # re-read the states of unfinished jobs this often (one queue)
-MULTI_QUEUE_SWEEP_S = 0.5  # ... and this often when the batch spans several queues
+MULTI_QUEUE_SWEEP_S = 0.5  # re-read unfinished jobs of the queues not followed this often
 STEP_BLOCK_S = 0.5  # longest blocking read of the event stream per step
+STEP_PAUSE_S = 0.02  # longest pause between reads while jobs are ending (one per ms left)
 DEFAULT_DF_CHUNK = 1000  # rows per job when Queue.map gets a DataFrame without chunksize
 MAP_RETENTION = {"age": 86400}  # Queue.map's default remove_on_complete / remove_on_fail
-_END_EVENTS = {"completed": "completed", "failed": "failed", "removed": "missing"}
 
 J = TypeVar("J", bound=JobBase)
 
 
 # -- building the jobs of a map -------------------------------------------------------------
-def check_chunksize(chunksize: object) -> int | None:
-    if chunksize is None:
-        return None
+# chunksize="auto" (a list of data dicts): see auto_chunksize
+AUTO_CHUNKS_PER_SLOT = 4  # jobs per worker slot (multiprocessing.Pool.map's rule)
+AUTO_SLOTS_IF_NONE = 8  # slots assumed when no worker of the queue is registered
+AUTO_CHUNK_BYTES = 64 * 1024  # ... and chunks of at most about this much JSON
+AUTO_SAMPLE = 100  # items whose JSON size is measured
+
+
+def check_chunksize(chunksize: object) -> int | str | None:
+    if chunksize is None or chunksize == "auto":
+        return chunksize
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize <= 0:
-        raise InvalidOptionError(f"chunksize must be an int >= 1 (or None): {chunksize!r}")
+        raise InvalidOptionError(f"chunksize must be an int >= 1, 'auto' or None: "
+                                 f"{chunksize!r}")
     return chunksize
+
+
+def auto_chunksize(datas: Sequence[Any], slots: int) -> int:
+    """``Queue.map(items, chunksize="auto")``'s chunk size for ``len(datas)`` items and
+    ``slots`` worker slots (the summed concurrency of the queue's live workers).
+
+    About ``AUTO_CHUNKS_PER_SLOT`` jobs per slot, so every slot gets work and a slow chunk
+    can be balanced by the others (``multiprocessing.Pool.map``'s default), but no chunk of
+    more than about ``AUTO_CHUNK_BYTES`` of JSON (measured on a sample of the items; a chunk
+    is one job's data, and large job data is slow to add and warned about): ``max(1,
+    min(ceil(n / (4 x slots)), 64 KiB // mean item size))``."""
+    n = len(datas)
+    if n == 0:
+        return 1
+    by_slots = -(-n // (AUTO_CHUNKS_PER_SLOT * max(1, slots)))
+    sample = list(datas[::max(1, n // AUTO_SAMPLE)])[:AUTO_SAMPLE]
+    mean = sum(len(json.dumps(d, default=str)) for d in sample) / len(sample)
+    return max(1, min(by_slots, int(AUTO_CHUNK_BYTES // max(1.0, mean))))
 
 
 def is_frame(value: object) -> bool:
@@ -67,8 +98,9 @@ def is_frame(value: object) -> bool:
     return mod.startswith("pandas") and type(value).__name__ == "DataFrame"
 
 
-def map_items(items: Any, chunksize: int | None = None,
-              job_type: str | None = None) -> list[dict[str, Any]]:
+def map_items(items: Any, chunksize: int | str | None = None,
+              job_type: str | None = None, slots: int = AUTO_SLOTS_IF_NONE
+              ) -> list[dict[str, Any]]:
     """The JSON job data of ``Queue.map(items, chunksize=...)`` of data dicts (no I/O).
 
     ``Queue.map`` sends a DataFrame as Arrow chunks instead (``nbqueue.dataplane``: exact
@@ -84,14 +116,17 @@ def map_items(items: Any, chunksize: int | None = None,
       ``"type"``).
     - data dicts, ``chunksize=N``: one job per N dicts, data ``{"type": job_type or
       "chunk", "payload": {"chunk": k, "start": i, "stop": j, "items": [dict, ...]}}``.
+    - data dicts, ``chunksize="auto"``: the same with N = ``auto_chunksize(items, slots)``
+      (``slots``: the queue's worker slots); a DataFrame: the default rows per job.
     """
-    size = check_chunksize(chunksize)
+    checked = check_chunksize(chunksize)
     if job_type is not None and not isinstance(job_type, str):
         raise InvalidOptionError(f"job_type must be a str: {job_type!r}")
     if is_frame(items):
         from .frames import frame_chunks  # pandas is loaded: items is a DataFrame
 
-        return frame_chunks(items, size or DEFAULT_DF_CHUNK, job_type or "dataframe_chunk")
+        rows = checked if isinstance(checked, int) else DEFAULT_DF_CHUNK
+        return frame_chunks(items, rows, job_type or "dataframe_chunk")
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
         raise TypeError("Queue.map takes a DataFrame or an iterable of data dicts, not "
                         f"{type(items).__name__} (one job: Queue.add)")
@@ -100,6 +135,7 @@ def map_items(items: Any, chunksize: int | None = None,
         if not isinstance(d, Mapping):
             raise TypeError(f"Queue.map: item {i} is a {type(d).__name__}, not a data dict "
                             "(e.g. {'type': 'score', 'payload': {...}})")
+    size = auto_chunksize(datas, slots) if isinstance(checked, str) else checked
     if size is None:
         if job_type is None:
             return [d if isinstance(d, dict) else dict(d) for d in datas]
@@ -133,27 +169,52 @@ class _Tracker:
     queues: dict[str, QueueOps]  # name -> the queue's ops
     ids: dict[str, list[str]]  # queue name -> job ids
     final: dict[Key, str]  # (queue, id) -> completed | failed | missing
+    # where to start reading the first queue's events when every job of it was added by
+    # this process (JobRecord.since): then no first look at each job is needed
+    since: str | None = None
     last_event: str | None = None
     swept_at: float = 0.0
     _wanted_cache: tuple[str, set[str]] | None = None
     # how each finished job ended, read as soon as it was seen finished (retention may trim
     # a finished job later: a queue keeps its newest completed jobs, not a batch's)
     ends: dict[Key, JobEnd] = field(default_factory=dict)
+    busy: bool = False  # the last step found news: let more pile up before the next read
+
+    def __post_init__(self) -> None:
+        self.total = sum(len(v) for v in self.ids.values())
+        self.bad = sum(1 for s in self.final.values() if s != "completed")  # failed, missing
 
     @property
     def pending(self) -> int:
-        return sum(len(v) for v in self.ids.values()) - len(self.final)
+        return self.total - len(self.final)
 
     def pending_ops(self) -> list[QueueOps]:
         """The queues that hold jobs not finished yet."""
         return [self.queues[n] for n, ids in self.ids.items()
                 if any((n, i) not in self.final for i in ids)]
 
-    def _sweep(self) -> Op[list[Key]]:
-        """Read the state of every unfinished job (pipelined, READ_CHUNK per trip)."""
+    def _end(self, key: Key, out: JobEnd) -> None:
+        """``key`` has ended as ``out`` says (counts kept as it goes: a step costs the same
+        whatever the size of the batch)."""
+        self.forget((key,))
+        self.final[key] = out.state
+        self.ends[key] = out
+        self.bad += out.state != "completed"
+
+    def forget(self, keys: Iterable[Key]) -> None:
+        """These jobs run again (retried): not ended any more."""
+        for key in keys:
+            state = self.final.pop(key, None)
+            self.ends.pop(key, None)
+            self.bad -= state is not None and state != "completed"
+
+    def _sweep(self, others_only: bool = False) -> Op[list[Key]]:
+        """Read the state of every unfinished job (pipelined, READ_CHUNK per trip);
+        ``others_only``: of the queues whose events are not followed."""
+        followed = next(iter(self.queues))
         newly: list[Key] = []
         todo = [(name, i) for name, ids in self.ids.items() for i in ids
-                if (name, i) not in self.final]
+                if (name, i) not in self.final and not (others_only and name == followed)]
         for c in range(0, len(todo), READ_CHUNK):
             newly += yield from self._read(todo[c:c + READ_CHUNK])
         self.swept_at = time.monotonic()
@@ -165,46 +226,62 @@ class _Tracker:
         ended = []
         for key, out in zip(keys, outs):
             if out.ended:
-                self.final[key] = out.state
-                self.ends[key] = out
+                self._end(key, out)
                 ended.append(key)
             else:  # an event said it ended, but it was retried meanwhile
-                self.final.pop(key, None)
-                self.ends.pop(key, None)
+                self.forget((key,))
         return ended
-
-    def forget(self, keys: Iterable[Key]) -> None:
-        """These jobs run again (retried): not ended any more."""
-        for key in keys:
-            self.final.pop(key, None)
-            self.ends.pop(key, None)
 
     def step(self, block_s: float) -> Op[list[Key]]:
         """One step: the jobs found finished since the last one (waits up to ``block_s``
-        for news when there is none yet)."""
+        for news when there is none yet).
+
+        The first queue's events are followed (``follow.read_step``): a job is read only
+        when its end event does not carry its value (failed, a large or artifact result);
+        every unfinished job is read only at the start when the batch was not added by
+        this process, and when the stream may have lost events (trimmed past the last id
+        seen, or jobs removed in bulk). Jobs of other queues are read every
+        ``MULTI_QUEUE_SWEEP_S``."""
         name, first = next(iter(self.queues.items()))
+        newly: list[Key] = []
+        if self.busy and self.pending > 1:
+            # jobs are ending: read them in groups (one read per job would cost the notebook
+            # a round trip each, and the GIL an in-kernel worker needs)
+            yield Pause(min(STEP_PAUSE_S, 0.001 * self.pending))
         if self.last_event is None:
-            # the stream position before the first sweep: no end can fall between them
-            self.last_event = yield from first.last_event_id()
-            newly = yield from self._sweep()
-            if newly or not self.pending:
-                return newly
-        newly = []
-        last, events = yield from first.read_events(
-            self.last_event, max(1, int(block_s * 1000)), 10_000)
-        self.last_event = last
+            if self.since is not None:
+                self.last_event = self.since
+            else:
+                # the stream position before the first sweep: no end can fall between them
+                self.last_event = yield from first.last_event_id()
+                newly = yield from self._sweep()
+                if newly or not self.pending:
+                    return newly
+        step = yield from follow.read_step(first.keys.events, self.last_event,
+                                           max(1, int(block_s * 1000)), 10_000)
+        self.last_event = step.last
+        self.busy = bool(step.events)
         wanted = self._wanted(name)
-        seen: dict[Key, None] = {}
-        for e in events:
-            end = _END_EVENTS.get(e.event) or (e.event == "cancelled" or None)
-            if end and e.job_id in wanted and (name, e.job_id) not in self.final:
-                seen[(name, e.job_id)] = None
-        keys = list(seen)
+        todo: dict[Key, bool] = {}  # key -> its value came with its completed event
+        for e in step.events:
+            if e.event in follow.END_EVENTS and e.job_id in wanted \
+                    and (name, e.job_id) not in self.final:
+                todo[(name, e.job_id)] = e.event == "completed" and e.job_id in step.values
+        keys = []
+        for key, carried in todo.items():
+            value = step.values.get(key[1]) if carried else None
+            if carried and ArtifactRef.parse(value) is None:
+                self._end(key, JobEnd("completed", value))
+                newly.append(key)
+            else:  # failed, large, or an artifact (read and checked with the job)
+                keys.append(key)
         for c in range(0, len(keys), READ_CHUNK):
             newly += yield from self._read(keys[c:c + READ_CHUNK])
-        every = SWEEP_EVERY_S if len(self.queues) == 1 else MULTI_QUEUE_SWEEP_S
-        if self.pending and time.monotonic() - self.swept_at >= every:
+        if step.lost and self.pending:
             newly += yield from self._sweep()
+        elif len(self.queues) > 1 and self.pending \
+                and time.monotonic() - self.swept_at >= MULTI_QUEUE_SWEEP_S:
+            newly += yield from self._sweep(others_only=True)
         return newly
 
     def _wanted(self, name: str) -> set[str]:
@@ -238,7 +315,11 @@ class JobBatchBase(list[J], Generic[J]):
             for j in self:
                 queues.setdefault(j.queue.name, j.queue.ops)
                 ids.setdefault(j.queue.name, []).append(j.id)
-            t = _Tracker(queues, ids, dict(t.final) if t is not None else {})
+            followed = self[0].queue.name if self else ""
+            sinces = [j._record.since for j in self if j.queue.name == followed]
+            since = (follow.earliest(s for s in sinces if s is not None)
+                     if sinces and all(sinces) else None)
+            t = _Tracker(queues, ids, dict(t.final) if t is not None else {}, since)
             self._tracker_cache = t
         return t
 
@@ -255,8 +336,8 @@ class JobBatchBase(list[J], Generic[J]):
         return out
 
     def _counts(self) -> tuple[int, int]:
-        final = self._tracker.final
-        return len(final), sum(1 for s in final.values() if s != "completed")
+        tracker = self._tracker
+        return len(tracker.final), tracker.bad
 
     def _wait_step(self, deadline: float | None) -> Op[list[Key]]:
         left = STEP_BLOCK_S if deadline is None else min(STEP_BLOCK_S,

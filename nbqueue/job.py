@@ -168,7 +168,8 @@ class JobBase:
 
     def _result(self, timeout: float | None = None) -> Op[Any]:
         # (a frame/Series/array result is an artifact: QueueOps.outcomes reads and checks it)
-        return (yield from self.queue.ops.wait_result(self.id, timeout))
+        # (since: where the add that made it was in the event stream, when it was this one)
+        return (yield from self.queue.ops.wait_result(self.id, timeout, self._record.since))
 
     def _remove(self) -> Op[bool]:
         return (yield from self.queue.ops.remove(self.id))

@@ -70,7 +70,15 @@ class Batch:
     calls: Sequence[Call] = field(default_factory=tuple)
 
 
-Step = Call | Batch | Offload
+@dataclass(frozen=True)
+class Pause:
+    """Wait ``seconds`` without a Redis call (``time.sleep`` / ``asyncio.sleep``): an op that
+    polls lets news pile up between reads instead of reading each piece alone."""
+
+    seconds: float
+
+
+Step = Call | Batch | Offload | Pause
 Op = Generator[Step, Any, T]
 
 _CONN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -161,11 +169,16 @@ def _script_call_args(call: Call) -> tuple[Any, ...]:
     return (script.sha, len(call.keys), *call.keys, *call.args)
 
 
+#: Commands whose raw reply every op reads as well as redis-py's parsed one: BLPOP (a list
+#: for a tuple), WAIT and HMGET (the same integer, list), and the stream reads (``[id,
+#: [field, value, ...]]`` entries for ``(id, {field: value})``: ``records.entry_fields``
+#: takes both). Other commands keep the reply parsing redis-py does for them (HGETALL...).
+RAW_REPLY_OK = frozenset(("BLPOP", "WAIT", "HMGET", "XREAD", "XRANGE", "XREVRANGE"))
+
+
 def _direct_ok(call: Call) -> bool:
-    # BLPOP's raw reply is as good as redis-py's tuple to ops (WAIT's integer is the same
-    # either way); other commands keep the
-    # reply parsing redis-py does for them (HGETALL to a dict...).
-    return call.command is None or (call.command[0] in ("BLPOP", "WAIT") and not call.raw)
+    # raw (undecoded bytes) calls keep redis-py's path, which knows not to decode them
+    return call.command is None or (call.command[0] in RAW_REPLY_OK and not call.raw)
 
 
 def _wire(call: Call) -> tuple[Any, ...]:
@@ -204,6 +217,10 @@ _RAW = {NEVER_DECODE: True}
 
 
 def _exec_sync(client: redis.Redis, call: Call) -> Any:
+    if call.command is not None and not call.optional and _direct_ok(call):
+        plan = _direct_plan(client, (call,))
+        if plan is not None:
+            return _raise_errors(direct.call_sync(*plan))[0]
     if call.command is not None:
         if call.optional:
             try:
@@ -300,6 +317,10 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
                     continue
                 step = op.send(offloaded)
                 continue
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+                step = op.send(None)
+                continue
             try:
                 reply: Any = _step_sync(client, step)
             except _STEP_ERRORS as exc:
@@ -314,6 +335,10 @@ def run_sync(client: redis.Redis, op: Op[T]) -> T:
 
 
 async def _exec_async(client: aredis.Redis, call: Call) -> Any:
+    if call.command is not None and not call.optional and _direct_ok(call):
+        plan = _direct_plan(client, (call,))
+        if plan is not None:
+            return _raise_errors(await direct.call_async(*plan))[0]
     if call.command is not None:
         if call.optional:
             try:
@@ -380,6 +405,10 @@ async def run_async(client: aredis.Redis, op: Op[T]) -> T:
                     continue
                 step = op.send(offloaded)
                 continue
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+                step = op.send(None)
+                continue
             try:
                 reply: Any = await _step_async(client, step)
             except _STEP_ERRORS as exc:
@@ -413,7 +442,7 @@ def together(ops: Sequence[Op[Any]]) -> Op[list[Any]]:
             values[i] = stop.value
     while steps:
         for i, step in list(steps.items()):
-            while isinstance(step, Offload):  # not a Redis call: run it on its own
+            while isinstance(step, (Offload, Pause)):  # not a Redis call: on its own
                 try:
                     try:
                         done = yield step
@@ -432,7 +461,7 @@ def together(ops: Sequence[Op[Any]]) -> Op[list[Any]]:
         calls: list[Call] = []
         spans: list[tuple[int, bool, int, int]] = []  # op, one call?, first reply, replies
         for i, step in steps.items():
-            assert not isinstance(step, Offload)
+            assert not isinstance(step, (Offload, Pause))
             part = [step] if isinstance(step, Call) else list(step.calls)
             spans.append((i, isinstance(step, Call), len(calls), len(part)))
             calls += part

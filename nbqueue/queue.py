@@ -12,6 +12,7 @@ import redis
 
 from . import serialization
 from .batch import (
+    AUTO_SLOTS_IF_NONE,
     DEFAULT_DF_CHUNK,
     MAP_RETENTION,
     AsyncJobBatch,
@@ -142,8 +143,9 @@ class QueueBase(Generic[J, B]):
         items = [(j[0], {**opts, **j[1]}) if isinstance(j, tuple) else (j, opts) for j in jobs]
         return self.batch_class(self._job(r) for r in (yield from self._ops.add_bulk(items)))
 
-    def _map(self, /, items: Any, *, chunksize: int | None = None, job_type: str | None = None,
-             name: str | None = None, **job_options: Any) -> Op[B]:
+    def _map(self, /, items: Any, *, chunksize: int | str | None = None,
+             job_type: str | None = None, name: str | None = None,
+             **job_options: Any) -> Op[B]:
         """Add one job per data dict, per ``chunksize`` dicts, or per ``chunksize`` rows of a
         DataFrame; returns their ``JobBatch``.
 
@@ -153,6 +155,12 @@ class QueueBase(Generic[J, B]):
         but the store's; chunks are written and their jobs added in order, so workers start
         on the first while the later ones are written; returns once all are written.
         Data dicts keep JSON payloads (``nbqueue.batch.map_items``).
+
+        ``chunksize="auto"`` (a list of data dicts): chunks sized for the queue's live
+        workers, about 4 jobs per worker slot and at most ~64 KiB of JSON per job
+        (``nbqueue.batch.auto_chunksize``; 8 slots assumed while no worker is registered).
+        The processor gets chunk jobs as with ``chunksize=N``; a DataFrame gets the
+        default rows per job.
 
         ``name``: a named batch. Each job's id comes from the name, the chunk number and
         the chunk's content hash: mapping the same data under the same name again (this
@@ -180,7 +188,8 @@ class QueueBase(Generic[J, B]):
             if job_options.get(keep) is None and keep not in self.default_job_options:
                 job_options[keep] = MAP_RETENTION
         if is_frame(items):
-            size = check_chunksize(chunksize) or DEFAULT_DF_CHUNK
+            checked = check_chunksize(chunksize)
+            size = checked if isinstance(checked, int) else DEFAULT_DF_CHUNK
             if job_type is not None and not isinstance(job_type, str):
                 raise InvalidOptionError(f"job_type must be a str: {job_type!r}")
             self._ops.prepare({"type": "check"}, job_options)  # bad options: nothing written
@@ -188,7 +197,11 @@ class QueueBase(Generic[J, B]):
             records = yield from add_frame_map(self._ops, store, items, size,
                                                job_type or "dataframe_chunk", job_options, name)
         else:
-            datas = map_items(items, chunksize, job_type)
+            slots = AUTO_SLOTS_IF_NONE
+            if chunksize == "auto":
+                workers = yield from self._ops.get_workers()
+                slots = sum(w.concurrency for w in workers) or AUTO_SLOTS_IF_NONE
+            datas = map_items(items, chunksize, job_type, slots)
             if name is not None:
                 records = yield from add_named(self._ops, datas, job_options, name)
             else:

@@ -57,6 +57,9 @@ class JobRecord:
     # -1 for later attempts and records not from a fetch
     wait_ms: int = field(default=-1, repr=False)
     stacktrace: list[str] = field(default_factory=list, repr=False)
+    # set by the add that made the job (in this process): an event stream id at or before
+    # every event of this job, where a waiter starts reading (add.lua's reply)
+    since: str | None = field(default=None, repr=False)
 
     @property
     def priority(self) -> int:
@@ -198,6 +201,29 @@ class Event:
         return int(self.id.split("-")[0])
 
 
+def stream_entries(read: Any) -> list[Any]:
+    """The entries of an ``XREAD`` reply for one stream, whatever its shape: RESP2 or RESP3,
+    parsed by redis-py (``[[name, entries]]``, ``{name: [entries]}``) or raw from a direct
+    call (``{name: entries}``)."""
+    if not read:
+        return []
+    if isinstance(read, list):
+        return list(read[0][1] or [])
+    value = next(iter(read.values()))
+    if value and isinstance(value[0], (list, tuple)) and value[0] \
+            and isinstance(value[0][0], (list, tuple)):
+        return list(value[0])  # redis-py's RESP3 shape: the entries wrapped once more
+    return list(value or [])
+
+
+def entry_fields(raw: Any) -> dict[str, str]:
+    """A stream entry's fields: redis-py's dict, or the raw ``[field, value, ...]`` list a
+    direct call (``nbqueue.direct``) reads."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    return dict(zip(raw[0::2], raw[1::2]))
+
+
 def parse_events(entries: list[Any]) -> list[Event]:
     """Stream entries -> events; a batched entry (``ids``) becomes one event per job.
 
@@ -206,7 +232,7 @@ def parse_events(entries: list[Any]) -> list[Event]:
     ``also`` a queue event (``drained``)."""
     out: list[Event] = []
     for entry_id, raw in entries:
-        fields = dict(raw)
+        fields = entry_fields(raw)
         name = fields.pop("event", "")
         also = fields.pop("also", None)
         then = fields.pop("then", None)

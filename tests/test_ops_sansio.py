@@ -70,16 +70,18 @@ def fetched_job(job_id: str, data: Any = None, *, lock: str = "L", atm: int = 0,
 # -- add ------------------------------------------------------------------------------------
 def test_add_takes_its_id_and_the_server_time_from_the_reply() -> None:
     steps, record = drive(OPS.add({"type": "email", "payload": {"to": "a"}}, {}),
-                          [[41, 1_700_000_000_123]])
+                          [[41, 1_700_000_000_123, "1700000000123-4"]])
     assert len(steps) == 1 and isinstance(steps[0], Call) and steps[0].script == "add"
     assert record.id == "42" and record.timestamp == 1_700_000_000_123
+    # the id of the call's first event: Job.result() reads the stream from there
+    assert record.since == "1700000000123-4"
     assert record.name == "email" and record.state is JobState.WAITING
 
 
 def test_add_bulk_numbers_jobs_from_one_counter_value() -> None:
     steps, records = drive(OPS.add_bulk([{"type": "a"}, {"type": "b"}, ({"type": "c"},
                                                                           {"delay": 5000})]),
-                           [[10, 1]])
+                           [[10, 1, ""]])
     assert len(steps) == 1
     assert [r.id for r in records] == ["11", "12", "13"]
     assert [r.state for r in records] == [JobState.WAITING, JobState.WAITING,
@@ -90,12 +92,13 @@ def test_add_of_an_existing_job_id_returns_the_stored_job() -> None:
     stored = {"name": "t", "data": '{"type":"t","v":"old"}', "state": "completed",
               "opts": "{}", "atm": "1", "ts": "5"}
     steps, record = drive(OPS.add({"type": "t", "v": "new"}, {"job_id": "x"}),
-                          [[7, 99, 1],  # job 1 of the call existed already
+                          [[7, 99, "", 1],  # job 1 of the call existed already
                            [stored, None]])  # HGETALL of it, HGET paused
     assert isinstance(steps[1], Batch)
     assert steps[1].calls[0].command == ("HGETALL", OPS.keys.job("x"))
     assert record.id == "x" and record.data["v"] == "old"
     assert record.state is JobState.COMPLETED
+    assert record.since is None  # it may have ended before: a waiter must look at it first
 
 
 def test_bad_job_data_is_refused_before_any_call() -> None:
@@ -145,12 +148,32 @@ def test_wait_result_looks_again_after_the_job_s_event() -> None:
     steps, value = drive(OPS.wait_result("5", None), [
         [["0-1", []]],  # the stream's last entry id: 0-1
         ["active", None, None, None, None],
-        [["sq-stream", event]],  # XREAD: the job's completed event
+        [[["sq-stream", event]], [["0-1", {}]]],  # XREAD: the event (no value); XRANGE
         ["completed", "3", None, None, None]])
     assert value == 3
     xread = steps[2]
-    assert isinstance(xread, Call) and xread.command is not None
-    assert xread.command[0] == "XREAD" and xread.command[-1] == "0-1"
+    assert isinstance(xread, Batch) and xread.calls[0].command is not None
+    assert xread.calls[0].command[0] == "XREAD" and xread.calls[0].command[-1] == "0-1"
+
+
+def test_wait_result_from_the_add_reads_the_value_from_the_completed_event() -> None:
+    # since: the add's own event id; the completed entry (raw, as a direct call reads it)
+    # carries the value: one round trip, no read of the job
+    entry = ["7-0", ["event", "completed", "jobId", "5", "rv", '{"5": [1, 2]}']]
+    steps, value = drive(OPS.wait_result("5", None, since="6-0"),
+                         [[{"nbq:{sq}:events": [entry]}, [["6-0", []]]]])
+    assert value == [1, 2] and len(steps) == 1
+    assert steps[0].calls[0].command[-1] == "6-0"  # type: ignore[union-attr,index]
+
+
+def test_wait_result_looks_at_the_job_when_the_stream_was_trimmed_past_it() -> None:
+    # nothing about job 5 in the read, but the stream's first entry (9-0) is past 6-0:
+    # entries may have been lost, so the job is read
+    steps, value = drive(OPS.wait_result("5", None, since="6-0"),
+                         [[[], [["9-0", []]]],
+                          ["completed", '"late"', None, None, None]])
+    assert value == "late"
+    assert steps[1].command[0] == "HMGET"  # type: ignore[union-attr,index]
 
 
 # -- control --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .. import flows, serialization
+from .. import flows, follow, serialization
 from ..artifacts import ArtifactRef
 from ..dataplane import resolve_many, sweep
 from ..errors import (
@@ -46,10 +46,13 @@ from ..records import (
     parse_job,
     parse_job_end,
     reply_text,
+    stream_entries,
 )
 from ..serialization import encodable, log_line, utf8_safe, wire_text
 from ..types import JobState, QueueMetrics
 from .base import ACKS, MAX_ACKS_PER_ADD, REGISTER_EVERY_S, OpsBase
+
+RECHECK_S = 5.0  # Job.result(): look at the job itself after this long without its end
 
 LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
@@ -135,10 +138,17 @@ class JobOps(OpsBase):
         # with nothing written); chunk boundaries: (first arg, first record) per chunk.
         bounds = [(0, 0)]
         first_rec, size = 0, 0
+        # a bulk's items usually share one options dict (add_bulk(items, **opts), map):
+        # merged once, its JSON made once
+        last_opts: Any = None
+        merged = defaults
         for item in items:
             if type(item) is tuple:
                 data, opts = item
-                options = merge_options(defaults, opts) if opts else defaults
+                if opts is not last_opts:
+                    merged = merge_options(defaults, opts) if opts else defaults
+                    last_opts = opts
+                options = merged
             else:
                 data, options = item, defaults
             before = len(args)
@@ -183,21 +193,23 @@ class JobOps(OpsBase):
             acks.append(token)
         # "<s>" or "<s>/<label>": fresh ids are s + k and the label (scripts/includes/ids.lua)
         seq_text, _, label = str(reply[0]).partition("/")
-        seq0, ts = int(seq_text), int(reply[1])
+        # reply[2]: the id of the call's first event (add.lua): a waiter reads from there
+        seq0, ts, since = int(seq_text), int(reply[1]), reply_text(reply[2]) or None
         chunk = records[first:end]
         for k, record in enumerate(chunk, 1):
             if not record.id:
                 record.id = f"{seq0 + k}{label}"
             record.timestamp = ts
+            record.since = since
         if acked is not None and acked < self.min_replicas:
             self.not_replicated(acked, [r.id for r in records[:end]], len(records) - end)
-        if len(reply) > 2:
+        if len(reply) > 3:
             # a re-added job_id (k), or a deduplicated job (-k, then the id of the job it
             # was deduplicated against): hand back the job as it is, not as we sent it;
             # -k, '' : job k's key was held by a foreign value and the job was not added
             existing: list[tuple[int, str]] = []
             taken: list[str] = []
-            rest = iter(reply[2:])
+            rest = iter(reply[3:])
             for k in rest:
                 k = int(k)
                 if k > 0:
@@ -533,9 +545,7 @@ class JobOps(OpsBase):
         if block_ms is not None:
             cmd += ["BLOCK", max(1, block_ms)]
         r = yield Call.cmd(*cmd, "STREAMS", self.keys.events, last_id)
-        if not r:
-            return last_id, []
-        entries = r[0][1] if isinstance(r, list) else next(iter(r.values()))[0]
+        entries = stream_entries(r)
         if not entries:
             return last_id, []
         return entries[-1][0], parse_events(entries)
@@ -559,35 +569,47 @@ class JobOps(OpsBase):
                            else JobEnd("completed", v))
         return ends
 
-    def wait_result(self, job_id: str, timeout: float | None) -> Op[Any]:
-        """The job's return value once it has finished (raises JobFailedError if failed)."""
+    def wait_result(self, job_id: str, timeout: float | None,
+                    since: str | None = None) -> Op[Any]:
+        """The job's return value once it has finished (raises JobFailedError if failed).
+
+        ``since``: a stream id at or before every event of the job (``JobRecord.since``,
+        known when this process added it): the wait starts reading there, without a first
+        look at the job. Otherwise the stream's end is read, then the job. Each step is
+        then one blocking read of the stream (``follow.read_step``); the job itself is read
+        (``outcomes``) only when its end event does not carry its value (a failure, a large
+        or artifact result), when the stream may have lost events, or every ``RECHECK_S``
+        without news (a cheap guard: one job)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         watch = WorkerWatch()  # no live worker on this queue: say so (nbqueue/liveness.py)
-        # Read the stream position before the job: a finish after it shows up as an event.
-        last = yield from self.last_event_id()
+        last = since
+        look = last is None
+        if last is None:
+            # the stream position before the look at the job: a finish after it is an event
+            last = yield from self.last_event_id()
+        looked = time.monotonic()
         while True:
-            end = (yield from self.outcomes([job_id]))[0]
-            if end.state == "completed":
-                return end.value
-            if end.state == "missing":
-                raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
-            if end.error is not None:
-                raise end.error
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    why = yield from watch.note([self], "it keeps running: wait again, or "
-                                                "cancel()")
-                    raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s; "
-                                             f"{why}")
-                yield from watch.step([self])
-                block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
-                last, events = yield from self.read_events(last, block)
-                if not events:
-                    # Re-check now and then: the events stream is capped and may have
-                    # rolled past our entry under heavy load.
-                    break
-                if any(e.job_id == job_id and e.event in ("completed", "failed", "removed",
-                                                          "cancelled")
-                       for e in events):
-                    break
+            if look:
+                looked, look = time.monotonic(), False
+                end = (yield from self.outcomes([job_id]))[0]
+                if end.state == "completed":
+                    return end.value
+                if end.state == "missing":
+                    raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
+                if end.error is not None:
+                    raise end.error
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                why = yield from watch.note([self], "it keeps running: wait again, or cancel()")
+                raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s; "
+                                         f"{why}")
+            yield from watch.step([self])
+            block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
+            step = yield from follow.read_step(self.keys.events, last, block, 500)
+            last = step.last
+            ended = [e.event for e in step.events
+                     if e.job_id == job_id and e.event in follow.END_EVENTS]
+            if ended and ended[-1] == "completed" and job_id in step.values \
+                    and ArtifactRef.parse(step.values[job_id]) is None:
+                return step.values[job_id]
+            look = bool(ended) or step.lost or time.monotonic() - looked >= RECHECK_S

@@ -12,10 +12,12 @@
 --     art = nonce: the job's artifacts were staged under BASE .. 'stage:' .. nonce (with a
 --       ttl; nbqueue/dataplane.py); a job created here adopts them as its art:<id> hash,
 --       a job not created (existing id, deduplicated) drops them.
--- Returns {s, t, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which
+-- Returns {s, t, e, i1, i2, ...}: job k of the call (1-based) got sequence number s + k, which
 -- is also its id when it had none (s is then "<s>/<label>" when the queue's fresh ids carry
 -- a label, see includes/ids.lua: the id is s + k .. label); t is the server time (ms) the
--- jobs were stamped with;
+-- jobs were stamped with; e is the id of the first event entry this call wrote ('' = none):
+-- every event of the call's fresh jobs is at or after it, so a waiter reads the stream from
+-- there (no read of the stream's end, no first look at the jobs);
 -- i1, i2... are the jobs whose given id already existed (a short reply: a bulk add of fresh
 -- jobs answers with two numbers); a deduplicated job k appears as the pair -k, <id of the
 -- existing job it was deduplicated against>, and a job whose fresh id's key is held by a
@@ -86,8 +88,11 @@ local seq0 = redis.call('INCRBY', K_CTR, n) - n
 TRIM_EVENTS = n > 1 or seq0 % 32 == 0
 -- Numbers passed to redis.call are formatted by Redis: hand it strings made once instead.
 local now_s = fmt(NOW)
-local out, added, delayed, zwait, zdelayed = {fmt(seq0), now_s}, {}, {}, {}, {}
+local out, added, delayed, zwait, zdelayed = {fmt(seq0), now_s, ''}, {}, {}, {}, {}
 if label ~= '' then out[1] = out[1] .. '/' .. label end
+local function first_event(entry_id)
+  if out[3] == '' and type(entry_id) == 'string' then out[3] = entry_id end
+end
 local prio_base = {}
 
 -- A single fresh job due now, while a worker is parked (idle, blocked on its hand-off list:
@@ -240,7 +245,7 @@ for k = 1, n do
         redis.pcall('RPUSH', hkey, cjson.encode({id, lock, name, data, opts, '0', now_s, prio,
           '', '0', 0}))  -- wait 0: started as it was added
         redis.pcall('PEXPIRE', hkey, taker_lock_ms)  -- a worker that died parked: gone with it
-        emit('added', {id}, {'then', 'active', 'also', 'drained'})
+        first_event(emit('added', {id}, {'then', 'active', 'also', 'drained'}))
       end
     else
       ok = redis.pcall('HSET', key, 'name', name, 'data', data, 'opts', opts, 'ts', now_s,
@@ -268,8 +273,8 @@ for i = 1, #zdelayed, 1000 do
   redis.call('ZADD', K_DELAYED, unpack(zdelayed, i, math.min(i + 999, #zdelayed)))
 end
 if #added > 0 then
-  emit('added', added)
-  emit('delayed', delayed)
+  first_event(emit('added', added))
+  first_event(emit('delayed', delayed))
   if marker_len == nil then push_marker()
   elseif marker_len == 0 then redis.pcall('RPUSH', K_MARKER, '1') end
 end

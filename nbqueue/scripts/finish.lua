@@ -11,6 +11,10 @@
 --   newest MAX_TRACES kept). A retry of a job whose cancel was requested (`cx`, see
 --   cancel.lua) fails it instead with error type 'cancelled'; such failures emit
 --   `cancelled` besides `failed` (and the worker does not dead-letter them).
+-- The `completed` event carries the return values of small results (field `rv`: a JSON
+-- object job id -> value, for values up to RV_EVENT_MAX bytes, RV_EVENT_BUDGET in all; not
+-- for jobs removed on completion: their result is dropped as before), so
+-- a waiter that follows the stream (JobBatch, Job.result) needs no read of those jobs.
 -- Returns {status per job (1 done, 2 done and its dependents were notified: a resolver
 -- should run, see nbqueue/flows.py; 0 lock lost or job gone)..., <fetch reply>}.
 -- Also counts into the stats hash: completed, failed, retries and the per-minute history.
@@ -21,6 +25,8 @@ allow_oom()  -- must run on a full Redis (see includes/common.lua)
 local nstats = tonumber(ARGV[8])
 local first_job = 9 + 2 * nstats
 local MAX_TRACES = 10
+local RV_EVENT_MAX, RV_EVENT_BUDGET = 512, 8192
+local rv_parts, rv_left = {}, RV_EVENT_BUDGET
 local statuses = {}
 local cancelled = {}
 -- Whether Redis is full (used_memory >= maxmemory > 0), read once per call and only when a
@@ -113,7 +119,14 @@ for i = first_job, #ARGV, 10 do
       redis.call('HSET', key, 'state', 'completed', 'rv', value, 'fon', NOW, 'atm', atm, 'lk', '')
       done_ids[#done_ids + 1] = id
       if keep == 0 then release_files({id}); redis.call('DEL', key, logs_key(id), art_key(id))
-      else zdone[#zdone + 1] = NOW; zdone[#zdone + 1] = id; c_keep = keep; c_age = age end
+      else
+        zdone[#zdone + 1] = NOW; zdone[#zdone + 1] = id; c_keep = keep; c_age = age
+        if #value <= RV_EVENT_MAX and #value < rv_left and value ~= '' then
+          local part = cjson.encode(id) .. ':' .. value
+          rv_parts[#rv_parts + 1] = part
+          rv_left = rv_left - #part
+        end
+      end
     elseif kind == 'r' then
       redis.call('HSET', key, 'fr', value, 'et', etype, 'atm', atm, 'lk', '')
       if delay > 0 then
@@ -147,7 +160,11 @@ if #done_ids > 0 then done_total = redis.call('HINCRBY', K_STATS, 'completed', #
 if #failed_ids > 0 then failed_total = redis.call('HINCRBY', K_STATS, 'failed', #failed_ids) end
 if #zdone > 0 then trim_finished(K_COMPLETED, c_keep, c_age, done_total, #done_ids) end
 if #zfailed > 0 then trim_finished(K_FAILED, f_keep, f_age, failed_total, #failed_ids) end
-emit('completed', done_ids)
+if #rv_parts > 0 then
+  emit('completed', done_ids, {'rv', '{' .. table.concat(rv_parts, ',') .. '}'})
+else
+  emit('completed', done_ids)
+end
 emit('failed', failed_ids)
 emit('cancelled', cancelled)
 emit('retries-exhausted', exhausted)

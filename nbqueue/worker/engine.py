@@ -232,14 +232,18 @@ class Engine:
                 if fetcher.limit_until > now:
                     timeout = fetcher.limit_until - now
                 else:
-                    if block is None and outbox.stats:
-                        # going idle: send the counters now, not with the next job
+                    if block is None and outbox.stats and outbox.stats_due_in() <= 0:
+                        # going idle: send the counters now, not with the next job (at most
+                        # once per STATS_EVERY_S: a worker that idles between jobs, one
+                        # add().result() after another, would pay a script call per job)
                         try:
                             await self._flush(0, stats_now=True)
                         except _REDIS_ERRORS:
                             pass  # kept; sent with a later flush
                     if block is None:
                         secs = fetcher.block_secs()
+                        if outbox.stats:  # ... and wake up for them when they are due
+                            secs = min(secs, outbox.stats_due_in())
                         if secs <= 0.001:
                             fetcher.idle = False
                             continue

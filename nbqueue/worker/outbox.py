@@ -104,6 +104,10 @@ class Outbox:
         self._wake.set()
 
     # -- a flush ---------------------------------------------------------------------------
+    def stats_due_in(self) -> float:
+        """Seconds until the counters are due (<= 0: now)."""
+        return self.stats_sent + STATS_EVERY_S - time.monotonic()
+
     def take(self, stats_now: bool = False) -> Parcel:
         """Everything to send now. Counters ride along at most once a second (or when
         asked): they are a few commands each, and a steady drain has many small batches."""

@@ -110,7 +110,8 @@ local function emit(event, ids, extra)
   end
   if extra then for i = 1, #extra do args[#args + 1] = extra[i] end end
   -- pcall: a broken events key must not stop a transition half-way (see check_types)
-  redis.pcall(unpack(args))
+  -- returns the entry's id (a string; an error table if the key is broken)
+  return redis.pcall(unpack(args))
 end
 
 -- Wake one blocked worker; the list never holds more than one marker.
