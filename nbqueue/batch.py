@@ -12,7 +12,7 @@ Waiting is cheap for any size: the batch follows its queue's event stream (one b
 comes with its ``completed`` event, so the batch reads a job only when it failed or its
 result is large. All jobs are read (pipelined chunks) only at the start when the batch was
 not added by this process, when the capped stream rolled past the last entry read, and
-every ``MULTI_QUEUE_SWEEP_S`` for jobs of queues other than the first (whose events are
+every ``follow.MULTI_QUEUE_SWEEP_S`` for jobs of queues other than the first (whose events are
 not followed); never one round trip per job per poll. Every read and write is an
 operation of ``QueueOps`` (``outcomes``, ``cancel_many``, ``retry_jobs``...); jobs of
 several queues are read in one round trip (``protocol.together``). Architecture:
@@ -27,16 +27,15 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from . import follow
-from .artifacts import ArtifactRef
 from .display import Progress
 from .errors import IncompleteResultsWarning, InvalidOptionError, ResultTimeoutError
+from .follow import READ_CHUNK, Key, Tracker, read_ends
 from .job import AsyncJob, Job, JobBase
 from .liveness import WorkerWatch
-from .protocol import Op, Pause, together
+from .protocol import Op
 from .records import JobEnd
 
 if TYPE_CHECKING:
@@ -48,10 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncJobBatch", "IncompleteResultsWarning", "JobBatch", "JobBatchBase",
            "map_items"]
 
-READ_CHUNK = 1000  # job hashes read per round trip
-MULTI_QUEUE_SWEEP_S = 0.5  # re-read unfinished jobs of the queues not followed this often
 STEP_BLOCK_S = 0.5  # longest blocking read of the event stream per step
-STEP_PAUSE_S = 0.02  # longest pause between reads while jobs are ending (one per ms left)
 DEFAULT_DF_CHUNK = 1000  # rows per job when Queue.map gets a DataFrame without chunksize
 MAP_RETENTION = {"age": 86400}  # Queue.map's default remove_on_complete / remove_on_fail
 
@@ -147,150 +143,6 @@ def map_items(items: Any, chunksize: int | str | None = None,
 
 
 # -- following the jobs ---------------------------------------------------------------------
-Key = tuple[str, str]  # (queue name, job id)
-
-
-def read_ends(queues: Mapping[str, QueueOps], keys: Sequence[Key]) -> Op[list[JobEnd]]:
-    """How each (queue, job id) ended, or that it has not: ``QueueOps.outcomes`` of every
-    queue involved, in one round trip; in the order of ``keys``."""
-    by_queue: dict[str, list[str]] = {}
-    for name, job_id in keys:
-        by_queue.setdefault(name, []).append(job_id)
-    names = list(by_queue)
-    found = yield from together([queues[n].outcomes(by_queue[n]) for n in names])
-    ends = {(n, i): e for n, part in zip(names, found) for i, e in zip(by_queue[n], part)}
-    return [ends[k] for k in keys]
-
-
-@dataclass
-class _Tracker:
-    """What a batch knows about its jobs' ends, advanced one step (one op) at a time."""
-
-    queues: dict[str, QueueOps]  # name -> the queue's ops
-    ids: dict[str, list[str]]  # queue name -> job ids
-    final: dict[Key, str]  # (queue, id) -> completed | failed | missing
-    # where to start reading the first queue's events when every job of it was added by
-    # this process (JobRecord.since): then no first look at each job is needed
-    since: str | None = None
-    last_event: str | None = None
-    swept_at: float = 0.0
-    _wanted_cache: tuple[str, set[str]] | None = None
-    # how each finished job ended, read as soon as it was seen finished (retention may trim
-    # a finished job later: a queue keeps its newest completed jobs, not a batch's)
-    ends: dict[Key, JobEnd] = field(default_factory=dict)
-    busy: bool = False  # the last step found news: let more pile up before the next read
-
-    def __post_init__(self) -> None:
-        self.total = sum(len(v) for v in self.ids.values())
-        self.bad = sum(1 for s in self.final.values() if s != "completed")  # failed, missing
-
-    @property
-    def pending(self) -> int:
-        return self.total - len(self.final)
-
-    def pending_ops(self) -> list[QueueOps]:
-        """The queues that hold jobs not finished yet."""
-        return [self.queues[n] for n, ids in self.ids.items()
-                if any((n, i) not in self.final for i in ids)]
-
-    def _end(self, key: Key, out: JobEnd) -> None:
-        """``key`` has ended as ``out`` says (counts kept as it goes: a step costs the same
-        whatever the size of the batch)."""
-        self.forget((key,))
-        self.final[key] = out.state
-        self.ends[key] = out
-        self.bad += out.state != "completed"
-
-    def forget(self, keys: Iterable[Key]) -> None:
-        """These jobs run again (retried): not ended any more."""
-        for key in keys:
-            state = self.final.pop(key, None)
-            self.ends.pop(key, None)
-            self.bad -= state is not None and state != "completed"
-
-    def _sweep(self, others_only: bool = False) -> Op[list[Key]]:
-        """Read the state of every unfinished job (pipelined, READ_CHUNK per trip);
-        ``others_only``: of the queues whose events are not followed."""
-        followed = next(iter(self.queues))
-        newly: list[Key] = []
-        todo = [(name, i) for name, ids in self.ids.items() for i in ids
-                if (name, i) not in self.final and not (others_only and name == followed)]
-        for c in range(0, len(todo), READ_CHUNK):
-            newly += yield from self._read(todo[c:c + READ_CHUNK])
-        self.swept_at = time.monotonic()
-        return newly
-
-    def _read(self, keys: Sequence[Key]) -> Op[list[Key]]:
-        """Read how ``keys`` ended (one round trip); those that have."""
-        outs = yield from read_ends(self.queues, keys)
-        ended = []
-        for key, out in zip(keys, outs):
-            if out.ended:
-                self._end(key, out)
-                ended.append(key)
-            else:  # an event said it ended, but it was retried meanwhile
-                self.forget((key,))
-        return ended
-
-    def step(self, block_s: float) -> Op[list[Key]]:
-        """One step: the jobs found finished since the last one (waits up to ``block_s``
-        for news when there is none yet).
-
-        The first queue's events are followed (``follow.read_step``): a job is read only
-        when its end event does not carry its value (failed, a large or artifact result);
-        every unfinished job is read only at the start when the batch was not added by
-        this process, and when the stream may have lost events (trimmed past the last id
-        seen, or jobs removed in bulk). Jobs of other queues are read every
-        ``MULTI_QUEUE_SWEEP_S``."""
-        name, first = next(iter(self.queues.items()))
-        newly: list[Key] = []
-        if self.busy and self.pending > 1:
-            # jobs are ending: read them in groups (one read per job would cost the notebook
-            # a round trip each, and the GIL an in-kernel worker needs)
-            yield Pause(min(STEP_PAUSE_S, 0.001 * self.pending))
-        if self.last_event is None:
-            if self.since is not None:
-                self.last_event = self.since
-            else:
-                # the stream position before the first sweep: no end can fall between them
-                self.last_event = yield from first.last_event_id()
-                newly = yield from self._sweep()
-                if newly or not self.pending:
-                    return newly
-        step = yield from follow.read_step(first.keys.events, self.last_event,
-                                           max(1, int(block_s * 1000)), 10_000)
-        self.last_event = step.last
-        self.busy = bool(step.events)
-        wanted = self._wanted(name)
-        todo: dict[Key, bool] = {}  # key -> its value came with its completed event
-        for e in step.events:
-            if e.event in follow.END_EVENTS and e.job_id in wanted \
-                    and (name, e.job_id) not in self.final:
-                todo[(name, e.job_id)] = e.event == "completed" and e.job_id in step.values
-        keys = []
-        for key, carried in todo.items():
-            value = step.values.get(key[1]) if carried else None
-            if carried and ArtifactRef.parse(value) is None:
-                self._end(key, JobEnd("completed", value))
-                newly.append(key)
-            else:  # failed, large, or an artifact (read and checked with the job)
-                keys.append(key)
-        for c in range(0, len(keys), READ_CHUNK):
-            newly += yield from self._read(keys[c:c + READ_CHUNK])
-        if step.lost and self.pending:
-            newly += yield from self._sweep()
-        elif len(self.queues) > 1 and self.pending \
-                and time.monotonic() - self.swept_at >= MULTI_QUEUE_SWEEP_S:
-            newly += yield from self._sweep(others_only=True)
-        return newly
-
-    def _wanted(self, name: str) -> set[str]:
-        cache = self._wanted_cache
-        if cache is None or cache[0] != name:
-            cache = self._wanted_cache = (name, set(self.ids.get(name, ())))
-        return cache[1]
-
-
 class JobBatchBase(list[J], Generic[J]):
     """The jobs of a bulk add or map, in input order (a ``list`` of job handles ``J``).
 
@@ -302,11 +154,11 @@ class JobBatchBase(list[J], Generic[J]):
 
     def __init__(self, jobs: Iterable[J] = ()) -> None:
         super().__init__(jobs)
-        self._tracker_cache: _Tracker | None = None
+        self._tracker_cache: Tracker | None = None
 
     # -- shared pieces -------------------------------------------------------------------
     @property
-    def _tracker(self) -> _Tracker:
+    def _tracker(self) -> Tracker:
         t = self._tracker_cache
         n = len(self)
         if t is None or sum(len(v) for v in t.ids.values()) != n:
@@ -319,7 +171,7 @@ class JobBatchBase(list[J], Generic[J]):
             sinces = [j._record.since for j in self if j.queue.name == followed]
             since = (follow.earliest(s for s in sinces if s is not None)
                      if sinces and all(sinces) else None)
-            t = _Tracker(queues, ids, dict(t.final) if t is not None else {}, since)
+            t = Tracker(queues, ids, dict(t.final) if t is not None else {}, since)
             self._tracker_cache = t
         return t
 

@@ -23,10 +23,8 @@ from ..errors import (
     JobStateError,
     NbqueueError,
     QueueBusyError,
-    ResultTimeoutError,
 )
 from ..keys import registry_key
-from ..liveness import WorkerWatch
 from ..options import (
     JobOptions,
     RateLimit,
@@ -51,8 +49,6 @@ from ..records import (
 from ..serialization import encodable, log_line, utf8_safe, wire_text
 from ..types import JobState, QueueMetrics
 from .base import ACKS, MAX_ACKS_PER_ADD, REGISTER_EVERY_S, OpsBase
-
-RECHECK_S = 5.0  # Job.result(): look at the job itself after this long without its end
 
 LOG_CAP_LINES = 1000  # lines kept per job log (the newest)
 #: Jobs per add.lua call: a bulk add is sent in chunks so that no single script call keeps
@@ -571,45 +567,7 @@ class JobOps(OpsBase):
 
     def wait_result(self, job_id: str, timeout: float | None,
                     since: str | None = None) -> Op[Any]:
-        """The job's return value once it has finished (raises JobFailedError if failed).
-
-        ``since``: a stream id at or before every event of the job (``JobRecord.since``,
-        known when this process added it): the wait starts reading there, without a first
-        look at the job. Otherwise the stream's end is read, then the job. Each step is
-        then one blocking read of the stream (``follow.read_step``); the job itself is read
-        (``outcomes``) only when its end event does not carry its value (a failure, a large
-        or artifact result), when the stream may have lost events, or every ``RECHECK_S``
-        without news (a cheap guard: one job)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        watch = WorkerWatch()  # no live worker on this queue: say so (nbqueue/liveness.py)
-        last = since
-        look = last is None
-        if last is None:
-            # the stream position before the look at the job: a finish after it is an event
-            last = yield from self.last_event_id()
-        looked = time.monotonic()
-        while True:
-            if look:
-                looked, look = time.monotonic(), False
-                end = (yield from self.outcomes([job_id]))[0]
-                if end.state == "completed":
-                    return end.value
-                if end.state == "missing":
-                    raise JobNotFoundError(f"job {job_id} not found in queue {self.name!r}")
-                if end.error is not None:
-                    raise end.error
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                why = yield from watch.note([self], "it keeps running: wait again, or cancel()")
-                raise ResultTimeoutError(f"job {job_id} did not finish within {timeout} s; "
-                                         f"{why}")
-            yield from watch.step([self])
-            block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
-            step = yield from follow.read_step(self.keys.events, last, block, 500)
-            last = step.last
-            ended = [e.event for e in step.events
-                     if e.job_id == job_id and e.event in follow.END_EVENTS]
-            if ended and ended[-1] == "completed" and job_id in step.values \
-                    and ArtifactRef.parse(step.values[job_id]) is None:
-                return step.values[job_id]
-            look = bool(ended) or step.lost or time.monotonic() - looked >= RECHECK_S
+        """The job's return value once it has finished (raises JobFailedError if failed,
+        ``ResultTimeoutError`` after ``timeout``). ``since``: ``JobRecord.since`` (where its
+        add was in the event stream), which spares a first look; see ``follow.wait_one``."""
+        return (yield from follow.wait_one(self, job_id, timeout, since))
