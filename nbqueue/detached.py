@@ -135,6 +135,7 @@ def start(worker: WorkerBase, name: str | None = None,
     kwargs = {k: v for k, v in worker._engine_kwargs.items() if k != "mode"}
     spec = {"queue_name": worker.queue_name, "processor": worker.processor, "id": wid,
             "name": name, "url": conn.url, "cluster": conn.cluster, "store": conn.store,
+            "connection": conn.spec(),  # with min_replicas (Connection.spec)
             "concurrency": worker.concurrency, "kwargs": kwargs,
             "sources": capture(worker.processor)}
     try:
@@ -228,7 +229,7 @@ def _run(spec: dict[str, Any]) -> None:
             engine.upkeep.info["detached"] = spec["name"]  # get_workers(): WorkerInfo.detached
             return engine
 
-    conn = Connection(spec["url"], cluster=spec["cluster"], store=spec.get("store"))
+    conn = Connection.from_spec(spec["connection"], store=spec.get("store"))
     worker = _Detached(spec["queue_name"], spec["processor"], conn, mode="process",
                        concurrency=spec["concurrency"], name=spec["id"], **spec["kwargs"])
     print(f"nbqueue detached worker {spec['id']} (pid {os.getpid()}) of "
