@@ -175,7 +175,7 @@ class FsspecStore:
             self.fs.pipe_file(path, data)
         except Exception as exc:
             raise StoreError(f"could not write an artifact to the store {self.url} "
-                             f"({type(exc).__name__}: {exc}); nothing was added") from None
+                             f"({type(exc).__name__}: {exc}); its job was not added") from None
         return self._path_url(path)
 
 
