@@ -139,18 +139,26 @@ def _send(ops: QueueOps, group: list[_Pending], store: str,
     calls: list[Call] = []
     args: list[Any] = []
     records = []
-    for p in group:
-        nonce = None
-        if p.encoded is not None:
-            nonce, url = yield from _stage(ops, store, p.encoded, calls)
-            ref = ArtifactRef(p.encoded.sha256, p.encoded.kind, p.encoded.size,
-                              p.encoded.rows, url)
-            p.data["payload"]["frame"] = ref.to_json()
-        one, rec = ops.prepare(p.data, p.options)
-        if nonce is not None:
-            one[6] = _with_art(one[6], nonce)
-        args += one
-        records.append(rec)
+    written: list[str] = []  # files of this group (a file store), deleted if it fails
+    try:
+        for p in group:
+            nonce = None
+            if p.encoded is not None:
+                nonce, url = yield from _stage(ops, store, p.encoded, calls)
+                if url is not None:
+                    written.append(url)
+                ref = ArtifactRef(p.encoded.sha256, p.encoded.kind, p.encoded.size,
+                                  p.encoded.rows, url)
+                p.data["payload"]["frame"] = ref.to_json()
+            one, rec = ops.prepare(p.data, p.options)
+            if nonce is not None:
+                one[6] = _with_art(one[6], nonce)
+            args += one
+            records.append(rec)
+    except Exception:
+        if written:  # no job of this group was added: its files go
+            yield Offload(functools.partial(delete_urls, written))
+        raise
     return (yield from ops.add_records(args, records, calls))
 
 

@@ -139,3 +139,36 @@ def test_redis_store_artifacts_die_with_their_jobs(conn: Any, r: Any) -> None:
     assert q.drain() == 3 and _arts(r, q.name) == 3
     q.obliterate(force=True)
     assert _arts(r, q.name) == 0
+
+
+def test_a_store_failing_mid_map_then_a_named_rerun_adds_the_rest(redis_url: str, r: Any,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: Any) -> None:
+    """Fault injection: the store's third write fails (as a full disk would)."""
+    from nbqueue.artifacts import FsspecStore
+    from nbqueue.errors import StoreError
+
+    conn = nbqueue.connect(redis_url, store=f"file://{tmp_path}/s")
+    q = Queue("midfail", conn)
+    df = sales(50)
+    real = FsspecStore.write
+    calls = {"n": 0}
+
+    def failing(self: FsspecStore, queue: str, sha: str, data: bytes) -> str:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise StoreError("could not write an artifact (injected: disk full); its job "
+                             "was not added")
+        return real(self, queue, sha, data)
+
+    monkeypatch.setattr(FsspecStore, "write", failing)
+    with pytest.raises(StoreError, match="disk full"):
+        q.map(df, chunksize=10, name="mf")
+    # chunk 0 went alone and was added; chunk 1's group failed: its file is deleted
+    assert [k.split(":job:")[1].split(":")[1]
+            for k in r.scan_iter("nbq:{midfail}:job:*")] == ["0"]
+    assert len(_artifact_files(tmp_path)) == 1
+    batch = q.map(df, chunksize=10, name="mf")  # the same cell again: the 4 missing added
+    assert len(batch) == 5 and len(list(r.scan_iter("nbq:{midfail}:job:*"))) == 5
+    assert len(_artifact_files(tmp_path)) == 5
+    pd.testing.assert_frame_equal(chunk_frame(batch[4]), df.iloc[40:50])
