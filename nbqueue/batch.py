@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
-from . import follow
+from . import follow, otel
 from .display import Progress
 from .errors import IncompleteResultsWarning, InvalidOptionError, ResultTimeoutError
 from .follow import READ_CHUNK, Key, Tracker, read_ends
@@ -199,6 +199,13 @@ class JobBatchBase(list[J], Generic[J]):
     def _wait(self, timeout: float | None = None, progress: bool | str | None = True,
               stream: TextIO | None = None) -> Op[JobBatchBase[J]]:
         """Block until every job has finished (completed, failed or gone)."""
+        if otel.ENABLED and len(self):  # a "wait <queue>" span (nbqueue.otel)
+            return (yield from otel.waiting(self[0].queue.name, [j.id for j in self],
+                                            self._wait_op(timeout, progress, stream)))
+        return (yield from self._wait_op(timeout, progress, stream))
+
+    def _wait_op(self, timeout: float | None, progress: bool | str | None,
+                 stream: TextIO | None) -> Op[JobBatchBase[J]]:
         mode = Progress.pick(progress)
         bar = Progress(len(self), mode, stream)
         deadline = None if timeout is None else time.monotonic() + timeout

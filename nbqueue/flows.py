@@ -38,8 +38,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import otel
 from .errors import InvalidOptionError, JobNotFoundError
 from .keys import DEAD_LETTER_QUEUE, validate_queue_name
+from .options import JobOptions
 from .protocol import Batch, Call, Op
 
 if TYPE_CHECKING:  # typing only: ops imports this module (flows are ops of several queues)
@@ -120,6 +122,11 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
         raise InvalidOptionError(f"on_dependency_failure must be 'fail' or 'ignore': "
                                  f"{policy!r}")
     deps = parse_dependencies(depends_on, ops.name)
+    if otel.ENABLED and otel.tracing_add():
+        # the dependencies' trace contexts go with the job: its attempts link to them
+        stored = yield Batch([Call.cmd("HGET", ops.sibling(d.queue).keys.job(d.id), "opts")
+                              for d in deps])
+        otel.add_links([JobOptions.from_stored(t).trace for t in stored if t])
     args, record = ops.prepare(data, opts)
     if record.opts.ext_json():
         raise InvalidOptionError("depends_on cannot be combined with lifo or deduplication")

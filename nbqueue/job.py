@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import flows
+from . import flows, otel
 from .dataplane import resolve_many
 from .display import job_html, job_text
 from .errors import JobCancelledError, JobNotFoundError
@@ -167,6 +167,12 @@ class JobBase:
         return self._record.state
 
     def _result(self, timeout: float | None = None) -> Op[Any]:
+        if otel.ENABLED:  # a "wait <queue>" span
+            return (yield from otel.waiting(self.queue.name, [self.id],
+                                            self._result_op(timeout)))
+        return (yield from self._result_op(timeout))
+
+    def _result_op(self, timeout: float | None) -> Op[Any]:
         # (a frame/Series/array result is an artifact: QueueOps.outcomes reads and checks it)
         # (since: where the add that made it was in the event stream, when it was this one)
         return (yield from self.queue.ops.wait_result(self.id, timeout, self._record.since))

@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .backoff import Backoff
@@ -154,6 +154,9 @@ class JobOptions:
     remove_on_fail: Retention = Retention(count=DEFAULT_KEEP_FAILED)
     lifo: bool = False
     deduplication: Deduplication | None = None
+    #: the OpenTelemetry context the job carries from its add to its attempts (nbqueue.otel):
+    #: a W3C carrier dict, with "links" (its dependencies' carriers) for a fan-in
+    trace: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
         """The stored form; computed once per (immutable) options object."""
@@ -172,6 +175,8 @@ class JobOptions:
             d["lifo"] = True
         if self.deduplication is not None:
             d["dd"] = self.deduplication.to_json()
+        if self.trace:
+            d["tc"] = self.trace
         return json.dumps(d, separators=(",", ":"))
 
     def ext_json(self) -> str:
@@ -230,6 +235,7 @@ class JobOptions:
             remove_on_fail=Retention(int(rof.get("count", DEFAULT_KEEP_FAILED)),
                                      int(rof.get("age_ms", 0))),
             lifo=bool(d.get("lifo")), deduplication=dedup,
+            trace=d["tc"] if isinstance(d.get("tc"), dict) else None,
         )
 
     def public(self) -> dict[str, Any]:

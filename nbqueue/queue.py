@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import redis
 
-from . import serialization
+from . import otel, serialization
 from .batch import (
     AUTO_SLOTS_IF_NONE,
     DEFAULT_DF_CHUNK,
@@ -118,6 +118,7 @@ class QueueBase(Generic[J, B]):
         return self.job_class(self, record)
 
     # -- operations ---------------------------------------------------------------------
+    @otel.sending
     def _add(self, /, data: Mapping[str, Any], **opts: Any) -> Op[J]:
         """Add one job; ``job_id`` of an existing job returns that job (idempotent).
 
@@ -136,6 +137,7 @@ class QueueBase(Generic[J, B]):
             raise InvalidOptionError("on_dependency_failure applies with depends_on only")
         return self._job((yield from self._ops.add(data, opts)))
 
+    @otel.sending
     def _add_bulk(self, /, jobs: Iterable[Any], **opts: Any) -> Op[B]:
         """Add many jobs in one round trip. Items: data dicts, or (data, options) pairs.
 
@@ -143,6 +145,7 @@ class QueueBase(Generic[J, B]):
         items = [(j[0], {**opts, **j[1]}) if isinstance(j, tuple) else (j, opts) for j in jobs]
         return self.batch_class(self._job(r) for r in (yield from self._ops.add_bulk(items)))
 
+    @otel.sending
     def _map(self, /, items: Any, *, chunksize: int | str | None = None,
              job_type: str | None = None, name: str | None = None,
              **job_options: Any) -> Op[B]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .. import flows, follow, serialization
+from .. import flows, follow, otel, serialization
 from ..artifacts import ArtifactRef
 from ..dataplane import resolve_many, sweep
 from ..errors import (
@@ -95,6 +95,8 @@ class JobOps(OpsBase):
     def _prepare_into(self, args: list[Any], data: Any, options: JobOptions,
                       ts: int) -> JobRecord:
         # The hot loop of a bulk add: appends this job's 7 add.lua arguments to ``args``.
+        if otel.ENABLED:
+            options = otel.traced(options)  # the add's trace context rides with the job
         text = serialization.encode_data(data, self.max_payload_bytes)
         name = data.get("type")
         if type(name) is not str:
