@@ -87,9 +87,7 @@ def add_links(carriers: Sequence[Any]) -> None:
 
 
 def _tracer() -> Any:
-    from . import __version__
-
-    return _trace.get_tracer("nbqueue", __version__)
+    return _trace.get_tracer("nbqueue")
 
 
 def _attrs(queue: str, operation: str, kind: str, ids: Sequence[str] = ()) -> dict[str, Any]:
@@ -128,7 +126,8 @@ def send(queue: str, op: Op[T]) -> Op[T]:
     every job the op prepares (:func:`traced`)."""
     span = _tracer().start_span(f"send {queue}", kind=_trace.SpanKind.PRODUCER,
                                 attributes=_attrs(queue, "send", "send"))
-    token = _CARRIER.set(carrier(span))
+    tc = carrier(span)  # {} without an SDK (a no-op span): then the jobs carry nothing
+    token = _CARRIER.set(tc if tc else None)
     try:
         result = yield from op
     except BaseException as exc:
@@ -138,7 +137,8 @@ def send(queue: str, op: Op[T]) -> Op[T]:
     finally:
         with contextlib.suppress(ValueError):  # closed from another context: nothing to do
             _CARRIER.reset(token)
-    ids = [result.id] if hasattr(result, "id") else [getattr(j, "id", "") for j in result]
+    found: Any = result
+    ids = [found.id] if hasattr(found, "id") else [getattr(j, "id", "") for j in found]
     if len(ids) == 1:
         span.set_attribute("messaging.message.id", ids[0])
     else:
@@ -207,7 +207,11 @@ def end_attempt(span: Any, error: BaseException | str | None = None,
 
 @contextlib.contextmanager
 def current(span: Any) -> Iterator[None]:
-    """Make ``span`` the current span (code run inside the attempt nests under it)."""
+    """Make ``span`` the current span (code run inside the attempt nests under it); None:
+    nothing to do (tracing off)."""
+    if span is None:
+        yield
+        return
     token = _context.attach(_trace.set_span_in_context(span))
     try:
         yield

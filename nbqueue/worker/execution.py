@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import otel
 from ..arrowcodec import kind_of
 from ..backoff import BackoffStrategy
 from ..dataplane import store_result
@@ -157,6 +158,8 @@ class Execution:
         # handles of running jobs (thread/asyncio), for cancel; async jobs being cancelled
         self._handles: dict[str, JobBase] = {}
         self._cancelling: set[str] = set()
+        # OpenTelemetry: the "process <queue>" span of each running attempt (nbqueue.otel)
+        self._spans: dict[str, Any] = {}
 
     def open(self, wake: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
@@ -183,6 +186,10 @@ class Execution:
             self.ready.append(record)
 
     def start(self, record: JobRecord) -> None:
+        if otel.ENABLED:  # the attempt's span, in this process whatever the mode
+            self._spans[record.id] = otel.attempt_span(
+                self.outbox.ops.name, record.id, record.attempts_made + 1,
+                record.opts.trace)
         if self.children is not None:
             self.running[record.id] = (record, None)
             self.children.submit(record)  # its timeout runs from its dispatch to a child
@@ -207,6 +214,12 @@ class Execution:
         elif outcome.terminal_failure:
             self.failed += 1
         self.outbox.book(outcome, duration)
+        if self._spans:
+            span = self._spans.pop(record.id, None)
+            if span is not None:
+                failed = outcome.kind is not OutcomeKind.COMPLETED
+                otel.end_attempt(span, outcome.value if failed else None,
+                                 outcome.error_type or None)
         self.deadlines.pop(record.id, None)
         self.running.pop(record.id, None)
         self._handles.pop(record.id, None)
@@ -231,6 +244,9 @@ class Execution:
                 self.children.abort(record.id, respawn=False)  # its body must not run on
             outcomes.append(_shutdown_outcome(record))
         outcomes.extend(_shutdown_outcome(record) for record in self.ready)
+        for span in self._spans.values():
+            otel.end_attempt(span, "handed back: the worker stopped", "shutdown")
+        self._spans.clear()
         self.running.clear()
         self.ready.clear()
         self.deadlines.clear()
@@ -276,6 +292,9 @@ class Execution:
             return
         self.running.pop(record.id, None)
         self.deadlines.pop(record.id, None)
+        span = self._spans.pop(record.id, None)
+        if span is not None:
+            otel.end_attempt(span, "its child process died", "child_died")
         if self.ready and not self.stopping:
             self.start(self.ready.popleft())
         assert self._wake is not None
@@ -295,7 +314,8 @@ class Execution:
         result: Any = None
         error: BaseException | None = None
         try:
-            with capture.job_output(record.id, self.outbox.report_log):
+            with capture.job_output(record.id, self.outbox.report_log), \
+                    otel.current(self._spans.get(record.id)):  # the body's spans nest in it
                 work = self.processor(job)
                 if timeout is None:
                     result = await work
@@ -328,7 +348,8 @@ class Execution:
         result: Any = None
         error: BaseException | None = None
         try:
-            with capture.job_output(record.id, self.outbox.report_log):
+            with capture.job_output(record.id, self.outbox.report_log), \
+                    otel.current(self._spans.get(record.id)):  # the body's spans nest in it
                 result = self.processor(job)
             # a sync function that returned a coroutine (None, the usual result: no call)
             if result is not None and inspect.isawaitable(result):
