@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from redisproc import RedisProcess, free_port, server_binary
@@ -27,18 +28,27 @@ class SentinelSet:
     """``primary`` + ``replica`` (RedisProcess) and ``sentinel_ports`` (3 sentinels)."""
 
     def __init__(self, n_sentinels: int = 3, *, acl_user: tuple[str, str] | None = None,
-                 sentinel_password: str | None = None) -> None:
+                 sentinel_password: str | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
         """``acl_user``: (name, password) of an ACL user on the primary and the replica;
-        ``sentinel_password``: the sentinels' requirepass."""
+        ``sentinel_password``: the sentinels' requirepass; ``tls_cert``/``tls_key``: every
+        server (data nodes and sentinels) speaks only TLS, replication included (the
+        certificate is its own CA; clients are not asked for certificates)."""
         self.binary = server_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="nbq-sentinel-"))
         self.acl_user = acl_user
         self.sentinel_password = sentinel_password
+        self.tls_cert = tls_cert
         self._acl = (["--user", acl_user[0], "on", f">{acl_user[1]}", "~*", "&*", "+@all"]
                      if acl_user else [])
-        # no 5 s wait before the first full sync (repl-diskless-sync-delay)
-        self.primary = RedisProcess(data_dir=self.dir / "primary",
-                                    args=["--repl-diskless-sync-delay", "0", *self._acl])
+        #: options of every test client (TLS: verify against the certificate)
+        self.client_kwargs: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(tls_cert)} if tls_cert else {})
+        self._tls_conf: dict[str, str] = ({
+            "tls-cert-file": str(tls_cert), "tls-key-file": str(tls_key),
+            "tls-ca-cert-file": str(tls_cert), "tls-auth-clients": "no",
+            "tls-replication": "yes"} if tls_cert else {})
+        self.primary = self._node("primary")
         self.replica: RedisProcess | None = None
         self.n_sentinels = n_sentinels
         self.sentinel_ports: list[int] = []
@@ -49,10 +59,8 @@ class SentinelSet:
         (self.dir / "primary").mkdir()
         (self.dir / "replica").mkdir()
         self.primary.start()
-        self.replica = RedisProcess(
-            data_dir=self.dir / "replica",
-            args=["--replicaof", "127.0.0.1", str(self.primary.port),
-                  "--repl-diskless-sync-delay", "0", *self._acl]).start()
+        self.replica = self._node("replica", "--replicaof", "127.0.0.1",
+                                  str(self.primary.port)).start()
         self.wait_replicated()
         # Each sentinel is told the others (ids and ports) up front: no waiting for their
         # hello messages (one every 2 s) before a failover can be agreed.
@@ -62,8 +70,10 @@ class SentinelSet:
             conf = self.dir / f"sentinel-{i}.conf"
             known = "".join(f"sentinel known-sentinel {SERVICE} 127.0.0.1 {p} {ids[j]}\n"
                             for j, p in enumerate(self.sentinel_ports) if j != i)
+            tls = "".join(f"{k} {v}\n" for k, v in self._tls_conf.items())
+            ports = f"port 0\ntls-port {port}\n{tls}" if tls else f"port {port}\n"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"{ports}bind 127.0.0.1\ndir {self.dir}\n"
                 f"logfile {self.dir}/sentinel-{i}.log\nsentinel myid {ids[i]}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
@@ -84,7 +94,34 @@ class SentinelSet:
 
     def sentinel_client(self, port: int) -> redis.Redis:
         return redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True,
-                           password=self.sentinel_password)
+                           password=self.sentinel_password, **self.client_kwargs)
+
+    def _node(self, name: str, *extra: str) -> RedisProcess:
+        port = free_port()
+        tls: list[str] = []
+        if self._tls_conf:  # TLS only: the plain port off, the TLS port where port was
+            tls = ["--port", "0", "--tls-port", str(port)]
+            for k, v in self._tls_conf.items():
+                tls += [f"--{k}", v]
+        # no 5 s wait before the first full sync (repl-diskless-sync-delay)
+        proc = RedisProcess(port=port, data_dir=self.dir / name,
+                            args=["--repl-diskless-sync-delay", "0", *self._acl, *tls,
+                                  *extra])
+        if self._tls_conf:
+            def ping() -> bool:
+                c = redis.Redis("127.0.0.1", port, socket_connect_timeout=0.5,
+                                socket_timeout=1, **self.client_kwargs)
+                try:
+                    return bool(c.ping())
+                except (redis.RedisError, OSError):
+                    return False
+                finally:
+                    c.close()
+
+            proc.ping = ping  # type: ignore[method-assign]
+            proc.client = lambda **kw: redis.Redis(  # type: ignore[method-assign]
+                "127.0.0.1", port, decode_responses=True, **{**self.client_kwargs, **kw})
+        return proc
 
     def _sentinel_sees_all(self, port: int) -> bool:
         c = self.sentinel_client(port)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -150,6 +151,31 @@ def test_acl_users_of_the_data_nodes_and_of_the_sentinels() -> None:
         with pytest.raises(RedisUnavailableError) as info:  # the primary refuses
             connect(s.url(auth="alice:bad-pass@", query="?sentinel_password=s-s3cret"))
         assert "bad-pass" not in str(info.value)
+
+
+def test_tls_sentinels_and_primary(tmp_path: Path) -> None:
+    """rediss+sentinel://: TLS to the sentinels and to the primary (servers that speak
+    only TLS, replication included); a failover is followed over TLS too."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("no openssl CLI to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    with SentinelSet(tls_cert=cert, tls_key=key) as s:
+        url = s.url("rediss+sentinel", query=f"?ssl_ca_certs={cert}")
+        conn = connect(url)
+        q = Queue("tls", conn)
+        with Worker("tls", lambda job: job.data["payload"] + 1, conn):
+            assert q.add({"type": "t", "payload": 41}).result(timeout=30) == 42
+            s.primary.kill()
+            s.wait_promoted()
+            assert q.add({"type": "t", "payload": 1}).result(timeout=30) == 2
+        # the plain scheme against TLS-only sentinels: a clear error, no hang
+        with pytest.raises(RedisUnavailableError, match="no sentinel answered"):
+            connect(s.url())
 
 
 # -- every client through the URL --------------------------------------------------------
