@@ -306,11 +306,13 @@ class Engine:
             raise
         if done:
             outbox.settle(oks, done)
-            if outbox.has_dead_letters:
-                await outbox.send_dead_letters()
+        # the next jobs start first: the calls below are bookkeeping a body need not wait
+        # for (a child idles meanwhile in process mode)
+        await fetcher.accept(fetched, want)
+        if done and outbox.has_dead_letters:
+            await outbox.send_dead_letters()
         if fetched.notify:  # jobs depend on the ones just finished: tell them now
             await self.upkeep.resolve_flows()
-        await fetcher.accept(fetched, want)
 
     async def _release_leftovers(self) -> None:
         """After the grace period: hand jobs still held back to the queue (not an attempt)."""
