@@ -27,6 +27,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from . import keepalive
 from . import sentinel as _sentinel
 from .durations import to_ms
 from .errors import EvictionPolicyError, InvalidOptionError, RedisUnavailableError
@@ -210,7 +211,7 @@ class Connection:
         Async clients are bound to the event loop they first run on, so each caller gets its
         own and must ``await client.aclose()`` it.
         """
-        kwargs = _client_kwargs(asyncio=True)
+        kwargs = {**_client_kwargs(asyncio=True), **keepalive.options(self._redis_url)}
         client: Any
         if self.sentinel is not None:
             client = _sentinel.async_client(self.sentinel, kwargs)
@@ -343,7 +344,7 @@ class Connection:
 
     def _make_sync(self, *, probe: bool = False, socket_timeout: float | None = None,
                    retries: int = 0) -> Any:
-        kwargs = _client_kwargs(asyncio=False)
+        kwargs = {**_client_kwargs(asyncio=False), **keepalive.options(self._redis_url)}
         if probe:
             kwargs["retry"] = Retry(NoBackoff(), retries)
             kwargs.pop("health_check_interval")

@@ -9,6 +9,7 @@ drive such a generator; nothing else in nbqueue talks to Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import time
@@ -43,6 +44,11 @@ class Call:
     optional: bool = False
     # raw: the reply's bytes as they are (binary values: Arrow artifacts), not decoded text
     raw: bool = False
+    # reply_timeout: seconds within which the reply must arrive (asyncio executor), else
+    # the connection is presumed dead -- half-open, e.g. dropped by a NAT without FIN/RST --
+    # and is closed: the step raises RedisUnavailableError saying so, and is NOT re-sent
+    # (a re-sent fetch would lock jobs twice). None: the client's socket timeout (30 s).
+    reply_timeout: float | None = None
 
     @staticmethod
     def cmd(*command: Any) -> Call:
@@ -68,6 +74,17 @@ class Batch:
     """Several calls sent in one round trip (a non-transactional pipeline)."""
 
     calls: Sequence[Call] = field(default_factory=tuple)
+    reply_timeout: float | None = None  # as Call.reply_timeout, for the whole round trip
+
+
+#: What a blocking call's reply may take beyond its block time before the connection is
+#: presumed dead (``reply_timeout`` = block time + this): a parked worker notices a
+#: half-open connection within its block time (<= 5 s) + 3 s, not at the 30 s socket timeout.
+BLOCK_REPLY_MARGIN_S = 3.0
+
+
+class DeadConnectionError(redis.ConnectionError):
+    """No reply within a step's ``reply_timeout``: the connection was closed."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +309,26 @@ def _step_sync(client: redis.Redis, step: Call | Batch) -> Any:
 
 
 async def _step_async(client: aredis.Redis, step: Call | Batch) -> Any:
+    if step.reply_timeout is not None:
+        # Cancelling the read closes its connection (direct lane and redis-py alike), so
+        # nothing is read from a dead socket later; the step is not re-sent.
+        try:
+            return await asyncio.wait_for(_step_async_once(client, step), step.reply_timeout)
+        except asyncio.TimeoutError:
+            # The network to Redis dropped this connection; its pool's others are suspect
+            # too (a call on one would hang for the socket timeout): all reconnect.
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await pool.disconnect()
+            raise DeadConnectionError(
+                f"no reply within {step.reply_timeout:.1f} s: the connection is presumed "
+                "dead (half-open: dropped without FIN/RST, e.g. by a NAT or firewall) and "
+                "was closed; the next call opens a new one") from None
+    return await _step_async_once(client, step)
+
+
+async def _step_async_once(client: aredis.Redis, step: Call | Batch) -> Any:
     try:
         if isinstance(step, Call):
             return await _exec_async_busy(client, step)

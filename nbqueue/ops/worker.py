@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..liveness import read_workers
-from ..protocol import Batch, Call, Op
+from ..protocol import BLOCK_REPLY_MARGIN_S, Batch, Call, Op
 from ..records import (
     Fetched,
     Outcome,
@@ -21,6 +22,12 @@ from ..records import (
 from ..serialization import wire_text
 from ..types import WorkerInfo
 from .base import OpsBase
+
+#: A worker's fetch and finish must be answered within this (seconds), else their connection
+#: is presumed dead (half-open) and closed, as a parked call's block time + margin: a reply
+#: lost that way is recovered by ``reclaim`` (jobs it locked) and by sending the finish
+#: again (finish.lua is guarded by each job's lock: a finish applied twice is refused).
+REPLY_TIMEOUT_S = 5.0 + BLOCK_REPLY_MARGIN_S
 
 
 class WorkerOps(OpsBase):
@@ -44,8 +51,8 @@ class WorkerOps(OpsBase):
 
     # -- worker side -------------------------------------------------------------------
     def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
-        return parse_fetch_safe((yield self.call("fetch", want, token, lock_ms, 0,
-                                                  int(unpark))))
+        return parse_fetch_safe((yield replace(self.call(
+            "fetch", want, token, lock_ms, 0, int(unpark)), reply_timeout=REPLY_TIMEOUT_S)))
 
     def handoff_key(self, token: str) -> str:
         return self.keys.handoff(token)
@@ -59,7 +66,8 @@ class WorkerOps(OpsBase):
         hkey = self.handoff_key(token)
         replies = yield Batch([
             self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
-            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))])
+            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))],
+            reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
         fetched = parse_fetch_safe(replies[0])
         popped = replies[1]
         if popped and popped[0] == hkey and popped[1] != "0":
@@ -90,12 +98,17 @@ class WorkerOps(OpsBase):
                      error_type if error_type.isascii() else wire_text(error_type),
                      o.retry_delay, atm, keep.count, keep.age_ms,
                      wire_text(o.stacktrace) if o.stacktrace else ""]
-        reply = yield self.call("finish", *args)
+        reply = yield replace(self.call("finish", *args), reply_timeout=REPLY_TIMEOUT_S)
         n = len(outcomes)
         fetched = parse_fetch_safe(reply[n:])
         # status 2: done, and jobs that depend on it were notified (a resolver should run)
         fetched.notify = 2 in reply[:n]
         return [bool(x) for x in reply[:n]], fetched
+
+    def reclaim(self, token: str, held: Sequence[str]) -> Op[list[str]]:
+        """After a dead connection: give back the active jobs locked by ``token`` that the
+        worker does not hold (``held``): replies it never read. Returns their ids."""
+        return [str(i) for i in (yield self.call("reclaim", token, *held))]
 
     def extend_locks(self, locks: Mapping[str, str], lock_ms: int) -> Op[list[str]]:
         args: list[Any] = [lock_ms]

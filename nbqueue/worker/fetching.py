@@ -15,8 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import RedisUnavailableError
 from ..ops import QueueOps
-from ..protocol import Call, run_async, single
+from ..protocol import Call, DeadConnectionError, run_async, single
 from ..records import Fetched, JobRecord, Outcome, OutcomeKind
 from ..scheduler import TickFollower
 from .execution import Execution
@@ -52,8 +53,7 @@ class Fetcher:
     # -- the round trips -------------------------------------------------------------------
     async def fetch(self, want: int) -> Fetched:
         unpark, parks = self.parked, self.parks
-        fetched = await run_async(self.client, self.ops.fetch(want, self.token, self.lock_ms,
-                                                              unpark))
+        fetched = await self._run(self.ops.fetch(want, self.token, self.lock_ms, unpark))
         self._unparked(unpark, parks)
         return fetched
 
@@ -61,8 +61,8 @@ class Fetcher:
                      want: int) -> tuple[list[bool], Fetched]:
         """Send finished jobs (and counters) and fetch up to ``want`` new ones: one call."""
         unpark, parks = self.parked, self.parks
-        oks, fetched = await run_async(self.client, self.ops.finish(
-            done, stats, want, self.token, self.lock_ms, unpark))
+        oks, fetched = await self._run(self.ops.finish(
+            done, stats, want, self.token, self.lock_ms, unpark), [o.job.id for o in done])
         self._unparked(unpark, parks)
         return oks, fetched
 
@@ -105,7 +105,7 @@ class Fetcher:
         the jobs here, in the task that read the reply, saves the main loop's wake-up."""
         self.parked = False  # this call's fetch registers us, or not, afresh
         self.parks += 1
-        fetched, parked = await run_async(self.client, self.ops.block_and_fetch(
+        fetched, parked = await self._run(self.ops.block_and_fetch(
             self.wake_key, secs, want, self.token, self.lock_ms))
         self.parked = parked
         await self.accept(fetched, want)
@@ -117,6 +117,31 @@ class Fetcher:
                 await asyncio.sleep(0)
             else:
                 time.sleep(0)
+
+    async def _run(self, op: Any, finishing: Sequence[str] = ()) -> Any:
+        """``run_async``; after a dead connection (no reply in time: half-open), the jobs a
+        lost reply locked for us go back to wait at once (``_reclaim``); ``finishing``: the
+        jobs whose outcome this call carried (ours still: the finish is sent again)."""
+        try:
+            return await run_async(self.client, op)
+        except RedisUnavailableError as exc:
+            if isinstance(exc.__cause__, DeadConnectionError):
+                await self._reclaim(finishing)
+            raise
+
+    async def _reclaim(self, finishing: Sequence[str] = ()) -> None:
+        """Jobs locked for us by a reply the dead connection swallowed: back to wait now
+        (the ones we hold, run or finish are kept)."""
+        held = [*self.jobs.held_locks(), *finishing, *(o.job.id for o in self.outbox.done)]
+        try:
+            back = await run_async(self.client, self.ops.reclaim(self.token, held))
+        except Exception as exc:
+            log.warning("worker %s: could not give back jobs of a lost reply (%s); the "
+                        "stalled check will", self.token, exc)
+            return
+        if back:
+            log.warning("worker %s: gave back %d job(s) locked by a reply lost with the dead "
+                        "connection: %s", self.token, len(back), ", ".join(back))
 
     async def interrupt(self, block: asyncio.Task[None]) -> None:
         """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs

@@ -399,6 +399,17 @@ def case_release_worker(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     assert all(r.zscore(BASE + "active", i) > 0 for i in held)  # locks untouched
 
 
+def case_reclaim(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    a, b = s["active"]  # locked by w1; w1 holds b only
+    with wrong_type(r, BASE + "wait"):
+        assert _attempt(lambda: _run(q, q._ops.reclaim("w1", [b.id]))) is not None
+    assert r.zscore(BASE + "active", a.id) is not None  # untouched
+    with wrong_type(r, f"{BASE}job:{b.id}"):  # not a hash: no job of ours, skipped
+        assert _run(q, q._ops.reclaim("w1", [])) == [a.id]
+    assert r.hget(f"{BASE}job:{a.id}", "state") == "waiting"
+    assert r.zscore(BASE + "active", b.id) is not None
+
+
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {
     name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
