@@ -38,7 +38,8 @@ def test_sdist_carries_the_tests_their_helpers_and_the_licence(sdist: Path,
                    "tests/test_metrics.py", "nbqueue/scripts/metrics.lua",
                    "nbqueue/scripts/includes/common.lua", "nbqueue/notebook/static/dashboard.js",
                    "contrib/grafana/nbqueue.json", "contrib/prometheus/alerts.yml",
-                   "notebooks/01-quickstart.ipynb", "binder/start"):
+                   "notebooks/01-quickstart.ipynb", "binder/start", "mkdocs.yml", "docs/index.md",
+                   "docs/reference/nbqueue.md"):
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     root = next(tmp_path.iterdir())
