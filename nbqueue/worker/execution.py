@@ -223,7 +223,9 @@ class Execution:
         self.deadlines.pop(record.id, None)
         self.running.pop(record.id, None)
         self._handles.pop(record.id, None)
-        if self.ready and not self.stopping:
+        # a slot that freed goes to the next ready job; a prefetched job that ended without
+        # running (its cancel) freed none: nothing starts (issue 21 item 1)
+        if self.ready and not self.stopping and len(self.running) < self.concurrency:
             self.start(self.ready.popleft())
         assert self._wake is not None
         self._wake.set()
@@ -295,7 +297,9 @@ class Execution:
         span = self._spans.pop(record.id, None)
         if span is not None:
             otel.end_attempt(span, "its child process died", "child_died")
-        if self.ready and not self.stopping:
+        # a slot that freed goes to the next ready job; a prefetched job that ended without
+        # running (its cancel) freed none: nothing starts (issue 21 item 1)
+        if self.ready and not self.stopping and len(self.running) < self.concurrency:
             self.start(self.ready.popleft())
         assert self._wake is not None
         self._wake.set()

@@ -48,6 +48,7 @@ def test_a_child_failed_as_stalled_fails_its_parent_at_once(fresh_server, tmp_pa
         took = time.monotonic() - failed_at
     finally:
         sweeper.stop()
+    print(f"[flow-stalled] child failed as stalled -> parent failed in {took:.2f} s")
     assert took < 10
     rec = r.hgetall("nbq:{parents}:job:" + parent.id)
     assert rec["et"] == "dependency_failed", rec
