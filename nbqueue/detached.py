@@ -151,10 +151,14 @@ def start(worker: WorkerBase, name: str | None = None,
     logs = log_dir()
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{wid}.log"
+    # the same nbqueue as this process, whatever its sys.path was made of
+    here = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nbqueue.detached"],
                                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env=env)
     assert proc.stdin is not None
     try:
         proc.stdin.write(len(payload).to_bytes(8, "big") + payload)
