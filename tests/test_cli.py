@@ -107,3 +107,30 @@ def test_cli_reports_unreachable_redis():
     assert res.returncode == 1
     assert "127.0.0.1:1" in res.stderr and "pw@" not in res.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_workers_stop_id_stops_a_terminal_worker_and_names_an_unknown_id(conn, tmp_path,
+                                                                          redis_url):
+    """``nbqueue workers stop ID`` (issue 19 item 5): any registered worker, through Redis;
+    it stops gracefully and its process exits 0. An unknown id: exit 1, nothing sent."""
+    (tmp_path / "procs.py").write_text("def noop(job):\n    return None\n")
+    q = Queue("cli_stop", conn)
+    proc = subprocess.Popen([sys.executable, "-m", "nbqueue", "--url", redis_url, "worker",
+                             "cli_stop", "--processor", f"{tmp_path}/procs.py:noop"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not q.get_workers():
+            assert time.monotonic() < deadline, "the worker never registered"
+            time.sleep(0.05)
+        wid = q.get_workers()[0].id
+        res = run_cli("--url", redis_url, "workers", "stop", wid)
+        assert res.returncode == 0, res.stderr
+        assert f"worker {wid} of 'cli_stop' stopped" in res.stdout
+        assert proc.wait(timeout=30) == 0
+        assert q.get_workers() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    res = run_cli("--url", redis_url, "workers", "stop", "no-such-worker")
+    assert res.returncode == 1 and "no registered worker 'no-such-worker'" in res.stderr
