@@ -76,6 +76,21 @@ def test_small_results_come_with_the_event_no_read_of_the_job(conn: Any,
     assert single.result(timeout=10) == {"n": 9}
 
 
+def test_add_result_starts_where_the_add_was(conn: Any, r: redis.Redis) -> None:
+    """``q.add(...).result()`` reads the stream from its add's own event: no read of the
+    stream's end (XREVRANGE, which no worker sends), and the value comes with the event."""
+    q = Queue("one-trip", conn)
+    with Worker("one-trip", lambda job: job.payload + 1, conn):
+        q.add({"type": "t", "payload": 0}).result(timeout=30)  # the worker is up
+        r.config_resetstat()
+        values = [q.add({"type": "t", "payload": i}).result(timeout=30) for i in range(20)]
+        stats = r.info("commandstats")
+    assert values == list(range(1, 21))
+    assert "cmdstat_xrevrange" not in stats
+    # one stream read per result, give or take a wake-up on another event of the job
+    assert stats["cmdstat_xread"]["calls"] <= 40
+
+
 def test_a_drain_ends_the_wait_of_drained_jobs(conn: Any) -> None:
     """drain removes waiting jobs with one queue event: the waiter looks at its jobs."""
     q = Queue("drained", conn)
