@@ -28,12 +28,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from .protocol import Op
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 try:  # the one import guard: absent, ENABLED is False and nothing else is touched
     from opentelemetry import context as _context
@@ -147,9 +148,9 @@ def send(queue: str, op: Op[T]) -> Op[T]:
     return result
 
 
-def sending(method: Any) -> Any:
+def sending(method: F) -> F:
     """Decorate a queue's add op method (``self.name`` is the queue): with tracing on, the
-    op runs inside :func:`send`; off, the method is called as it is."""
+    op runs inside :func:`send`; off, the method is called as it is. (Its type is kept.)"""
     import functools
 
     @functools.wraps(method)
@@ -157,7 +158,7 @@ def sending(method: Any) -> Any:
         op = method(self, *args, **kwargs)
         return send(self.name, op) if ENABLED else op
 
-    return wrapper
+    return cast(F, wrapper)
 
 
 def waiting(queue: str, ids: Sequence[str], op: Op[T]) -> Op[T]:

@@ -53,6 +53,5 @@ redis.call('DEL', BASE .. 'batches')
 -- add tokens (add.lua: BASE .. 'add:<token>') are not looked for: finding them would take
 -- a SCAN of the whole keyspace inside this script (Redis blocked meanwhile); they expire by
 -- themselves within ops.ADD_TOKEN_TTL_MS.
-redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS,
-  BASE .. 'idchk')  -- idchk: the fresh-id label's cached check (includes/ids.lua)
+redis.call('DEL', K_META, K_CTR, K_EVENTS, K_MARKER, K_LIMITER, K_STALLED, K_STATS)
 return {n, 1}

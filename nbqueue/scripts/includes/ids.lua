@@ -21,24 +21,26 @@ local function info_field(info, name)
   return string.sub(info, e + 1, e + 40)  -- replication ids are 40 hex digits
 end
 
--- The check is cached for 500 ms in a key that is neither replicated nor written to the AOF
--- (redis.set_repl(REPL_NONE)): BASE .. 'idchk' holds the replication id the record was
--- last checked against. A replica never receives it through replication; it can hold a
--- copy only from a full sync's snapshot, and that copy has expired by the time the replica
--- is promoted after its primary failed (Sentinel's down-after-milliseconds and a cluster's
--- node timeout are well above 500 ms; a coordinated failover loses nothing). So INFO runs
--- at most about twice a second per queue, not on every add.
+-- The check is cached for 500 ms in the field meta.idchk ("<replication id>|<server ms>"),
+-- written with redis.set_repl(REPL_NONE): never sent to replicas nor to the AOF. A replica
+-- never receives it through replication; it can hold a copy only from a full sync's
+-- snapshot, and that copy is too old to count by the time the replica is promoted after
+-- its primary failed (Sentinel waits down-after-milliseconds, a cluster its node timeout,
+-- both well above 500 ms; a coordinated failover loses nothing). So INFO runs at most
+-- about twice a second per queue, not on every add, and no key comes or goes.
 local function id_label()
-  local rec = redis.call('HMGET', K_META, 'rid', 'idl')
-  local chk = BASE .. 'idchk'
-  if rec[1] and redis.call('GET', chk) == rec[1] then return rec[2] or '' end
+  local rec = redis.call('HMGET', K_META, 'rid', 'idl', 'idchk')
+  if rec[1] and rec[3] then
+    local chk, at = string.match(rec[3], '^(%x+)|(%d+)$')
+    if chk == rec[1] and NOW - tonumber(at) < 500 then return rec[2] or '' end
+  end
   -- pcall: an ACL user without +info cannot run INFO; its adds keep the recorded label
   -- (their ids are then not failover-safe; docs/scaling.md)
   local info = redis.pcall('INFO', 'replication')
   if type(info) ~= 'string' then return rec[2] or '' end
   local replid = info_field(info, '\nmaster_replid:')
   redis.set_repl(redis.REPL_NONE)
-  redis.call('SET', chk, replid, 'PX', 500)
+  redis.call('HSET', K_META, 'idchk', replid .. '|' .. fmt(NOW))
   redis.set_repl(redis.REPL_ALL)
   if rec[1] == replid then return rec[2] or '' end
   local label = rec[2] or ''
