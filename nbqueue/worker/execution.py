@@ -297,8 +297,6 @@ class Execution:
         span = self._spans.pop(record.id, None)
         if span is not None:
             otel.end_attempt(span, "its child process died", "child_died")
-        # a slot that freed goes to the next ready job; a prefetched job that ended without
-        # running (its cancel) freed none: nothing starts (issue 21 item 1)
         if self.ready and not self.stopping and len(self.running) < self.concurrency:
             self.start(self.ready.popleft())
         assert self._wake is not None

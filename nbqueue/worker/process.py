@@ -19,9 +19,13 @@ engine loop, and a :class:`ChildPool` of executor processes runs the bodies:
   reported within ``CANCEL_GRACE_S`` (a C call holding the GIL) is killed and replaced;
 - timeout: past the job's ``timeout`` the child is killed and replaced (the attempt fails
   with error type ``timeout``);
-- a child that dies on its own (segfault, OOM kill, ``kill -9``) is replaced, and its job
-  is treated exactly as a job whose worker died: the parent lets go of it (stops renewing
-  its lock), and the stalled sweep re-queues it or fails it by the stalled rules;
+- a child that dies on its own (segfault, OOM kill, ``kill -9``, ``os._exit``) is found
+  dead by its pid (a pidfd; not by the pipe's EOF, which a grandchild can hold off) and
+  replaced; its attempt fails at once with an error type naming the exit code or signal
+  (``child killed by SIGKILL (out of memory?)``), and the job's attempts/backoff apply;
+- each child leads its own process group: what a body starts (``os.fork``, subprocess,
+  ``multiprocessing``, which works in a body) is killed with the group when the child dies
+  or is replaced, and when the worker stops;
 - children ignore SIGINT/SIGTERM (a Ctrl-C or a process-group SIGTERM reaches the parent,
   which stops gracefully: it stops fetching, lets running bodies finish within the grace
   period, hands back the rest and kills their children), and die with the parent
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util  # (see below)
@@ -42,7 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import JobCancelledError
+from ..errors import JobCancelledError, NbqueueError
 from ..records import JobRecord, Outcome
 
 # Imported at nbqueue's import, so that multiprocessing's own exit hook (which joins every
@@ -86,6 +91,13 @@ def _die_with_parent(parent_pid: int) -> None:
 def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     """A child: run the jobs the parent sends, one at a time, until told to stop."""
     _die_with_parent(parent_pid)
+    # Its own process group: whatever a body starts (fork, subprocess, multiprocessing)
+    # belongs to it, and the parent kills the group when the child dies or is replaced.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    # Bodies may use multiprocessing: a daemonic process may not have children, and the
+    # group kill above is what keeps those from outliving their job.
+    multiprocessing.current_process().daemon = False
     current: dict[str, Any] = {}  # "job", "task", "body" of the job running now
 
     def on_term(signum: int, frame: Any) -> None:
@@ -96,6 +108,9 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
+    # A process a body forks (multiprocessing's pool workers...) gets the default handlers
+    # back: ours would make it ignore the SIGTERM its pool ends it with.
+    os.register_at_fork(after_in_child=_default_signals)
     import cloudpickle
 
     from .. import sources
@@ -170,11 +185,14 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
 
 # -- the parent ---------------------------------------------------------------------------
 class _Child:
-    __slots__ = ("cancel_at", "conn", "job", "proc", "ready", "spawned", "started")
+    __slots__ = ("cancel_at", "conn", "exit_fd", "job", "proc", "ready", "spawned", "started")
 
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
         self.conn = conn
+        # readable once the child has exited, found by its pid (a pidfd), not by the pipe's
+        # EOF: a grandchild a body forked holds the pipe open (-1: none, Linux < 5.3)
+        self.exit_fd = _pidfd(proc.pid)
         self.job: JobRecord | None = None
         self.ready = False  # loaded its processor: jobs go to ready children only
         self.started = 0.0
@@ -229,6 +247,8 @@ class ChildPool:
         child = _Child(proc, parent_end)
         self.children.append(child)
         self.loop.add_reader(parent_end.fileno(), self._readable, child)
+        if child.exit_fd >= 0:
+            self.loop.add_reader(child.exit_fd, self._died, child)
 
     def close(self) -> None:
         """Stop every child: idle ones are told to exit, busy ones (their jobs were handed
@@ -249,7 +269,9 @@ class ChildPool:
             if child.proc.is_alive():
                 child.proc.kill()
                 child.proc.join(2)
+            _kill_group(child)  # what its bodies started dies with the worker
             child.conn.close()
+            _close_fd(child)
         self.children = []
 
     # -- jobs --------------------------------------------------------------------------
@@ -365,19 +387,24 @@ class ChildPool:
     def _died(self, child: _Child) -> None:
         if child not in self.children:
             return
+        with contextlib.suppress(EOFError, OSError):  # what it sent before it died counts
+            while child.conn.poll():
+                self._handle(child, child.conn.recv())
         record = child.job
         self._forget(child)
         self.children.remove(child)
         child.proc.join(1)
         code = child.proc.exitcode
+        _kill_group(child)  # the body's descendants die with its job
         child.conn.close()
+        _close_fd(child)
         if time.monotonic() - child.spawned < 2:
             self._quick_deaths += 1
         if record is not None:
-            log.error("the child running job %s of %s died (exit code %s); starting "
-                      "another. The job is left to the stalled rules, as if its worker "
-                      "had died", record.id, self.name, code)
-            self.on_lost(record)
+            how = describe_exit(code)
+            log.error("the child running job %s of %s died (%s); its attempt failed, "
+                      "starting another child", record.id, self.name, how)
+            self.on_done(record, _died_outcome(record, how), time.monotonic() - child.started)
         if not self._closed:
             self._respawn_later()
 
@@ -388,7 +415,9 @@ class ChildPool:
             self.children.remove(child)
         child.proc.kill()
         child.proc.join(2)
+        _kill_group(child)
         child.conn.close()
+        _close_fd(child)
         if respawn and not self._closed:
             if not self.children:
                 self._spawn()  # keep one child ready
@@ -417,6 +446,61 @@ class ChildPool:
                 self.loop.remove_reader(child.conn.fileno())
             except (OSError, ValueError):
                 pass
+            if child.exit_fd >= 0:
+                self.loop.remove_reader(child.exit_fd)
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def _close_fd(child: _Child) -> None:
+    if child.exit_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(child.exit_fd)
+        child.exit_fd = -1
+
+
+def _kill_group(child: _Child) -> None:
+    """SIGKILL the child's process group (it leads one: ``os.setsid`` in child_main)."""
+    with contextlib.suppress(OSError):
+        os.killpg(child.proc.pid, signal.SIGKILL)
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child ended, for its job's error type: ``exit code 3``, ``killed by SIGSEGV``,
+    ``killed by SIGKILL (out of memory?)`` (what the OOM killer sends)."""
+    if code is None:
+        return "died (exit status unknown)"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
+def _died_outcome(record: JobRecord, how: str) -> Outcome:
+    """A dead child's attempt: failed, by the job's retry policy (attempts, backoff)."""
+    from .execution import classify
+
+    outcome = classify(record, error=ChildDiedError(
+        f"the child process running the job died: {how}"))
+    outcome.error_type, outcome.stacktrace = f"child {how}", ""
+    return outcome
+
+
+class ChildDiedError(NbqueueError):
+    """The child process running a job died (process mode); the attempt failed."""
 
 
 def child_payload(processor: Any, *, connection: dict[str, Any], queue_name: str, prefix: str,
