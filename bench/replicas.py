@@ -96,7 +96,10 @@ def _lookup_cost(r: redis.Redis, rounds: int = 7, n: int = 20000) -> float:
     from importlib import resources
 
     ids = resources.files("nbqueue.scripts").joinpath("includes/ids.lua").read_text()
-    head = "local BASE = KEYS[1]\nlocal K_META = BASE .. 'meta'\n"
+    head = ("local BASE = KEYS[1]\nlocal K_META = BASE .. 'meta'\n"
+            "local t = redis.call('TIME')\n"
+            "local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+            "local function fmt(n) return string.format('%.0f', n) end\n")
     with_lookup = r.script_load(head + ids + "\nreturn id_label()")
     empty = r.script_load(head + "return ''")
     best: dict[str, float] = {}
