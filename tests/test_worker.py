@@ -268,7 +268,8 @@ def _slow_first_run(job):
 def test_sigkilled_worker_loses_no_job(conn, r, redis_url, monkeypatch):
     monkeypatch.setenv("NBQ_TEST_URL", redis_url)
     q = Queue("kill", conn)
-    job = q.add({"type": "t"})
+    # a killed child fails its attempt at once (issue 21 item 2): the retry runs it again
+    job = q.add({"type": "t"}, attempts=2)
     w = Worker("kill", _slow_first_run, conn, mode="process", processes=1,
                lock_duration=1000, stalled_interval=500).start()
     pid = int(wait_until(lambda: r.lindex("pids", 0), timeout=30, message="child started"))

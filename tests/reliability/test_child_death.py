@@ -113,6 +113,6 @@ def test_a_body_that_forks_and_exits_ends_its_job_and_its_grandchild(setup: Any)
 
 
 def test_multiprocessing_inside_a_body_works(setup: Any) -> None:
-    server, q, r = setup
+    server, q, _ = setup
     job = _add(q, server.url, "multiprocessing")
     assert job.result(timeout=60) == [1, 2, 3]
