@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batch import IncompleteResultsWarning, JobBatch
 from .connection import Connection, connect
+from .dataplane import BatchReused
 from .errors import (
     ArtifactError,
     BatchNotFoundError,
@@ -24,6 +25,7 @@ from .errors import (
     JobStateError,
     JobTimeoutError,
     MissingDependencyError,
+    MissingStoreBackendError,
     NbqueueError,
     NoServerError,
     NotReplicatedError,
@@ -171,7 +173,8 @@ __all__ += ["list_schedulers", "queue_llm_request", "queue_notification", "queue
 __all__ += ["JobBatch", "chunk_frame"]
 
 # -- the data plane: frames as Arrow artifacts, stores, named batches (nbqueue.dataplane)
-__all__ += ["ArtifactError", "BatchNotFoundError", "IncompleteResultsWarning", "StoreError"]
+__all__ += ["ArtifactError", "BatchNotFoundError", "BatchReused", "IncompleteResultsWarning",
+            "MissingStoreBackendError", "StoreError"]
 
 # -- a wait on a queue that no live worker consumes warns (nbqueue.liveness)
 __all__ += ["NoLiveWorkerWarning"]
