@@ -146,6 +146,7 @@ class Fetched:
     next_delay_ms: int  # -1: no delayed jobs
     limit_ttl_ms: int  # > 0: the rate limit is reached for this long
     notify: bool = False  # a finish queued dependency notifications: run flows.resolve
+    sweep: bool = False  # a finish freed a job nobody held (lock lost): sweep stalled now
 
 
 # the C scanner json.loads ends up in: (text, index) -> (value, end)

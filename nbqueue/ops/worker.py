@@ -103,7 +103,9 @@ class WorkerOps(OpsBase):
         fetched = parse_fetch_safe(reply[n:])
         # status 2: done, and jobs that depend on it were notified (a resolver should run)
         fetched.notify = 2 in reply[:n]
-        return [bool(x) for x in reply[:n]], fetched
+        # status -1: refused, and its job freed for a sweep (nobody held it): sweep now
+        fetched.sweep = -1 in reply[:n]
+        return [int(x) > 0 for x in reply[:n]], fetched
 
     def reclaim(self, token: str, held: Sequence[str]) -> Op[list[str]]:
         """After a dead connection: give back the active jobs locked by ``token`` that the

@@ -16,7 +16,9 @@
 -- for jobs removed on completion: their result is dropped as before), so
 -- a waiter that follows the stream (JobBatch, Job.result) needs no read of those jobs.
 -- Returns {status per job (1 done, 2 done and its dependents were notified: a resolver
--- should run, see nbqueue/flows.py; 0 lock lost or job gone)..., <fetch reply>}.
+-- should run, see nbqueue/flows.py; 0 lock lost or job gone; -1 lock lost and the job
+-- still active under no live worker's lock: its lock expired here, a stalled sweep should
+-- run now)..., <fetch reply>}.
 -- Also counts into the stats hash: completed, failed, retries and the per-minute history.
 -- @include common
 -- @include fetch
@@ -98,6 +100,20 @@ for i = first_job, #ARGV, 10 do
   local held = held_of[i]
   if not held or held[1] ~= lock then
     statuses[#statuses + 1] = 0
+    -- Refused (our lock was lost). If the job is still active under a lock of a worker that
+    -- is not registered (gone, or a lock nobody holds), nobody runs it: its lock is expired
+    -- now and the stalled-sweep guard dropped, so the caller's sweep frees it at once
+    -- (status -1), not at lock expiry + the next sweep (issue 21 item 5).
+    local other = held and held[1]
+    if other and other ~= '' and redis.call('ZSCORE', K_ACTIVE, id) then
+      local owner = string.match(other, '^(.*):%d+$')
+      local live = owner and tonumber(redis.call('ZSCORE', BASE .. 'workers', owner))
+      if not live or live < NOW then
+        redis.call('ZADD', K_ACTIVE, 0, id)
+        redis.call('DEL', K_STALLED)
+        statuses[#statuses] = -1
+      end
+    end
   else
     if kind == 'r' and held[3] == '1' then
       kind, value, etype = 'f', 'cancelled', 'cancelled'

@@ -311,6 +311,8 @@ class Engine:
         await fetcher.accept(fetched, want)
         if done and outbox.has_dead_letters:
             await outbox.send_dead_letters()
+        if fetched.sweep:  # a refused finish freed a job nobody held: back to wait now
+            await self.upkeep.sweep_once()
         if fetched.notify:  # jobs depend on the ones just finished: tell them now
             await self.upkeep.resolve_flows()
 
