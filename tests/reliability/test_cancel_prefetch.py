@@ -80,6 +80,8 @@ def test_cancelled_prefetched_jobs_never_start(fresh_server: Any, mode: str) -> 
                                       for j in jobs if j.id in running), 20)
     finally:
         worker.stop()
+    print(f"[cancel-prefetch {mode}] started {len(set(bodies.started) - running)} of 10 "
+          f"cancelled, most at once {bodies.most}")
     assert set(bodies.started) == running, bodies.started  # no cancelled job started
     assert bodies.most <= 2, bodies.most
     assert all(r.hget(f"nbq:{{pf}}:job:{j.id}", "et") == "cancelled" for j in held)
