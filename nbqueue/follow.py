@@ -129,6 +129,12 @@ class Tracker:
 
     def __post_init__(self) -> None:
         self.total = sum(len(v) for v in self.ids.values())
+        self.left = {name: len(ids) for name, ids in self.ids.items()}  # not ended, per queue
+        known = {(name, i) for name, ids in self.ids.items() for i in ids}
+        for key in [k for k in self.final if k not in known]:  # (a batch made smaller)
+            del self.final[key]
+        for name, _ in self.final:
+            self.left[name] -= 1
         self.bad = sum(1 for s in self.final.values() if s != "completed")  # failed, missing
 
     @property
@@ -137,8 +143,7 @@ class Tracker:
 
     def pending_ops(self) -> list[QueueOps]:
         """The queues that hold jobs not finished yet."""
-        return [self.queues[n] for n, ids in self.ids.items()
-                if any((n, i) not in self.final for i in ids)]
+        return [self.queues[n] for n, left in self.left.items() if left > 0]
 
     def _end(self, key: Key, out: JobEnd) -> None:
         """``key`` has ended as ``out`` says (counts kept as it goes: a step costs the same
@@ -147,13 +152,16 @@ class Tracker:
         self.final[key] = out.state
         self.ends[key] = out
         self.bad += out.state != "completed"
+        self.left[key[0]] -= 1
 
     def forget(self, keys: Iterable[Key]) -> None:
         """These jobs run again (retried): not ended any more."""
         for key in keys:
             state = self.final.pop(key, None)
             self.ends.pop(key, None)
-            self.bad -= state is not None and state != "completed"
+            if state is not None:
+                self.bad -= state != "completed"
+                self.left[key[0]] += 1
 
     def _sweep(self, others_only: bool = False) -> Op[list[Key]]:
         """Read the state of every unfinished job (pipelined, READ_CHUNK per trip);
