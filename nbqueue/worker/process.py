@@ -82,6 +82,9 @@ def _die_with_parent(parent_pid: int) -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            # PR_SET_CHILD_SUBREAPER: what a body leaves behind stays our descendant even
+            # when its own parent exits (double fork), so _end_descendants finds it
+            libc.prctl(36, 1, 0, 0, 0)
         except Exception:  # pragma: no cover - no libc: the pipe's EOF still ends us
             pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -178,6 +181,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
             error = exc
         finally:
             current.clear()
+        _end_descendants()  # the body's processes die with its job
         outcome = safe_classify(record, result, error, spec["backoff_strategy"], job)
         conn.send(("done", record.id, outcome.kind, outcome.value, outcome.error_type,
                    outcome.retry_delay, outcome.stacktrace, time.monotonic() - started))
@@ -448,6 +452,39 @@ class ChildPool:
                 pass
             if child.exit_fd >= 0:
                 self.loop.remove_reader(child.exit_fd)
+
+
+def _end_descendants() -> None:
+    """Linux, in a child after each job: SIGKILL the processes its body left running (our
+    children; orphans of a double fork too, as we are their subreaper), and reap them."""
+    for _ in range(5):  # a killed one's own children come to us next
+        kids = _children()
+        if not kids:
+            break
+        for pid in kids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in kids:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    while True:  # and any other child that has ended
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    kids: set[int] = set()
+    try:
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                kids.update(int(pid) for pid in f.read().split())
+    except (OSError, ValueError):
+        pass
+    return kids
 
 
 def _default_signals() -> None:

@@ -53,6 +53,19 @@ def _body(job: Any) -> Any:
             os._exit(0)
         r.rpush(f"grandchild:{job.id}", pid)
         os._exit(0)
+    if how == "leave_behind":  # a child and a double-forked orphan, then a normal return
+        for double in (False, True):
+            pid = os.fork()
+            if pid == 0:
+                if double and os.fork() != 0:
+                    os._exit(0)  # the orphan's parent exits at once
+                redis.Redis.from_url(job.data["payload"]["url"]).rpush(f"left:{job.id}",
+                                                                      os.getpid())
+                time.sleep(120)
+                os._exit(0)
+        while r.llen(f"left:{job.id}") < 2:  # both are running
+            time.sleep(0.01)
+        return "ok"
     if how == "multiprocessing":
         with multiprocessing.get_context("fork").Pool(2) as pool:
             return pool.map(abs, [-1, -2, -3])
@@ -116,3 +129,12 @@ def test_multiprocessing_inside_a_body_works(setup: Any) -> None:
     server, q, _ = setup
     job = _add(q, server.url, "multiprocessing")
     assert job.result(timeout=60) == [1, 2, 3]
+
+
+def test_what_a_body_leaves_running_dies_with_its_job(setup: Any) -> None:
+    server, q, r = setup
+    job = _add(q, server.url, "leave_behind")
+    assert job.result(timeout=30) == "ok"
+    left = [int(p) for p in r.lrange(f"left:{job.id}", 0, -1)]
+    # old code: both still running (until the worker stopped, or for ever)
+    assert wait_until(lambda: not any(_alive(p) for p in left), 10), left
