@@ -30,7 +30,7 @@ from typing import Any
 from .. import flows, reaper
 from ..dataplane import sweep
 from ..ops import QueueOps
-from ..protocol import Call, run_async, single
+from ..protocol import BLOCK_REPLY_MARGIN_S, Call, run_async, single
 from .execution import Execution
 from .outbox import Outbox
 
@@ -175,7 +175,8 @@ class Upkeep:
         try:
             while True:
                 try:
-                    popped = await run_async(client, single(Call.cmd("BLPOP", key, 5)))
+                    popped = await run_async(client, single(Call(  # half-open: in 8 s
+                        command=("BLPOP", key, 5), reply_timeout=5 + BLOCK_REPLY_MARGIN_S)))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
