@@ -44,6 +44,7 @@ def test_tokens_alone_never_refuse_adds(monkeypatch: pytest.MonkeyPatch) -> None
             pytest.fail(f"add {added + 1} refused: {exc}; "
                         f"{len(list(r.scan_iter('nbq:{tok}:add:*')))} tokens live")
         tokens = list(r.scan_iter("nbq:{tok}:add:*", count=1000))
+        print(f"[tokens] {added} adds, none refused; {len(tokens)} tokens live")
         assert len(tokens) <= 2, len(tokens)
         # a bulk add: its chunks acknowledge one another too
         monkeypatch.setattr(ops.jobs, "BULK_CHUNK_JOBS", 100)
@@ -95,6 +96,8 @@ def test_failures_on_a_full_redis_follow_the_rule(caplog: pytest.LogCaptureFixtu
         with Worker("full", work, conn, concurrency=4):
             assert wait_until(lambda: q.get_metrics().failed == n, 120)
         used, maxmemory = _memory(r)
+        print(f"[full-redis] {n} jobs failed on maxmemory {maxmemory}: used_memory {used} "
+              f"({(used - maxmemory) / n:.0f} bytes a failed job over maxmemory)")
         # the rule's bound: a failure on a full Redis costs its state fields only (under
         # 2 KB a job here); old code stored every 30-frame traceback (~5 KB more a job)
         assert (used - maxmemory) / n < 2000, (used, maxmemory, n)
