@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 JobBatch = AsyncJobBatch
+_log = logging.getLogger("nbqueue.worker")
 
 __all__ = ["Job", "JobBatch", "JobPriority", "JobState", "JobStatus", "Queue", "QueueManager",
            "QueueMetrics", "Worker", "WorkerInfo", "connect", "queue_manager"]
@@ -61,8 +63,8 @@ class Worker(_worker.WorkerBase):
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), wait)
             except asyncio.TimeoutError:
-                _worker.log.error("worker did not stop within %.0fs: %s", wait,
-                                  self.engine.describe())
+                _log.error("worker did not stop within %.0fs: %s", wait,
+                           self.engine.describe())
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

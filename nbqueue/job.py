@@ -1,4 +1,8 @@
-"""Job handles: what ``Queue.add`` returns and what a processor receives."""
+"""Job handles: what ``Queue.add`` returns and what a processor receives.
+
+Their methods run operations of their queue's ``ops`` (``nbqueue.ops``); architecture:
+docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -18,9 +18,10 @@ from .connection import Connection, connect
 from .errors import UnknownQueueError
 from .keys import DEFAULT_PREFIX, validate_queue_name
 from .predefined import QUEUE_CONFIGS, QueueName
+from .processor import Processor
 from .protocol import by_name
 from .queue import Queue, QueueBase
-from .worker import Processor, Worker, WorkerBase
+from .worker import Worker, WorkerBase
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,9 @@
 Every queue operation is written once, as a generator that *yields* what it needs
 from Redis (a :class:`Call`, or a :class:`Batch` of calls sent in one round trip) and
 receives the reply. :func:`run_sync` and :func:`run_async`
-drive such a generator; nothing else in nbqueue talks to Redis.
+drive such a generator; nothing else in nbqueue talks to Redis. :func:`together` runs the
+ops of several queues in lockstep, one round trip per round. The operations themselves
+are ``nbqueue.ops``; architecture: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Queues: add jobs, read them, and control the queue. ``Queue`` is the blocking API."""
+"""Queues: add jobs, read them, and control the queue. ``Queue`` is the blocking API.
+
+Every method binds an operation of ``Queue.ops`` (``nbqueue.ops``), written once for this
+API and ``nbqueue.aio``; architecture: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""The package's structure: no import cycles, and typed user code checks clean."""
+"""The package's structure: no import cycles (late imports included), no module over the
+size limit, and the worker package's face."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +158,41 @@ def test_the_checker_counts_late_imports(tmp_path: Path) -> None:
                             "    from .b import x\n")
     assert [n for n in _imports(typing_only) if isinstance(n, ast.ImportFrom)
             and n.module == "b"] == []
+
+
+MAX_LINES = 600
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    """Modules stay under MAX_LINES lines: past that, split along a seam (HELPER-RULES)."""
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 40  # the walk saw the package
+    big = {p: n for p, n in sorted(sizes.items()) if n > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_the_worker_package_face_is_the_worker_and_its_modes() -> None:
+    import nbqueue.worker as worker
+
+    assert sorted(worker.__all__) == ["AsyncRunner", "JobHook", "MODES", "ProcessRunner",
+                                      "Runner", "ThreadRunner", "Worker", "WorkerBase"]
+    assert worker.MODES == ("thread", "asyncio", "process")
+
+
+def test_only_the_data_model_layer_builds_redis_calls() -> None:
+    """``ops`` owns queue state: nothing in the client API, the worker or the notebook
+    layer builds a ``Call``/``Batch`` of its own (the ops generators do), and nothing
+    reaches into another object's private ``_ops``."""
+    layer = {"nbqueue.ops", "nbqueue.flows", "nbqueue.dataplane", "nbqueue.scheduler",
+             "nbqueue.metrics", "nbqueue.liveness", "nbqueue.reaper", "nbqueue.protocol",
+             "nbqueue.direct"}
+    found = []
+    for module, (path, _) in _modules().items():
+        if any(module == m or module.startswith(m + ".") for m in layer):
+            continue
+        text = path.read_text().replace("self._ops.", "")
+        for bad in (r"(?<![\w.])Call(\.cmd)?\(", r"(?<![\w.])Batch\(", r"\._ops\."):
+            if re.search(bad, text):
+                found.append(f"{module}: {bad}")
+    assert not found, found

@@ -11,19 +11,21 @@ and Colab.
 
 Threading and cost: the panel is displayed by the caller's (main) thread; one daemon thread
 per panel refreshes it every ``refresh`` seconds, reading every queue shown in **one Redis
-round trip** (a pipeline: counts, paused flag, totals for the rate, the current minute of the
-history, the progress of the active jobs) and setting one trait. It stops on ``stop()``,
+round trip** (``nbqueue.ops.panel.read_panel``: counts, paused flag, totals for the rate, the
+minutes of history it lacks, the progress of the active jobs, the worker registry) and
+setting one trait. It stops on ``stop()``,
 ``close()``, ``queue_manager.close()``, when the panel is garbage-collected, and when the
 cell that displayed it is re-run (that closes the previous panel of the cell).
 
-Clicks: see :mod:`nbqueue.kernel`. Destructive actions (drain, clean, remove,
-obliterate) are confirmed in the panel first; the kernel refuses them unconfirmed too.
+Clicks: see :mod:`nbqueue.kernel`. What a click does: ``panel_actions`` (through the
+public API); the static text and HTML forms: ``panel_html``. Destructive actions (drain,
+clean, remove, obliterate) are confirmed in the panel first; the kernel refuses them
+unconfirmed too. Architecture: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import socket
@@ -44,25 +46,22 @@ except ModuleNotFoundError as _exc:  # the core install: pip install nbqueue (no
     raise MissingDependencyError(str(_exc.name), "nbqueue.dashboard()") from _exc
 
 from .. import kernel as _kernel
-from ..display import fmt_duration, fmt_time, progress_percent
+from ..display import fmt_time, progress_percent
 from ..keys import QueueKeys
-from ..protocol import Batch, Call, run_sync
-from ..records import parse_worker
+from ..ops.panel import PanelAsk, read_panel
+from ..protocol import run_sync
+from .panel_actions import DEAD_LETTER, DESTRUCTIVE, perform
+from .panel_html import panel_text, snapshot_html
 
 __all__ = ["RATE_WINDOW_S", "SPARK_MINUTES", "Dashboard"]
 
 _STATIC = Path(__file__).with_name("static")
-STATES = ("waiting", "active", "delayed", "completed", "failed")
 #: The window of the jobs/s rate (seconds): finished jobs over the last RATE_WINDOW_S.
 RATE_WINDOW_S = 10.0
 #: Minutes of completed/failed history in each row's chart.
 SPARK_MINUTES = 30
 #: Seconds between updates of the static snapshot output (while the panel changes).
 SNAPSHOT_EVERY_S = 5.0
-#: Actions that delete jobs: asked to confirm in the panel, refused unconfirmed.
-DESTRUCTIVE = frozenset({"drain", "clean", "remove", "obliterate"})
-DEAD_LETTER = "dead_letter"
-_LIST_LIMIT = 20
 
 # Panels by the notebook cell that displayed them: re-running the cell closes the old one.
 _by_cell: dict[str, weakref.ref[Dashboard]] = {}
@@ -89,7 +88,6 @@ class _QueueState:
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
-        self.keys: QueueKeys = queue.ops.keys
         self.samples: deque[tuple[float, float]] = deque()  # (monotonic s, finished total)
         self.minutes: dict[int, tuple[int, int]] = {}  # minute -> (completed, failed)
         self.active_ids: list[str] = []
@@ -311,69 +309,40 @@ class Dashboard(anywidget.AnyWidget):
     def _refresh(self) -> None:
         states = list(self._queues.values())
         minute = self._server_minute()
-        calls: list[Call] = [Call.cmd("TIME")]
-        plan: list[tuple[_QueueState, list[int], list[str], list[str]]] = []
+        asks = []
         for st in states:
-            k = st.keys
-            calls += [Call.cmd("ZCARD", k.wait), Call.cmd("ZCARD", k.active),
-                      Call.cmd("ZCARD", k.delayed), Call.cmd("ZCARD", k.completed),
-                      Call.cmd("ZCARD", k.failed), Call.cmd("HGET", k.meta, "paused"),
-                      Call.cmd("HMGET", k.stats, "completed", "failed"),
-                      Call.cmd("ZRANGE", k.active, 0, 9),
-                      Call.cmd("ZCARD", k.waiting_children)]
             want = [m for m in range(minute - SPARK_MINUTES + 1, minute + 1)
                     if m not in st.minutes or m >= minute - 1]
-            calls += [Call.cmd("HMGET", k.minute(m), "completed", "failed") for m in want]
-            calls += [Call.cmd("HGET", k.job(i), "prog") for i in st.active_ids]
-            # The worker registry (every host): ids now, their hashes for the ids seen by the
-            # previous refresh (a new worker shows one refresh later; still one round trip).
-            calls.append(Call.cmd("ZRANGE", k.workers, 0, -1, "WITHSCORES"))
-            calls += [Call.cmd("HGETALL", k.worker(i)) for i in st.worker_ids]
-            plan.append((st, want, list(st.active_ids), list(st.worker_ids)))
+            # the worker registry (every host): ids now, the hashes of the ids seen by the
+            # previous refresh (a new worker shows one refresh later; still one round trip)
+            asks.append((st.queue.ops, PanelAsk(want, list(st.active_ids),
+                                                list(st.worker_ids))))
         client = states[0].queue.connection.sync() if states else None
         t0 = time.perf_counter()
-        replies: list[Any] = (run_sync(client, _batch(calls)) if client is not None
-                              else [[0, 0]])
-        self.round_trips += 1 if client is not None else 0
+        if client is not None:
+            server_ms, reads = run_sync(client, read_panel(asks))
+            self.round_trips += 1
+        else:
+            server_ms, reads = int(time.time() * 1000), []
         self.last_refresh_ms = (time.perf_counter() - t0) * 1000
         now = time.monotonic()
-        server_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
         self._server_offset_ms = server_ms - time.time() * 1000
-        pos = 1
         rows = []
-        for st, want, active_ids, worker_ids in plan:
-            r = replies[pos:pos + 9]
-            pos += 9
-            counts = dict(zip(STATES, (int(x) for x in r[:5]), strict=True))
-            paused = r[5] == "1"
-            done = float(r[6][0] or 0) + float(r[6][1] or 0)
-            st.active_ids = list(r[7])
-            for m in want:
-                c, f = replies[pos]
-                pos += 1
-                st.minutes[m] = (int(c or 0), int(f or 0))
-            for job_id in active_ids:
-                st.progress[job_id] = replies[pos]
-                pos += 1
+        for st, read in zip(states, reads):
+            st.minutes.update(read.minutes)
+            st.progress.update(read.progress)
+            st.active_ids = read.active_ids
             st.progress = {i: st.progress[i] for i in st.active_ids if i in st.progress}
-            members = replies[pos]
-            pos += 1
-            hashes = replies[pos:pos + len(worker_ids)]
-            pos += len(worker_ids)
-            st.worker_ids = [str(m) for m, score in _pairs(members) if float(score) >= server_ms]
-            st.workers = {}
-            for wid, h in zip(worker_ids, hashes):
-                info = parse_worker(wid, h) if wid in st.worker_ids else None
-                if info is not None:
-                    st.workers[wid] = info
+            st.worker_ids = [w for w, expiry in read.registered if expiry >= server_ms]
+            st.workers = {w: info for w, info in read.workers.items() if w in st.worker_ids}
             for m in [m for m in st.minutes if m <= minute - SPARK_MINUTES]:
                 del st.minutes[m]
             pcts = [p for p in (progress_percent(_json(v)) for v in st.progress.values())
                     if p == p]
-            rate = st.rate(now, done)
+            rate = st.rate(now, read.finished)
             rows.append({
-                "name": st.queue.name, "counts": counts, "paused": paused,
-                "held": int(r[8]),  # waiting-children: held until their dependencies end
+                "name": st.queue.name, "counts": read.counts, "paused": read.paused,
+                "held": read.held,  # waiting-children: held until their dependencies end
                 "progress": round(sum(pcts) / len(pcts), 1) if pcts else None,
                 "rate": None if rate is None else round(rate, 2),
                 "spark": [[*st.minutes.get(m, (0, 0))]
@@ -458,152 +427,21 @@ class Dashboard(anywidget.AnyWidget):
         if action == "close_detail":
             self.detail = {}
             return True, ""
-        q = self._queue(name)
-        if action == "pause":
-            q.pause()
-            return True, f"paused {q.name}"
-        if action == "resume":
-            q.resume()
-            return True, f"resumed {q.name}"
-        if action == "retry":
-            return True, f"{q.name}: {q.retry_failed()} failed job(s) moved back to wait"
-        if action == "drain":
-            return True, f"{q.name}: drained {q.drain()} waiting job(s)"
-        if action == "clean":
-            n = q.clean(0, 0, "completed") + q.clean(0, 0, "failed")
-            return True, f"{q.name}: cleaned {n} finished job(s)"
-        if action == "obliterate":
-            n = q.obliterate()
-            return True, f"{q.name}: obliterated ({n} key(s) removed)"
-        if action == "list":
-            self._show_list(q, str(state or "failed"))
-            return True, ""
-        if action == "job":
-            self._show_job(q, str(job_id))
-            return True, ""
-        if action.startswith("job_"):
-            return self._job_action(q, action[4:], str(job_id))
-        raise ValueError(f"unknown action {action!r}")
-
-    def _job_action(self, q: Any, what: str, job_id: str) -> tuple[bool, str]:
-        job = q.get_job(job_id)
-        if job is None:
-            return False, f"{q.name}:{job_id} no longer exists"
-        if what == "retry":
-            ok = job.retry()
-            text = "moved back to wait" if ok else "was not failed; nothing to retry"
-        elif what == "remove":
-            ok = job.remove()
-            text = "removed" if ok else "was already gone"
-        elif what in ("cancel", "promote"):
-            method = getattr(job, what, None)
-            if method is None:
-                return False, f"{what} is not available in this nbqueue version"
-            result = method()
-            ok = result is not False
-            text = "cancelled" if what == "cancel" else "promoted to waiting"
-        else:
-            raise ValueError(f"unknown job action {what!r}")
-        if what != "remove":
-            with contextlib.suppress(Exception):
-                self._show_job(q, job_id)
-        else:
-            self.detail = {**self.detail, "job": None}
-        return bool(ok), f"{q.name}:{job_id} {text}"
-
-    def _show_list(self, q: Any, state: str) -> None:
-        if state == "dead_letter":
-            jobs = self._dead_letters(q)
-        else:
-            jobs = [_job_row(j) for j in q.get_jobs(state, 0, _LIST_LIMIT)]
-        self.detail = {"queue": q.name, "state": state, "jobs": jobs, "job": None,
-                       "read": fmt_time(int(time.time() * 1000))}
-
-    def _dead_letters(self, q: Any) -> list[dict[str, Any]]:
-        """The latest dead-letter records of jobs of ``q`` (newest first)."""
-        dl = self._manager.get_queue(DEAD_LETTER)
-        out = []
-        for j in dl.get_jobs(["waiting", "completed", "failed", "active", "delayed"], 0, 200):
-            p = j.payload if isinstance(j.payload, dict) else {}
-            if p.get("queue") != q.name:
-                continue
-            out.append({"id": str(p.get("job_id")), "name": str(p.get("name")),
-                        "state": "dead letter", "progress": None,
-                        "attempts": str(p.get("attempts_made", "")),
-                        "created": fmt_time(p.get("failed_at")),
-                        "duration": "", "summary": _clip(str(p.get("reason", "")), 120),
-                        "dead_letter_id": j.id})
-        out.sort(key=lambda r: r["created"], reverse=True)
-        return out[:_LIST_LIMIT]
-
-    def _show_job(self, q: Any, job_id: str) -> None:
-        job = q.get_job(job_id)
-        if job is None:
-            self.detail = {**self.detail, "job": {"id": job_id, "missing": True}}
-            return
-        info = _job_detail(job)
-        get_logs = getattr(job, "get_logs", None)
-        if get_logs is not None:
-            with contextlib.suppress(Exception):
-                info["logs"] = [str(x) for x in get_logs()][-200:]
-        info["can"] = {
-            "retry": info["state"] == "failed",
-            "remove": info["state"] != "active",
-            "cancel": hasattr(job, "cancel") and info["state"] in (
-                "waiting", "delayed", "active", "paused", "waiting-children"),
-            "promote": hasattr(job, "promote") and info["state"] == "delayed",
-        }
-        self.detail = {**self.detail, "queue": q.name, "job": info}
+        done = perform(self._queue(name), action, job_id, state, self._manager,
+                       dict(self.detail))
+        if done.detail is not None:
+            self.detail = done.detail
+        return done.ok, done.text
 
     # -- static forms ---------------------------------------------------------------------------
     def text(self) -> str:
         """The panel as plain text (terminals and text-only frontends)."""
-        lines = [f"nbqueue dashboard ({self.data.get('refreshed', '-')})"]
-        for row in self.data.get("queues", []):
-            c = row["counts"]
-            rate = "-" if row["rate"] is None else f"{row['rate']:.2f} jobs/s"
-            lines.append(f"  {row['name']}{' [paused]' if row['paused'] else ''}: "
-                         + ", ".join(f"{s} {c[s]}" for s in STATES) + f"; {rate}")
-        for w in self.data.get("workers", []):
-            lines.append(f"  worker {w['queue']}: {w['mode']} x{w['concurrency']} "
-                         f"{w['state']} ({w['host']})")
-        return "\n".join(lines)
+        return panel_text(self.data)
 
     def snapshot_html(self) -> str:
         """The panel's last state as static HTML (what a saved notebook shows without its
         kernel, and what frontends without widget support show)."""
-        e = html.escape
-        head = ("<tr>" + "".join(f"<th style='text-align:{a};padding:2px 8px'>{e(t)}</th>"
-                                 for t, a in (("queue", "left"), ("waiting", "right"),
-                                              ("active", "right"), ("delayed", "right"),
-                                              ("completed", "right"), ("failed", "right"),
-                                              ("jobs/s", "right"))) + "</tr>")
-        body = []
-        for row in self.data.get("queues", []):
-            c = row["counts"]
-            rate = "-" if row["rate"] is None else f"{row['rate']:.2f}"
-            paused = " <b style='color:#8a6d00'>(paused)</b>" if row["paused"] else ""
-            body.append("<tr><td style='text-align:left;padding:2px 8px'>" + e(row["name"])
-                        + paused + "</td>"
-                        + "".join(f"<td style='text-align:right;padding:2px 8px'>{c[s]}</td>"
-                                  for s in STATES)
-                        + f"<td style='text-align:right;padding:2px 8px'>{rate}</td></tr>")
-        workers = ", ".join(f"{e(w['queue'])} ({e(w['mode'])} x{w['concurrency']}, "
-                            f"{e(w['state'])})" for w in self.data.get("workers", []))
-        # While the live view shows, it hides this snapshot: JupyterLab and Notebook 7 through
-        # this CSS (the output after a live panel), other frontends through the view's JS.
-        # Without a live view the CSS hides the widget output's "model not found" instead.
-        style = ("<style>.jp-OutputArea-child:has(.nbq-live) + .jp-OutputArea-child"
-                 ":has(.nbqueue-snapshot){display:none}"
-                 ".jp-OutputArea-child:not(:has(.nbq-live)):has(+ .jp-OutputArea-child "
-                 ".nbqueue-snapshot) .jupyter-widgets{display:none}</style>")
-        return (f"{style}<div class='nbqueue-snapshot' data-nbq-panel='{e(self.panel_id)}'>"
-                "<div><b>nbqueue</b> dashboard as of "
-                f"{e(str(self.data.get('refreshed', '-')))}"
-                f"{'' if self.live else ' (refresh stopped)'}: a static copy; run the cell "
-                f"for the live panel</div><table>{head}{''.join(body)}</table>"
-                f"<div style='font-size:90%'>workers: {workers or 'none started here'}</div>"
-                "</div>")
+        return snapshot_html(self.data, self.panel_id, self.live)
 
 
 def _has_jobs(manager: Any, name: str) -> bool:
@@ -616,19 +454,6 @@ def _has_jobs(manager: Any, name: str) -> bool:
         return False
 
 
-def _pairs(members: Any) -> list[tuple[Any, Any]]:
-    """ZRANGE ... WITHSCORES as (member, score) pairs, whatever shape the client returns."""
-    if not members:
-        return []
-    if isinstance(members[0], (list, tuple)):
-        return [(m[0], m[1]) for m in members]
-    return list(zip(members[0::2], members[1::2]))
-
-
-def _batch(calls: list[Call]) -> Any:
-    return (yield Batch(calls))
-
-
 def _json(value: Any) -> Any:
     if value is None:
         return None
@@ -636,49 +461,6 @@ def _json(value: Any) -> Any:
         return json.loads(value)
     except (TypeError, ValueError):
         return value
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def _job_row(job: Any) -> dict[str, Any]:
-    state = job.state.value
-    pct = progress_percent(job.progress, state)
-    run = (job.finished_on - job.processed_on) if job.finished_on and job.processed_on else None
-    if state == "completed":
-        summary = _clip(json.dumps(job.returnvalue, default=str), 120)
-    else:
-        summary = _clip(job.failed_reason or "", 120)
-    shown = pct == pct and (state == "active" or pct > 0)  # no "0%" on a failed job
-    return {"id": job.id, "name": job.name, "state": state,
-            "progress": round(pct) if shown else None,
-            "attempts": f"{job.attempts_made}/{job.opts.get('attempts', 1)}",
-            "created": fmt_time(job.timestamp), "duration": fmt_duration(run) if run else "",
-            "summary": summary}
-
-
-def _job_detail(job: Any) -> dict[str, Any]:
-    state = job.state.value
-    pct = progress_percent(job.progress, state)
-    created, started, finished = job.timestamp or None, job.processed_on, job.finished_on
-    stack = getattr(job, "stacktrace", None) or []
-    return {
-        "id": job.id, "name": job.name, "state": state,
-        "progress": None if pct != pct else round(pct), "raw_progress": job.progress,
-        "attempts": f"{job.attempts_made}/{job.opts.get('attempts', 1)}",
-        "priority": job.priority,
-        "created": fmt_time(created), "started": fmt_time(started),
-        "finished": fmt_time(finished),
-        "waited": fmt_duration(started - created) if started and created else "-",
-        "ran": fmt_duration(finished - started) if finished and started else "-",
-        "data": json.dumps(job.data, indent=1, default=str)[:20_000],
-        "result": (json.dumps(job.returnvalue, indent=1, default=str)[:20_000]
-                   if state == "completed" else None),
-        "error": job.failed_reason,
-        "error_type": getattr(getattr(job, "_record", None), "error_type", None),
-        "tracebacks": [str(s) for s in stack][-5:],
-    }
 
 
 def _refresh_loop(ref: weakref.ref[Dashboard], stop: threading.Event, interval: float) -> None:

@@ -18,6 +18,7 @@ from ..records import (
     Outcome,
     OutcomeKind,
     parse_fetch_safe,
+    reply_text,
 )
 from ..serialization import wire_text
 from ..types import WorkerInfo
@@ -128,3 +129,17 @@ class WorkerOps(OpsBase):
 
             yield from resolve(self, dead_letter)  # type: ignore[arg-type]
         return list(back), list(failed)
+
+    # -- a worker's own lists: its wake key, its cancel list --------------------------------
+    def wake(self, wake_key: str) -> Op[None]:
+        """End a parked worker's BLPOP at once (its own wake key): it is stopping."""
+        yield Call.cmd("RPUSH", wake_key, "stop")
+
+    def clear_wake(self, wake_key: str) -> Op[None]:
+        yield Call.cmd("DEL", wake_key)
+
+    def next_cancel(self, token: str, timeout_s: float) -> Op[str | None]:
+        """The id of the next active job of worker ``token`` whose cancel was requested
+        (cancel.lua pushes it), waiting up to ``timeout_s`` (BLPOP: no polling)."""
+        popped = yield Call.cmd("BLPOP", self.keys.cancel_list(token), timeout_s)
+        return reply_text(popped[1]) if popped else None

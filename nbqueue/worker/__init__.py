@@ -2,33 +2,26 @@
 
 One engine (an asyncio loop) does all the Redis work of a worker: it fetches jobs in
 batches, finishes them in batches (the finish call also fetches the next jobs), renews
-locks, and sweeps stalled jobs. Sync processors run on job threads, async ones on the
-loop. ``mode="thread"`` runs the engine on a background thread, ``mode="asyncio"`` on
-the caller's running loop, ``mode="process"`` in N child processes.
+locks, and sweeps stalled jobs. ``mode="thread"`` runs the engine on a background thread,
+``mode="asyncio"`` on the caller's running loop, ``mode="process"`` in the parent while N
+child processes run the job bodies.
 
-Parts (each module one of them): ``front`` (``Worker``), ``process`` (process mode),
-``engine`` (the loop that coordinates the others), ``fetching`` (fetch and park),
-``execution`` (slots, runners, deadlines, ``classify``), ``outbox`` (outcomes, progress,
-counters, dead letters, batched), ``upkeep`` (lock renewal, stalled sweep).
+Parts (each module one of them): ``front`` (``Worker``, ``WorkerBase``), ``engine`` (the
+loop that coordinates the others), ``fetching`` (fetch and park), ``execution`` (slots,
+ready jobs, deadlines), ``runners`` (the run modes as strategies: ``ThreadRunner``,
+``AsyncRunner``; ``process.ProcessRunner``), ``body`` (ONE job body for every mode:
+capture, per-job hooks, the processor, ``classify``), ``capture`` (output to the job's
+log), ``outbox`` (outcomes, progress, counters, dead letters, batched), ``upkeep`` (lock
+renewal, stalled sweep, heartbeat, cancel listener, flows). Architecture:
+docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import logging
-
-from ..keys import DEAD_LETTER_QUEUE as DEAD_LETTER
-from ..processor import Processor, is_async
-from .engine import COALESCE_S, Engine, queue_job_factory
-from .execution import Execution, JobFactory, classify, safe_classify
-from .fetching import MAX_BLOCK_S, Fetcher
+from .body import JobHook
 from .front import MODES, Worker, WorkerBase
-from .outbox import STATS_EVERY_S, Outbox
-from .threads import JobThreads
-from .upkeep import Upkeep
+from .process import ProcessRunner
+from .runners import AsyncRunner, Runner, ThreadRunner
 
-log = logging.getLogger("nbqueue.worker")
-
-__all__ = ["COALESCE_S", "DEAD_LETTER", "MAX_BLOCK_S", "MODES", "STATS_EVERY_S", "Engine",
-           "Execution", "Fetcher", "JobFactory", "JobThreads", "Outbox", "Processor",
-           "Upkeep", "Worker", "WorkerBase", "classify", "is_async", "queue_job_factory",
-           "safe_classify"]
+__all__ = ["MODES", "AsyncRunner", "JobHook", "ProcessRunner", "Runner", "ThreadRunner",
+           "Worker", "WorkerBase"]

@@ -1,6 +1,8 @@
 """The engine: one asyncio loop that coordinates a worker's parts.
 
-- :class:`~.execution.Execution` runs jobs (slots, async/thread runners, deadlines);
+- :class:`~.execution.Execution` holds the jobs (slots, ready jobs, deadlines) and hands
+  them to the run mode's runner (``runners``: thread, asyncio; ``process``), which runs
+  the one job body (``body``) of every mode;
 - :class:`~.outbox.Outbox` gathers outcomes, progress, counters and dead letters;
 - :class:`~.fetching.Fetcher` fetches (alone or with a flush) and parks when idle;
 - :class:`~.upkeep.Upkeep` renews locks, sweeps stalled jobs and heartbeats (registry).
@@ -8,6 +10,7 @@
 The loop here decides *when*: flush finished work and fetch more, wait (parked) for work,
 stop within the grace period, back off after Redis errors. All Redis work of a worker runs
 on this one loop; sync processors run on job threads and report back to it.
+Architecture: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
+from .. import otel
 from ..backoff import BackoffStrategy
 from ..connection import Connection
 from ..errors import RedisOutOfMemoryError, RedisUnavailableError
@@ -32,9 +36,12 @@ from ..processor import Processor, is_async
 from ..queue import AsyncQueue, Queue
 from ..reaper import process_identity
 from ..records import JobRecord
-from .execution import Execution, JobFactory
+from .body import JobBody, JobHook, SpanScope
+from .execution import Execution
 from .fetching import Fetcher
 from .outbox import Outbox
+from .process import ProcessRunner
+from .runners import AsyncRunner, JobFactory, Runner, ThreadRunner
 from .upkeep import HEARTBEAT_MS, Upkeep
 
 log = logging.getLogger("nbqueue.worker")
@@ -66,7 +73,8 @@ class Engine:
                  worker_name: str | None = None,
                  job_factory: JobFactory | None = None, mode: str = "thread",
                  heartbeat_interval: int = HEARTBEAT_MS,
-                 process_payload: bytes | None = None) -> None:
+                 process_payload: bytes | None = None,
+                 hooks: Sequence[JobHook] = ()) -> None:
         self.queue_name = queue_name
         self.processor = processor
         self.connection = connection
@@ -83,18 +91,13 @@ class Engine:
             job_factory = queue_job_factory(queue_name, connection, prefix, self.is_async)
         self.outbox = Outbox(self.ops, prefix=prefix,
                              dead_letter=dead_letter and queue_name != DEAD_LETTER_QUEUE)
-        children = None
-        if process_payload is not None:
-            from .process import ChildPool
-
-            children = ChildPool(concurrency, process_payload, name=queue_name,
-                                 on_done=self._child_done, on_progress=self.outbox.put_progress,
-                                 on_log=self.outbox.report_log,
-                                 on_lost=self._child_lost,
-                                 on_started=self._child_started)
-        self.jobs = Execution(processor, concurrency, is_async=self.is_async,
-                              job_factory=job_factory, outbox=self.outbox,
-                              backoff_strategy=backoff_strategy, children=children)
+        spans: dict[str, Any] = {}  # attempt spans (nbqueue.otel): Execution and its hook
+        if otel.ENABLED and process_payload is None:
+            hooks = (SpanScope(spans), *hooks)  # the span current while a body runs here
+        self.jobs = Execution(self._runner(processor, concurrency, job_factory,
+                                           backoff_strategy, hooks, process_payload),
+                              concurrency, outbox=self.outbox,
+                              backoff_strategy=backoff_strategy, spans=spans)
         self.fetcher = Fetcher(self.ops, self.token, self.lock_ms, self.jobs, self.outbox)
         self.upkeep = Upkeep(self.ops, self.token, lock_ms=self.lock_ms,
                              stalled_ms=stalled_interval, max_stalled=max_stalled_count,
@@ -110,14 +113,19 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._client: Any = None
 
-    def _child_done(self, record: JobRecord, outcome: Any, duration: float) -> None:
-        self.jobs.child_done(record, outcome, duration)
-
-    def _child_lost(self, record: JobRecord) -> None:
-        self.jobs.let_go(record)
-
-    def _child_started(self, record: JobRecord) -> None:
-        self.jobs.child_started(record)
+    def _runner(self, processor: Processor, concurrency: int, job_factory: JobFactory,
+                backoff_strategy: BackoffStrategy | None, hooks: Sequence[JobHook],
+                process_payload: bytes | None) -> Runner:
+        """The run mode: where the job bodies run (``runners``, ``process``)."""
+        if process_payload is not None:  # this engine runs no body: ``concurrency`` children
+            return ProcessRunner(concurrency, process_payload, name=self.queue_name,
+                                 on_progress=self.outbox.put_progress,
+                                 on_log=self.outbox.report_log)
+        body = JobBody(processor, self.outbox.report_log, backoff_strategy=backoff_strategy,
+                       hooks=hooks)
+        if self.is_async:
+            return AsyncRunner(body, job_factory, self.outbox)
+        return ThreadRunner(body, job_factory, self.outbox, concurrency)
 
     @property
     def processed(self) -> int:
@@ -171,7 +179,7 @@ class Engine:
         jobs = self.jobs
         if jobs.stopping:
             return 0
-        return self.concurrency + self.prefetch - len(jobs.running) - len(jobs.ready)
+        return jobs.capacity + self.prefetch - len(jobs.running) - len(jobs.ready)
 
     async def _main(self) -> None:
         assert self._wake is not None
@@ -189,6 +197,7 @@ class Engine:
             if stopping:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + self.grace
+                    jobs.unhold()  # held, not started: handed back, never started
                 if block is not None:
                     await fetcher.interrupt(block)
                     block = None

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import RedisUnavailableError
 from ..ops import QueueOps
-from ..protocol import Call, DeadConnectionError, run_async, single
+from ..protocol import DeadConnectionError, Op, run_async
 from ..records import Fetched, JobRecord, Outcome, OutcomeKind
 from ..scheduler import TickFollower
 from .execution import Execution
@@ -25,6 +25,7 @@ from .outbox import Outbox
 
 log = logging.getLogger("nbqueue.worker")
 
+T = TypeVar("T")
 MAX_BLOCK_S = 5.0  # an idle worker re-checks at least this often (delayed jobs, stop)
 
 
@@ -80,7 +81,7 @@ class Fetcher:
                 Outcome(record, OutcomeKind.FAILED, corrupt.reason, "corrupt"))
         jobs = fetched.jobs
         if jobs:
-            await self._ticks.follow(self._call, jobs)
+            await self._ticks.follow(self.run, jobs)
             take = self.jobs.take
             for record in jobs:
                 take(record)
@@ -92,7 +93,8 @@ class Fetcher:
                 if fetched.limit_ttl_ms > 0:
                     self.limit_until = time.monotonic() + fetched.limit_ttl_ms / 1000
 
-    async def _call(self, op: Any) -> Any:
+    async def run(self, op: Op[T]) -> T:
+        """Run ``op`` on the engine's client (tests drive the ops with a fake executor)."""
         return await run_async(self.client, op)
 
     # -- parking ---------------------------------------------------------------------------
@@ -148,7 +150,7 @@ class Fetcher:
         (they are ready, not started: the loop is stopping; leftovers are handed back)."""
         if not block.done():
             try:
-                await run_async(self.client, single(Call.cmd("RPUSH", self.wake_key, "stop")))
+                await self.run(self.ops.wake(self.wake_key))
                 await asyncio.wait_for(asyncio.shield(block), MAX_BLOCK_S + 5)
             except Exception:
                 block.cancel()  # jobs it may have locked are recovered by the stalled sweep
@@ -157,7 +159,7 @@ class Fetcher:
         except BaseException:
             pass
         try:
-            await run_async(self.client, single(Call.cmd("DEL", self.wake_key)))
+            await self.run(self.ops.clear_wake(self.wake_key))
         except Exception:
             pass
 
@@ -167,7 +169,7 @@ class Fetcher:
         if not self.parked:
             return
         try:
-            fetched = await run_async(self.client, self.ops.fetch(0, self.token, self.lock_ms,
+            fetched = await self.run(self.ops.fetch(0, self.token, self.lock_ms,
                                                                   True))
             self.parked = False
             self.jobs.ready.extend(fetched.jobs)

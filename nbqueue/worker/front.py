@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from ..backoff import BackoffStrategy
@@ -17,6 +18,7 @@ from ..errors import InvalidOptionError, NbqueueError
 from ..keys import DEFAULT_PREFIX, validate_queue_name
 from ..processor import Processor
 from . import process
+from .body import JobHook, check_hooks
 from .engine import Engine
 from .upkeep import HEARTBEAT_MS
 
@@ -39,7 +41,8 @@ class WorkerBase:
                  dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
                  name: str | None = None, allow_code: bool = False,
                  secret: str | bytes | None = None, prefetch: int = 0,
-                 heartbeat_interval: Any = HEARTBEAT_MS) -> None:
+                 heartbeat_interval: Any = HEARTBEAT_MS,
+                 hooks: Sequence[JobHook] | None = None) -> None:
         queue_name = validate_queue_name(queue_name)
         if allow_code:
             # Code jobs (%%enqueue --run) are opt-in and must carry a valid HMAC signature.
@@ -76,6 +79,8 @@ class WorkerBase:
             dead_letter=dead_letter, grace=grace, prefetch=prefetch, mode=mode,
             heartbeat_interval=to_ms(heartbeat_interval, "heartbeat_interval",
                                      allow_zero=False))
+        # per-job hooks (``body.JobHook``): before(job) / after(job, outcome), every mode
+        self.hooks = check_hooks(hooks)
         self.engine: Engine | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
@@ -94,10 +99,10 @@ class WorkerBase:
                 self.processor, connection=self.connection.spec(),
                 queue_name=self.queue_name, prefix=self._engine_kwargs["prefix"],
                 backoff_strategy=self._engine_kwargs["backoff_strategy"],
-                store=self.connection.store)
+                store=self.connection.store, hooks=self.hooks)
         return Engine(self.queue_name, self.processor, self.connection,
                       concurrency=concurrency, worker_name=self.name, process_payload=payload,
-                      **self._engine_kwargs)
+                      hooks=self.hooks, **self._engine_kwargs)
 
     @property
     def is_running(self) -> bool:
@@ -110,8 +115,10 @@ class WorkerBase:
     @property
     def child_pids(self) -> list[int]:
         """Process mode: the pids of the executor children running job bodies now."""
-        pool = self.engine.jobs.children if self.engine is not None else None
-        return [c.proc.pid for c in pool.children] if pool is not None else []
+        runner = self.engine.jobs.runner if self.engine is not None else None
+        if not isinstance(runner, process.ProcessRunner):
+            return []
+        return [c.proc.pid for c in runner.children]
 
     @property
     def processed(self) -> int:
@@ -203,7 +210,13 @@ class Worker(WorkerBase):
 
     ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
     a slot that frees up starts the next job without a round trip; it trades strict
-    priority (a new CRITICAL job waits behind the prefetched ones) for throughput.
+    priority (a new CRITICAL job waits behind the prefetched ones) for throughput. In
+    process mode each child also holds its next job while it runs one (same trade, one job
+    per child: see ``nbqueue.worker.process``).
+
+    ``hooks``: per-job hooks, objects with ``before(job)`` and ``after(job, outcome)``
+    called around every attempt in the job's own context, in every mode (see
+    ``nbqueue.worker.body``; process mode: picklable, run in the children).
     """
 
     def start(self) -> Worker:

@@ -14,13 +14,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import stats as stats_mod
 from ..job import JobBase
 from ..keys import DEAD_LETTER_QUEUE
 from ..ops import QueueOps
-from ..protocol import run_async
+from ..protocol import Op, run_async
 from ..records import JobRecord, Outcome, OutcomeKind, dead_letter_entry
 
 log = logging.getLogger("nbqueue.worker")
@@ -28,6 +28,7 @@ log = logging.getLogger("nbqueue.worker")
 Parcel = tuple[list[Outcome], dict[str, Any], dict[str, list[str]], Counter[str]]
 """What one flush sends: outcomes, progress, log lines, counters."""
 
+T = TypeVar("T")
 STATS_EVERY_S = 1.0  # duration/error counters reach Redis at most this often (or when idle)
 
 
@@ -55,6 +56,10 @@ class Outbox:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.current_thread()
         self._wake = wake
+
+    async def run(self, op: Op[T]) -> T:
+        """Run ``op`` on the engine's client (tests drive the ops with a fake executor)."""
+        return await run_async(self.client, op)
 
     @property
     def pending(self) -> bool:
@@ -136,9 +141,9 @@ class Outbox:
     async def send_extras(self, progress: dict[str, Any], logs: dict[str, list[str]]) -> None:
         """Progress reports (one call each) and log lines (one call for all jobs)."""
         for job_id, value in progress.items():
-            await run_async(self.client, self.ops.update_progress(job_id, value))
+            await self.run(self.ops.update_progress(job_id, value))
         if logs:
-            await run_async(self.client, self.ops.append_logs(logs))
+            await self.run(self.ops.append_logs(logs))
 
     def settle(self, oks: Sequence[bool], done: Sequence[Outcome]) -> None:
         """Read the finish script's verdicts: warn about dropped outcomes, and queue a
@@ -168,7 +173,7 @@ class Outbox:
         if not letters:
             return
         try:
-            await run_async(self.client, self._dlq.add_dead_letters(letters))
+            await self.run(self._dlq.add_dead_letters(letters))
         except Exception as exc:
             ids = ", ".join(str(data["payload"]["job_id"]) for data, _ in letters)
             log.error("could not record jobs %s in the dead-letter queue: %s", ids, exc)

@@ -9,20 +9,31 @@ engine loop, and a :class:`ChildPool` of executor processes runs the bodies:
 - each child gets the processor once, at spawn (pickled by value with cloudpickle,
   through its pipe: never through Redis), then receives job records over the pipe and
   sends back progress, log lines (``job.log``, captured print/logging) and the outcome;
-- **one job per child at a time**: ``concurrency`` children. Killing a child can then
-  never lose another job, and a timed-out or cancelled body that will not stop (stuck in
-  C code) is ended by killing its child and starting a new one, which costs one spawn. The
-  price is a process per concurrent job (memory) - which is what CPU-bound work wants
-  anyway; I/O-bound work belongs in thread or asyncio mode;
-- cancel: the parent signals the child (SIGUSR1): a sync body gets ``JobCancelledError``
-  raised at its next bytecode, an async one has its task cancelled; a child that has not
-  reported within ``CANCEL_GRACE_S`` (a C call holding the GIL) is killed and replaced;
+- **one job per child at a time**, and **one held next**: ``concurrency`` children, each
+  handed its next job while it runs the current one, so it starts it as soon as it sends
+  the outcome, without waiting for the parent's finish and fetch round trip. Killing a
+  child never loses another job: its held job had not started and goes to another child
+  (held jobs are locked, and their locks renewed, like running ones). A timed-out or
+  cancelled body that will not stop (stuck in C code) is ended by killing its child and
+  starting a new one, which costs one spawn. The price is a process per concurrent job
+  (memory) - which is what CPU-bound work wants anyway; I/O-bound work belongs in thread
+  or asyncio mode. Priority caveat: a held job was taken from the queue while its child
+  was busy, so a more urgent job added meanwhile waits behind it (at most one job per
+  child, like ``prefetch``);
+- cancel: the parent marks the job cancelled in the child's shared ``cancels`` slots
+  (by the sequence number it gave the job) and signals the child (SIGUSR1): a held job
+  then never starts (the child checks before it starts one; the parent books it cancelled
+  at once), a running sync body gets ``JobCancelledError`` raised at its next bytecode, an
+  async one has its task cancelled; a signal meant for another job of the child is
+  ignored. A child that has not reported within ``CANCEL_GRACE_S`` (a C call holding the
+  GIL) is killed and replaced;
 - timeout: past the job's ``timeout`` the child is killed and replaced (the attempt fails
   with error type ``timeout``);
 - a child that dies on its own (segfault, OOM kill, ``kill -9``, ``os._exit``) is found
   dead by its pid (a pidfd; not by the pipe's EOF, which a grandchild can hold off) and
   replaced; its attempt fails at once with an error type naming the exit code or signal
   (``child killed by SIGKILL (out of memory?)``), and the job's attempts/backoff apply;
+  its held job had not started and goes to another child;
 - each child leads its own process group: what a body starts (``os.fork``, subprocess,
   ``multiprocessing``, which works in a body) is killed with the group when the child dies
   or is replaced, and when the worker stops;
@@ -49,6 +60,8 @@ from typing import Any
 
 from ..errors import JobCancelledError, NbqueueError
 from ..records import JobRecord, Outcome
+from .body import JobBody, cancelled_outcome, classify
+from .runners import Done, Started
 
 # Imported at nbqueue's import, so that multiprocessing's own exit hook (which joins every
 # child) is registered before nbqueue's (which stops the workers, and so their children):
@@ -56,6 +69,8 @@ from ..records import JobRecord, Outcome
 
 log = logging.getLogger("nbqueue.worker")
 
+HOLD = 1  # jobs a child holds beyond the one it runs (its next)
+STARTED = 2  # slot of a child's ``cancels`` array: the sequence number of its latest start
 CANCEL_GRACE_S = 2.0  # a cancelled body that has not stopped by then: its child is killed
 RESPAWN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)  # children dying at once, again and again
 
@@ -82,17 +97,19 @@ def _die_with_parent(parent_pid: int) -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-            # PR_SET_CHILD_SUBREAPER: what a body leaves behind stays our descendant even
-            # when its own parent exits (double fork), so _end_descendants finds it
-            libc.prctl(36, 1, 0, 0, 0)
         except Exception:  # pragma: no cover - no libc: the pipe's EOF still ends us
             pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 
 
-def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
-    """A child: run the jobs the parent sends, one at a time, until told to stop."""
+def child_main(payload: bytes, conn: Any, parent_pid: int, cancels: Any) -> None:
+    """A child: run the jobs the parent sends, one at a time and in order (the one after
+    the running one is its held job), until told to stop. ``cancels``: shared slots where
+    the parent writes the sequence number of a job to cancel (slot ``seq % 2``: a child has
+    at most two jobs, consecutive numbers) and the child the number of the job it starts
+    (slot ``STARTED``), both under the array's lock: a held job is either started or
+    cancelled, never both."""
     _die_with_parent(parent_pid)
     # Its own process group: whatever a body starts (fork, subprocess, multiprocessing)
     # belongs to it, and the parent kills the group when the child dies or is replaced.
@@ -101,7 +118,7 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     # Bodies may use multiprocessing: a daemonic process may not have children, and the
     # group kill above is what keeps those from outliving their job.
     multiprocessing.current_process().daemon = False
-    current: dict[str, Any] = {}  # "job", "task", "body" of the job running now
+    current: dict[str, Any] = {}  # "seq", "job", "task", "body" of the job running now
 
     def on_term(signum: int, frame: Any) -> None:
         # A busy child ignores SIGTERM (a process-group SIGTERM also reaches the parent,
@@ -117,13 +134,10 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     import cloudpickle
 
     from .. import sources
-    from ..arrowcodec import kind_of
     from ..connection import Connection
-    from ..dataplane import store_result
     from ..processor import is_async
     from ..queue import AsyncQueue, Queue
     from . import capture
-    from .execution import safe_classify
 
     capture.install()  # before basicConfig, so its handler writes through the proxies
     logging.basicConfig(level=os.environ.get("NBQUEUE_LOG_LEVEL", "WARNING"))
@@ -137,11 +151,15 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
     sink = _PipeSink(conn)
     loop = asyncio.new_event_loop() if asynchronous else None
 
+    def marked(seq: int) -> bool:
+        return bool(cancels[seq % 2] == seq)
+
     def on_cancel(signum: int, frame: Any) -> None:
         job = current.get("job")
-        if job is None:
-            return  # between jobs: the cancel came too late, the outcome stands
-        job._cancel_requested.set()
+        if job is None or not marked(current["seq"]):
+            return  # between jobs (too late: the outcome stands), or meant for another job
+        if job._cancel_requested is not None:
+            job._cancel_requested.set()
         task = current.get("task")
         if task is not None:
             assert loop is not None
@@ -149,6 +167,20 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
         elif current.get("body"):
             raise JobCancelledError(f"job {job.id} was cancelled")
 
+    # The processor, marked while it runs: where a cancel may interrupt it.
+    def call_sync(job: Any) -> Any:
+        current["body"] = True
+        try:
+            return processor(job)
+        finally:
+            current["body"] = False
+
+    async def call_async(job: Any) -> Any:
+        current["task"] = asyncio.current_task()
+        return await processor(job)
+
+    body = JobBody(call_async if asynchronous else call_sync, sink.report_log,
+                   backoff_strategy=spec["backoff_strategy"], hooks=spec.get("hooks") or ())
     signal.signal(signal.SIGUSR1, on_cancel)
     conn.send(("ready",))
     while True:
@@ -158,71 +190,70 @@ def child_main(payload: bytes, conn: Any, parent_pid: int) -> None:
             return  # the parent is gone
         if msg[0] != "run":
             return  # "stop"
-        record: JobRecord = msg[1]
+        _, seq, record = msg
         job = queue.job_class(queue, record, sink=sink)
-        started = time.monotonic()
-        result: Any = None
-        error: BaseException | None = None
-        current["job"] = job
+        with cancels.get_lock():  # the parent decides under this lock whether it started
+            skip = marked(seq)
+            if not skip:
+                cancels[STARTED] = seq
+        current.update(seq=seq, job=job)
+        if skip and job._cancel_requested is not None:
+            job._cancel_requested.set()  # cancelled (or recalled) while held: never starts
         try:
-            with capture.job_output(record.id, sink.report_log):
-                if asynchronous:
-                    assert loop is not None
-                    task = loop.create_task(processor(job))
-                    current["task"] = task
-                    result = loop.run_until_complete(task)
-                else:
-                    current["body"] = True
-                    result = processor(job)
-                    current["body"] = False
-            if result is not None and kind_of(result) is not None:
-                result = store_result(job, result)  # a frame/Series/array: an artifact
-        except BaseException as exc:  # the processor's failure is the job's
-            error = exc
+            if asynchronous:
+                assert loop is not None
+                outcome, duration = loop.run_until_complete(body.run_async(record, job))
+            else:
+                outcome, duration = body.run(record, job)
         finally:
             current.clear()
-        _end_descendants()  # the body's processes die with its job
-        outcome = safe_classify(record, result, error, spec["backoff_strategy"], job)
-        conn.send(("done", record.id, outcome.kind, outcome.value, outcome.error_type,
-                   outcome.retry_delay, outcome.stacktrace, time.monotonic() - started))
+        conn.send(("done", seq, outcome.kind, outcome.value, outcome.error_type,
+                   outcome.retry_delay, outcome.stacktrace, duration))
 
 
 # -- the parent ---------------------------------------------------------------------------
-class _Child:
-    __slots__ = ("cancel_at", "conn", "exit_fd", "job", "proc", "ready", "spawned", "started")
+Slot = tuple[int, JobRecord]  # (the sequence number the parent gave the job, its record)
 
-    def __init__(self, proc: Any, conn: Any) -> None:
+
+class _Child:
+    __slots__ = ("cancel_at", "cancels", "conn", "exit_fd", "job", "next", "proc", "ready",
+                 "seq", "spawned", "started", "void")
+
+    def __init__(self, proc: Any, conn: Any, cancels: Any) -> None:
         self.proc = proc
         self.conn = conn
         # readable once the child has exited, found by its pid (a pidfd), not by the pipe's
         # EOF: a grandchild a body forked holds the pipe open (-1: none, Linux < 5.3)
         self.exit_fd = _pidfd(proc.pid)
-        self.job: JobRecord | None = None
+        self.cancels = cancels  # shared with the child: sequence numbers to cancel
+        self.job: Slot | None = None  # running
+        self.next: Slot | None = None  # held: sent, starts when ``job`` is done
+        self.void: set[int] = set()  # held jobs cancelled (booked already; never start)
+        # the numbers of its jobs, consecutive: its running and held ones differ in parity
+        self.seq = 0
         self.ready = False  # loaded its processor: jobs go to ready children only
         self.started = 0.0
         self.spawned = time.monotonic()
         self.cancel_at: asyncio.TimerHandle | None = None
 
 
-Done = Callable[[JobRecord, Outcome, float], None]
+class ProcessRunner:
+    """``mode="process"``: the executor children of an engine (see the module docstring).
+    Lives on the engine's loop."""
 
+    is_async = False
 
-class ChildPool:
-    """The executor children of a process-mode engine. Lives on the engine's loop."""
-
-    def __init__(self, size: int, payload: bytes, *, name: str, on_done: Done,
+    def __init__(self, size: int, payload: bytes, *, name: str,
                  on_progress: Callable[[str, Any], None],
-                 on_log: Callable[[str, str], None],
-                 on_lost: Callable[[JobRecord], None],
-                 on_started: Callable[[JobRecord], None]) -> None:
+                 on_log: Callable[[str, str], None], hold: int = HOLD) -> None:
         self.size = size
+        self.holds = size * min(1, hold)  # one held job per child
         self.payload = payload
         self.name = name
-        self.on_done = on_done
         self.on_progress = on_progress
         self.on_log = on_log
-        self.on_lost = on_lost
-        self.on_started = on_started
+        self.on_done: Done = _unbound
+        self.on_started: Started = _unbound
         self.children: list[_Child] = []
         self.pending: collections.deque[JobRecord] = collections.deque()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -231,10 +262,11 @@ class ChildPool:
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, done: Done, started: Started) -> None:
         """Start one child; more start as jobs need them, up to ``size`` (a child takes
         ~0.5-1 s to import and load the processor: starting them all at once would delay
         the first job for nothing on a quiet queue)."""
+        self.on_done, self.on_started = done, started
         self.loop = asyncio.get_running_loop()
         if self.size:
             self._spawn()
@@ -243,12 +275,14 @@ class ChildPool:
         assert self.loop is not None
         ctx = multiprocessing.get_context("spawn")
         parent_end, child_end = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=child_main, args=(self.payload, child_end, os.getpid()),
+        cancels = ctx.Array("q", 3)  # (with its lock) cancel slots 0-1, STARTED
+        proc = ctx.Process(target=child_main,
+                           args=(self.payload, child_end, os.getpid(), cancels),
                            daemon=True, name=f"nbqueue-child-{self.name}-{self.spawned}")
         proc.start()
         child_end.close()
         self.spawned += 1
-        child = _Child(proc, parent_end)
+        child = _Child(proc, parent_end, cancels)
         self.children.append(child)
         self.loop.add_reader(parent_end.fileno(), self._readable, child)
         if child.exit_fd >= 0:
@@ -279,41 +313,55 @@ class ChildPool:
         self.children = []
 
     # -- jobs --------------------------------------------------------------------------
-    def submit(self, record: JobRecord) -> None:
+    def start(self, record: JobRecord) -> None:
         self.pending.append(record)
         self._dispatch()
 
+    def _send(self, child: _Child, record: JobRecord) -> Slot:
+        child.seq += 1
+        try:
+            child.conn.send(("run", child.seq, record))
+        except OSError:  # died meanwhile: _readable sees the EOF and recovers
+            pass
+        return child.seq, record
+
     def _dispatch(self) -> None:
-        for child in self.children:
-            if not self.pending:
-                return
+        pending = self.pending
+        for child in self.children:  # idle children first: they start the job now
+            if not pending:
+                break
             if child.job is None and child.ready:
-                record = self.pending.popleft()
-                child.job, child.started = record, time.monotonic()
-                try:
-                    child.conn.send(("run", record))
-                except OSError:  # died meanwhile: _readable sees the EOF and recovers
-                    pass
+                record = pending.popleft()
+                child.job, child.started = self._send(child, record), time.monotonic()
                 self.on_started(record)  # its timeout counts from now
         # jobs still waiting: start children for them (those starting count as coming)
         starting = sum(1 for c in self.children if not c.ready)
         while (not self._closed and len(self.children) < self.size
-               and starting < len(self.pending)):
+               and starting < len(pending)):
             self._spawn()
             starting += 1
+        if self.holds:  # what the starting children will not take: held by busy ones
+            for child in self.children:
+                if len(pending) <= starting:
+                    break
+                if child.ready and child.job is not None and child.next is None:
+                    child.next = self._send(child, pending.popleft())
 
-    def cancel(self, job_id: str) -> bool:
-        """Stop a job: unstarted ones are dropped (True: the caller books the outcome);
-        a running one's child is signalled, then killed if it has not reported within
-        ``CANCEL_GRACE_S``. Returns False when the child was signalled (the outcome
+    def cancel(self, record: JobRecord) -> bool:
+        """Stop a job: an unstarted one (pending, or held by a child, which will skip it)
+        is over at once (True: the caller books it); a running one's child is signalled,
+        then killed if it has not reported within ``CANCEL_GRACE_S`` (False: the outcome
         comes from the child, or from the kill)."""
-        for record in self.pending:
-            if record.id == job_id:
-                self.pending.remove(record)
-                return True
-        child = self._child_of(job_id)
-        if child is None:
+        if record in self.pending:
+            self.pending.remove(record)
+            return True
+        child, slot = self._child_of(record)
+        if child is None or slot is None:
             return False
+        if child.next is slot and self._recall(child, slot):
+            return True  # it never starts; its report (when the child gets to it) is void
+        seq = slot[0]
+        child.cancels[seq % 2] = seq  # read by the child's signal handler while it runs it
         try:
             os.kill(child.proc.pid, signal.SIGUSR1)
         except ProcessLookupError:
@@ -321,41 +369,69 @@ class ChildPool:
         assert self.loop is not None
         if child.cancel_at is None:
             child.cancel_at = self.loop.call_later(CANCEL_GRACE_S, self._force_cancel, child,
-                                                   child.job)
+                                                   slot)
         return False
 
-    def _force_cancel(self, child: _Child, record: JobRecord | None) -> None:
+    def _force_cancel(self, child: _Child, slot: Slot) -> None:
         child.cancel_at = None
-        if record is None or child.job is not record:
+        if child.job is not slot:
             return  # it reported in time
-        from .execution import cancelled_outcome
-
+        record = slot[1]
         log.warning("job %s did not stop within %.0fs of its cancel; killing its child %s",
                     record.id, CANCEL_GRACE_S, child.proc.pid)
         self._replace(child)
         self.on_done(record, cancelled_outcome(record), time.monotonic() - child.started)
 
-    def abort(self, job_id: str, respawn: bool = True) -> None:
+    def abort(self, record: JobRecord, stopping: bool = False) -> None:
         """The job is over for the engine (timed out, handed back): stop its body now by
-        killing its child (a new one takes its place unless ``respawn`` is False: the
-        engine is stopping); an unstarted one is dropped."""
-        for record in self.pending:
-            if record.id == job_id:
-                self.pending.remove(record)
-                return
-        child = self._child_of(job_id)
-        if child is not None:
-            self._replace(child, respawn)
+        killing its child (a new one takes its place unless ``stopping``); an unstarted one
+        is dropped (a held one marked so that it never starts)."""
+        if record in self.pending:
+            self.pending.remove(record)
+            return
+        child, slot = self._child_of(record)
+        if child is None or slot is None:
+            return
+        if child.next is slot and self._recall(child, slot):
+            return
+        self._replace(child, respawn=not stopping)
 
-    def _child_of(self, job_id: str) -> _Child | None:
+    def _recall(self, child: _Child, slot: Slot) -> bool:
+        """Make sure the held job ``slot`` never starts: True, unless the child started it
+        already (it just finished the job before: then it is a running job)."""
+        seq = slot[0]
+        with child.cancels.get_lock():
+            if child.cancels[STARTED] == seq:
+                return False
+            child.cancels[seq % 2] = seq
+        child.void.add(seq)
+        return True
+
+    def unhold(self) -> list[JobRecord]:
+        """The worker is stopping: the jobs handed to us that have not started (waiting
+        for a child, or held by one) are given back, and none of them will start."""
+        back = list(self.pending)
+        self.pending.clear()
         for child in self.children:
-            if child.job is not None and child.job.id == job_id:
-                return child
-        return None
+            slot = child.next
+            if slot is not None and slot[0] not in child.void and self._recall(child, slot):
+                back.append(slot[1])
+        return back
+
+    def _child_of(self, record: JobRecord) -> tuple[_Child | None, Slot | None]:
+        for child in self.children:
+            for slot in (child.job, child.next):
+                if slot is not None and slot[1] is record and slot[0] not in child.void:
+                    return child, slot
+        return None, None
 
     def describe(self) -> str:
-        return (f"children={[(c.proc.pid, c.job.id if c.job else None) for c in self.children]}"
-                f" pending={[r.id for r in self.pending]}")
+        def ids(c: _Child) -> tuple[int, str | None, str | None]:
+            return (c.proc.pid, c.job[1].id if c.job else None,
+                    c.next[1].id if c.next else None)
+
+        return (f"children={[ids(c) for c in self.children]} "
+                f"pending={[r.id for r in self.pending]}")
 
     # -- messages and deaths -------------------------------------------------------------
     def _readable(self, child: _Child) -> None:
@@ -376,16 +452,22 @@ class ChildPool:
         elif kind == "log":
             self.on_log(msg[1], msg[2])
         elif kind == "done":
-            record = child.job
-            child.job = None
+            _, seq, k, value, etype, delay, trace, duration = msg
+            slot, child.job = child.job, None
             if child.cancel_at is not None:
                 child.cancel_at.cancel()
                 child.cancel_at = None
             self._quick_deaths = 0
-            if record is not None and record.id == msg[1]:
-                _, _, k, value, etype, delay, trace, duration = msg
+            if child.next is not None:  # the child starts its held job now
+                child.job, child.next = child.next, None
+                child.started = time.monotonic()
+                if child.job[0] not in child.void:
+                    self.on_started(child.job[1])
+            if slot is not None and slot[0] == seq and seq not in child.void:
+                record = slot[1]
                 self.on_done(record, Outcome(record, k, value, etype, delay,
                                              stacktrace=trace), duration)
+            child.void.discard(seq)
             self._dispatch()
 
     def _died(self, child: _Child) -> None:
@@ -394,7 +476,7 @@ class ChildPool:
         with contextlib.suppress(EOFError, OSError):  # what it sent before it died counts
             while child.conn.poll():
                 self._handle(child, child.conn.recv())
-        record = child.job
+        slot = child.job
         self._forget(child)
         self.children.remove(child)
         child.proc.join(1)
@@ -404,7 +486,9 @@ class ChildPool:
         _close_fd(child)
         if time.monotonic() - child.spawned < 2:
             self._quick_deaths += 1
-        if record is not None:
+        self._requeue_held(child)  # its held job had not started: another child runs it
+        if slot is not None and slot[0] not in child.void:
+            record = slot[1]
             how = describe_exit(code)
             log.error("the child running job %s of %s died (%s); its attempt failed, "
                       "starting another child", record.id, self.name, how)
@@ -412,8 +496,15 @@ class ChildPool:
         if not self._closed:
             self._respawn_later()
 
+    def _requeue_held(self, child: _Child) -> None:
+        """A child that is gone had not started its held job: another child runs it."""
+        held, child.next = child.next, None
+        if held is not None and held[0] not in child.void and not self._closed:
+            self.pending.appendleft(held[1])
+
     def _replace(self, child: _Child, respawn: bool = True) -> None:
-        """Kill ``child`` (its job is over for us) and start another in its place."""
+        """Kill ``child`` (its job is over for us) and start another in its place; its held
+        job goes to another child."""
         self._forget(child)
         if child in self.children:
             self.children.remove(child)
@@ -422,6 +513,8 @@ class ChildPool:
         _kill_group(child)
         child.conn.close()
         _close_fd(child)
+        if respawn:
+            self._requeue_held(child)
         if respawn and not self._closed:
             if not self.children:
                 self._spawn()  # keep one child ready
@@ -452,39 +545,6 @@ class ChildPool:
                 pass
             if child.exit_fd >= 0:
                 self.loop.remove_reader(child.exit_fd)
-
-
-def _end_descendants() -> None:
-    """Linux, in a child after each job: SIGKILL the processes its body left running (our
-    children; orphans of a double fork too, as we are their subreaper), and reap them."""
-    for _ in range(5):  # a killed one's own children come to us next
-        kids = _children()
-        if not kids:
-            break
-        for pid in kids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in kids:
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-    while True:  # and any other child that has ended
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
-        except ChildProcessError:
-            break
-
-
-def _children() -> set[int]:
-    me = os.getpid()
-    kids: set[int] = set()
-    try:
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{tid}/children") as f:
-                kids.update(int(pid) for pid in f.read().split())
-    except (OSError, ValueError):
-        pass
-    return kids
 
 
 def _default_signals() -> None:
@@ -528,8 +588,6 @@ def describe_exit(code: int | None) -> str:
 
 def _died_outcome(record: JobRecord, how: str) -> Outcome:
     """A dead child's attempt: failed, by the job's retry policy (attempts, backoff)."""
-    from .execution import classify
-
     outcome = classify(record, error=ChildDiedError(
         f"the child process running the job died: {how}"))
     outcome.error_type, outcome.stacktrace = f"child {how}", ""
@@ -540,15 +598,21 @@ class ChildDiedError(NbqueueError):
     """The child process running a job died (process mode); the attempt failed."""
 
 
+def _unbound(*args: Any) -> None:
+    raise RuntimeError("ProcessRunner used before open()")
+
+
 def child_payload(processor: Any, *, connection: dict[str, Any], queue_name: str, prefix: str,
-                  backoff_strategy: Any, store: str | None = None) -> bytes:
-    """What every child gets once, at spawn: the processor pickled by value (cloudpickle;
-    a function from an importable module travels by reference and is imported there)."""
+                  backoff_strategy: Any, store: str | None = None,
+                  hooks: Any = ()) -> bytes:
+    """What every child gets once, at spawn: the processor (and the per-job hooks) pickled
+    by value (cloudpickle; a function from an importable module travels by reference and is
+    imported there)."""
     import cloudpickle
 
     from ..sources import capture
 
     return cloudpickle.dumps({"processor": processor, "connection": connection,
                               "store": store, "queue_name": queue_name, "prefix": prefix,
-                              "backoff_strategy": backoff_strategy,
+                              "backoff_strategy": backoff_strategy, "hooks": tuple(hooks),
                               "sources": capture(processor)})  # tracebacks: nbqueue/sources.py

@@ -30,7 +30,7 @@ from typing import Any
 from .. import flows, reaper
 from ..dataplane import sweep
 from ..ops import QueueOps
-from ..protocol import BLOCK_REPLY_MARGIN_S, Call, run_async, single
+from ..protocol import run_async
 from .execution import Execution
 from .outbox import Outbox
 
@@ -170,26 +170,24 @@ class Upkeep:
 
     async def listen_cancels(self) -> None:
         assert self.new_client is not None
-        key = self.ops.keys.cancel_list(self.token)
         client = self.new_client()
         try:
             while True:
                 try:
-                    popped = await run_async(client, single(Call(  # half-open: in 8 s
-                        command=("BLPOP", key, 5), reply_timeout=5 + BLOCK_REPLY_MARGIN_S)))
+                    job_id = await run_async(client, self.ops.next_cancel(self.token, 5))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     log.warning("worker %s: cancel listener: %s", self.token, exc)
                     await asyncio.sleep(1.0)
                     continue
-                if popped and str(popped[1]) == reaper.STOP_REQUEST:
+                if job_id == reaper.STOP_REQUEST:
                     log.warning("worker %s: a stop was requested; stopping gracefully",
                                 self.token)
                     if self.on_stop is not None:
                         self.on_stop()
-                elif popped:
-                    self.jobs.cancel(str(popped[1]))
+                elif job_id is not None:
+                    self.jobs.cancel(job_id)
         finally:
             try:
                 await client.aclose()
