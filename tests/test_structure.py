@@ -184,7 +184,8 @@ def test_only_the_data_model_layer_builds_redis_calls() -> None:
     """``ops`` owns queue state: nothing in the client API, the worker or the notebook
     layer builds a ``Call``/``Batch`` of its own (the ops generators do), and nothing
     reaches into another object's private ``_ops``."""
-    layer = {"nbqueue.ops", "nbqueue.flows", "nbqueue.dataplane", "nbqueue.scheduler",
+    layer = {"nbqueue.ops", "nbqueue.flows", "nbqueue.follow", "nbqueue.dataplane",
+             "nbqueue.scheduler",
              "nbqueue.metrics", "nbqueue.liveness", "nbqueue.reaper", "nbqueue.protocol",
              "nbqueue.direct"}
     found = []

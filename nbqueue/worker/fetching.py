@@ -125,7 +125,7 @@ class Fetcher:
         lost reply locked for us go back to wait at once (``_reclaim``); ``finishing``: the
         jobs whose outcome this call carried (ours still: the finish is sent again)."""
         try:
-            return await run_async(self.client, op)
+            return await self.run(op)
         except RedisUnavailableError as exc:
             if isinstance(exc.__cause__, DeadConnectionError):
                 await self._reclaim(finishing)
@@ -136,7 +136,7 @@ class Fetcher:
         (the ones we hold, run or finish are kept)."""
         held = [*self.jobs.held_locks(), *finishing, *(o.job.id for o in self.outbox.done)]
         try:
-            back = await run_async(self.client, self.ops.reclaim(self.token, held))
+            back = await self.run(self.ops.reclaim(self.token, held))
         except Exception as exc:
             log.warning("worker %s: could not give back jobs of a lost reply (%s); the "
                         "stalled check will", self.token, exc)
