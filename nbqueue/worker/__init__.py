@@ -9,11 +9,11 @@ child processes run the job bodies.
 Parts (each module one of them): ``front`` (``Worker``, ``WorkerBase``), ``engine`` (the
 loop that coordinates the others), ``fetching`` (fetch and park), ``execution`` (slots,
 ready jobs, deadlines), ``runners`` (the run modes as strategies: ``ThreadRunner``,
-``AsyncRunner``; ``process.ProcessRunner``), ``body`` (ONE job body for every mode:
-capture, per-job hooks, the processor, ``classify``), ``capture`` (output to the job's
-log), ``outbox`` (outcomes, progress, counters, dead letters, batched), ``upkeep`` (lock
-renewal, stalled sweep, heartbeat, cancel listener, flows). Architecture:
-docs/architecture.md.
+``AsyncRunner``; ``process.ProcessRunner``, whose children run ``child``), ``body`` (ONE
+job body for every mode: capture, per-job hooks, the processor, ``classify``),
+``capture`` (output to the job's log), ``outbox`` (outcomes, progress, counters, dead
+letters, batched), ``upkeep`` (lock renewal, stalled sweep, heartbeat, cancel listener,
+flows). Architecture: docs/architecture.md.
 """
 
 from __future__ import annotations

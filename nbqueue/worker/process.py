@@ -53,14 +53,14 @@ import multiprocessing
 import multiprocessing.util  # (see below)
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import JobCancelledError, NbqueueError
+from ..errors import NbqueueError
 from ..records import JobRecord, Outcome
-from .body import JobBody, cancelled_outcome, classify
+from .body import cancelled_outcome, classify
+from .child import STARTED, child_main
 from .runners import Done, Started
 
 # Imported at nbqueue's import, so that multiprocessing's own exit hook (which joins every
@@ -70,145 +70,8 @@ from .runners import Done, Started
 log = logging.getLogger("nbqueue.worker")
 
 HOLD = 1  # jobs a child holds beyond the one it runs (its next)
-STARTED = 2  # slot of a child's ``cancels`` array: the sequence number of its latest start
 CANCEL_GRACE_S = 2.0  # a cancelled body that has not stopped by then: its child is killed
 RESPAWN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)  # children dying at once, again and again
-
-
-# -- the child ----------------------------------------------------------------------------
-class _PipeSink:
-    """A child's ``ProgressSink``: progress and log lines go to the parent over the pipe."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def report_progress(self, job: Any, value: Any) -> None:
-        self.conn.send(("progress", job.id, value))
-
-    def report_log(self, job_id: str, line: str) -> None:
-        self.conn.send(("log", job_id, line))
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: ask the kernel to SIGKILL us when the parent dies (even by SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:  # pragma: no cover - no libc: the pipe's EOF still ends us
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-
-def child_main(payload: bytes, conn: Any, parent_pid: int, cancels: Any) -> None:
-    """A child: run the jobs the parent sends, one at a time and in order (the one after
-    the running one is its held job), until told to stop. ``cancels``: shared slots where
-    the parent writes the sequence number of a job to cancel (slot ``seq % 2``: a child has
-    at most two jobs, consecutive numbers) and the child the number of the job it starts
-    (slot ``STARTED``), both under the array's lock: a held job is either started or
-    cancelled, never both."""
-    _die_with_parent(parent_pid)
-    # Its own process group: whatever a body starts (fork, subprocess, multiprocessing)
-    # belongs to it, and the parent kills the group when the child dies or is replaced.
-    with contextlib.suppress(OSError):
-        os.setsid()
-    # Bodies may use multiprocessing: a daemonic process may not have children, and the
-    # group kill above is what keeps those from outliving their job.
-    multiprocessing.current_process().daemon = False
-    current: dict[str, Any] = {}  # "seq", "job", "task", "body" of the job running now
-
-    def on_term(signum: int, frame: Any) -> None:
-        # A busy child ignores SIGTERM (a process-group SIGTERM also reaches the parent,
-        # which stops gracefully and ends its children); an idle one just exits.
-        if not current:
-            os._exit(0)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
-    # A process a body forks (multiprocessing's pool workers...) gets the default handlers
-    # back: ours would make it ignore the SIGTERM its pool ends it with.
-    os.register_at_fork(after_in_child=_default_signals)
-    import cloudpickle
-
-    from .. import sources
-    from ..connection import Connection
-    from ..processor import is_async
-    from ..queue import AsyncQueue, Queue
-    from . import capture
-
-    capture.install()  # before basicConfig, so its handler writes through the proxies
-    logging.basicConfig(level=os.environ.get("NBQUEUE_LOG_LEVEL", "WARNING"))
-    spec = cloudpickle.loads(payload)
-    processor = spec["processor"]
-    sources.restore(processor, spec.get("sources"))  # notebook lines in its tracebacks
-    asynchronous = is_async(processor)
-    connection = Connection.from_spec(spec["connection"], store=spec.get("store"))
-    queue = (AsyncQueue if asynchronous else Queue)(spec["queue_name"], connection,
-                                                    prefix=spec["prefix"])
-    sink = _PipeSink(conn)
-    loop = asyncio.new_event_loop() if asynchronous else None
-
-    def marked(seq: int) -> bool:
-        return bool(cancels[seq % 2] == seq)
-
-    def on_cancel(signum: int, frame: Any) -> None:
-        job = current.get("job")
-        if job is None or not marked(current["seq"]):
-            return  # between jobs (too late: the outcome stands), or meant for another job
-        if job._cancel_requested is not None:
-            job._cancel_requested.set()
-        task = current.get("task")
-        if task is not None:
-            assert loop is not None
-            loop.call_soon_threadsafe(task.cancel)
-        elif current.get("body"):
-            raise JobCancelledError(f"job {job.id} was cancelled")
-
-    # The processor, marked while it runs: where a cancel may interrupt it.
-    def call_sync(job: Any) -> Any:
-        current["body"] = True
-        try:
-            return processor(job)
-        finally:
-            current["body"] = False
-
-    async def call_async(job: Any) -> Any:
-        current["task"] = asyncio.current_task()
-        return await processor(job)
-
-    body = JobBody(call_async if asynchronous else call_sync, sink.report_log,
-                   backoff_strategy=spec["backoff_strategy"], hooks=spec.get("hooks") or ())
-    signal.signal(signal.SIGUSR1, on_cancel)
-    conn.send(("ready",))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if msg[0] != "run":
-            return  # "stop"
-        _, seq, record = msg
-        job = queue.job_class(queue, record, sink=sink)
-        with cancels.get_lock():  # the parent decides under this lock whether it started
-            skip = marked(seq)
-            if not skip:
-                cancels[STARTED] = seq
-        current.update(seq=seq, job=job)
-        if skip and job._cancel_requested is not None:
-            job._cancel_requested.set()  # cancelled (or recalled) while held: never starts
-        try:
-            if asynchronous:
-                assert loop is not None
-                outcome, duration = loop.run_until_complete(body.run_async(record, job))
-            else:
-                outcome, duration = body.run(record, job)
-        finally:
-            current.clear()
-        conn.send(("done", seq, outcome.kind, outcome.value, outcome.error_type,
-                   outcome.retry_delay, outcome.stacktrace, duration))
 
 
 # -- the parent ---------------------------------------------------------------------------
@@ -545,11 +408,6 @@ class ProcessRunner:
                 pass
             if child.exit_fd >= 0:
                 self.loop.remove_reader(child.exit_fd)
-
-
-def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
 
 
 def _pidfd(pid: int) -> int:
