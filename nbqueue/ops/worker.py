@@ -141,5 +141,6 @@ class WorkerOps(OpsBase):
     def next_cancel(self, token: str, timeout_s: float) -> Op[str | None]:
         """The id of the next active job of worker ``token`` whose cancel was requested
         (cancel.lua pushes it), waiting up to ``timeout_s`` (BLPOP: no polling)."""
-        popped = yield Call.cmd("BLPOP", self.keys.cancel_list(token), timeout_s)
+        popped = yield Call(command=("BLPOP", self.keys.cancel_list(token), timeout_s),
+                            reply_timeout=timeout_s + BLOCK_REPLY_MARGIN_S)  # half-open: 8 s
         return reply_text(popped[1]) if popped else None
