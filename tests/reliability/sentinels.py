@@ -56,6 +56,14 @@ class SentinelSet:
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> SentinelSet:
+        """Start everything (a failure cleans up what started, then raises)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self) -> SentinelSet:
         (self.dir / "primary").mkdir()
         (self.dir / "replica").mkdir()
         self.primary.start()
@@ -221,11 +229,9 @@ class SentinelSet:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SentinelSet:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
+        if self.primary.running:  # started already (start() then `with`)
+            return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
