@@ -26,6 +26,10 @@ from .runners import Runner
 
 log = logging.getLogger("nbqueue.worker")
 
+#: How long a cancel of a job this worker does not hold (yet) is remembered: the reply of
+#: the fetch that locked the job for us may be read after the cancel listener's message.
+EARLY_CANCEL_S = 5.0
+
 
 def _shutdown_outcome(record: JobRecord) -> Outcome:
     return Outcome(record, OutcomeKind.RETRY, "released at worker shutdown", "shutdown",
@@ -59,6 +63,7 @@ class Execution:
         # made here in every mode (the parent in process mode); ``body.SpanScope`` makes it
         # current while a thread or asyncio body runs (nbqueue.otel)
         self.spans: dict[str, Any] = {} if spans is None else spans
+        self._early: dict[str, float] = {}  # cancels of jobs not taken yet: id -> when
 
     def open(self, wake: asyncio.Event) -> None:
         self._wake = wake
@@ -70,6 +75,12 @@ class Execution:
     # -- slots -----------------------------------------------------------------------------
     def take(self, record: JobRecord) -> None:
         """A job fetched for us: start it if a slot is free, else keep it ready."""
+        if self._early and self._early.pop(record.id, None) is not None:
+            # its cancel came before the fetch's reply (the listener has its own
+            # connection): it never starts
+            self.running[record.id] = record
+            self.done(record, cancelled_outcome(record), 0.0)
+            return
         if len(self.running) < self.capacity and not self.stopping:
             self.running[record.id] = record
             if otel.ENABLED:
@@ -173,7 +184,13 @@ class Execution:
                 return
         held = self.running.get(job_id)
         if held is None:
-            return  # finished meanwhile (its outcome stands), or not ours any more
+            # finished meanwhile (its outcome stands; finish.lua makes a retry of a job
+            # whose cancel was requested that failure too), or fetched for us with a reply
+            # not read yet: remembered a moment, so that ``take`` does not start it
+            now = time.monotonic()
+            self._early = {i: t for i, t in self._early.items() if now - t < EARLY_CANCEL_S}
+            self._early[job_id] = now
+            return
         if self.runner.cancel(held):
             self.done(held, cancelled_outcome(held), 0.0)  # had not started
 

@@ -102,3 +102,17 @@ def test_a_stop_gets_back_unstarted_jobs_and_release_hands_everything_back() -> 
     assert [(o.job.id, o.kind, o.attempts_made) for o in outs] == [
         ("a", OutcomeKind.RETRY, 0), ("b", OutcomeKind.RETRY, 0), ("c", OutcomeKind.RETRY, 0)]
     assert jobs.running == {} and not jobs.ready
+
+
+def test_a_cancel_that_comes_before_the_fetch_s_reply_still_stops_the_job() -> None:
+    """The cancel listener has its own connection: it may hear of a job locked for us
+    before the fetch that locked it is read. The job must not start then."""
+    runner = FakeRunner()
+    jobs = execution(runner)
+    jobs.cancel("7")  # not held yet
+    jobs.take(record("7"))
+    jobs.take(record("8"))
+    assert runner.started_ids == ["8"]
+    assert [(o.job.id, o.error_type) for o in jobs.outbox.done] == [("7", "cancelled")]
+    jobs.take(record("7"))  # a later attempt of the same id is not cancelled again
+    assert runner.started_ids == ["8", "7"]
