@@ -262,7 +262,7 @@ class SpanScope:
         self.spans = spans
 
     def before(self, job: JobBase) -> None:
-        scope = otel.current(self.spans.get(job.id))
+        scope = otel.current(self.spans.get(job._record.id))
         scope.__enter__()
         job.__dict__["_otel_scope"] = scope
 

@@ -83,8 +83,10 @@ class Execution:
             return
         if len(self.running) < self.capacity and not self.stopping:
             self.running[record.id] = record
-            if otel.ENABLED:
-                self._span(record)
+            if otel.ENABLED:  # (Execution._span, inlined: the per-job path)
+                self.spans[record.id] = otel.attempt_span(
+                    self.outbox.ops.name, record.id, record.attempts_made + 1,
+                    record.opts.trace)
             self.runner.start(record)
         else:
             self.ready.append(record)
@@ -103,9 +105,11 @@ class Execution:
             self.failed += 1
         self.outbox.book(outcome, duration)
         if self.spans:
-            failed = outcome.kind is not OutcomeKind.COMPLETED
-            self._end_span(record, outcome.value if failed else None,
-                           outcome.error_type or None)
+            span = self.spans.pop(record.id, None)
+            if span is not None:
+                failed = outcome.kind is not OutcomeKind.COMPLETED
+                otel.end_attempt(span, outcome.value if failed else None,
+                                 outcome.error_type or None)
         if self.deadlines:
             self.deadlines.pop(record.id, None)
         del running[record.id]
