@@ -45,6 +45,10 @@ except ImportError:  # pragma: no cover - exercised by tests/test_otel.py in a s
     _propagate = None  # type: ignore[assignment]
     _context = None  # type: ignore[assignment]
 
+#: the API's providers that record nothing (see :func:`recording`)
+_NO_SDK: tuple[type, ...] = () if _trace is None else (
+    _trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
+
 #: whether nbqueue makes spans (opentelemetry-api importable, NBQUEUE_OTEL not "0")
 ENABLED: bool = _trace is not None and os.environ.get("NBQUEUE_OTEL", "1").strip().lower() \
     not in ("0", "false", "no", "off")
@@ -89,6 +93,21 @@ def add_links(carriers: Sequence[Any]) -> None:
 
 def _tracer() -> Any:
     return _trace.get_tracer("nbqueue")
+
+
+def recording() -> bool:
+    """Whether a tracer provider is configured (an SDK's, set in code or by
+    ``OTEL_PYTHON_TRACER_PROVIDER``). The API's default proxy provider (before one is set)
+    and its no-op provider make non-recording spans only: nbqueue then skips its spans
+    where that changes nothing (no trace context to pass on), so tracing costs ~nothing
+    per job without an SDK. Checked per call: a provider set later is used at once."""
+    return not isinstance(_trace.get_tracer_provider(), _NO_SDK)
+
+
+def _passing_on() -> bool:
+    """Whether the current context holds a valid span context (e.g. a remote one a user
+    attached): even a non-recording ``send`` span passes it on to the jobs."""
+    return _trace.get_current_span().get_span_context().is_valid
 
 
 def _attrs(queue: str, operation: str, kind: str, ids: Sequence[str] = ()) -> dict[str, Any]:
@@ -156,13 +175,17 @@ def sending(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, /, *args: Any, **kwargs: Any) -> Any:
         op = method(self, *args, **kwargs)
-        return send(self.name, op) if ENABLED else op
+        if ENABLED and (recording() or _passing_on()):
+            return send(self.name, op)
+        return op  # (without an SDK the span and its empty carrier would do nothing)
 
     return cast(F, wrapper)
 
 
 def waiting(queue: str, ids: Sequence[str], op: Op[T]) -> Op[T]:
     """Run ``op`` (a wait for results) inside a ``wait <queue>`` span."""
+    if not recording():  # a non-recording span that nothing reads: skipped
+        return (yield from op)
     span = _tracer().start_span(f"wait {queue}", kind=_trace.SpanKind.CLIENT,
                                 attributes=_attrs(queue, "wait", "receive", ids))
     try:
@@ -177,7 +200,11 @@ def waiting(queue: str, ids: Sequence[str], op: Op[T]) -> Op[T]:
 
 def attempt_span(queue: str, job_id: str, attempt: int, trace: Any) -> Any:
     """Start the ``process <queue>`` span of one attempt (ended by :func:`end_attempt`):
-    a child of the job's ``send`` span, linked to its dependencies' spans."""
+    a child of the job's ``send`` span, linked to its dependencies' spans. None (no span)
+    for a job carrying no trace context while no tracer provider is set: that span would
+    record nothing and make nothing current (the worker's per-job path, kept ~free)."""
+    if not trace and not recording():
+        return None
     parent = None
     links = []
     if isinstance(trace, Mapping):

@@ -262,7 +262,10 @@ class SpanScope:
         self.spans = spans
 
     def before(self, job: JobBase) -> None:
-        scope = otel.current(self.spans.get(job._record.id))
+        span = self.spans.get(job._record.id)
+        if span is None:  # no span for this attempt (otel.attempt_span): nothing to do
+            return
+        scope = otel.current(span)
         scope.__enter__()
         job.__dict__["_otel_scope"] = scope
 

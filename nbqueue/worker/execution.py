@@ -84,9 +84,10 @@ class Execution:
         if len(self.running) < self.capacity and not self.stopping:
             self.running[record.id] = record
             if otel.ENABLED:  # (Execution._span, inlined: the per-job path)
-                self.spans[record.id] = otel.attempt_span(
-                    self.outbox.ops.name, record.id, record.attempts_made + 1,
-                    record.opts.trace)
+                span = otel.attempt_span(self.outbox.ops.name, record.id,
+                                         record.attempts_made + 1, record.opts.trace)
+                if span is not None:
+                    self.spans[record.id] = span
             self.runner.start(record)
         else:
             self.ready.append(record)
@@ -127,8 +128,10 @@ class Execution:
 
     def _span(self, record: JobRecord) -> None:
         """The attempt's span, in this process whatever the mode (nbqueue.otel)."""
-        self.spans[record.id] = otel.attempt_span(
+        span = otel.attempt_span(
             self.outbox.ops.name, record.id, record.attempts_made + 1, record.opts.trace)
+        if span is not None:
+            self.spans[record.id] = span
 
     def _end_span(self, record: JobRecord, error: str | None, error_type: str | None) -> None:
         span = self.spans.pop(record.id, None)
