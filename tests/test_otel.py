@@ -165,3 +165,46 @@ def test_nothing_is_imported_without_opentelemetry(redis_url: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_no_spans_per_job_without_a_tracer_provider(redis_url: str) -> None:
+    """With the API installed but no SDK provider set, a job carrying no trace context gets
+    no attempt span (the worker's per-job path stays free) and an add makes no send span;
+    a remote context the caller attached still reaches the job; a provider set later is
+    used at once."""
+    code = (
+        "from opentelemetry import trace, context, propagate\n"
+        "import nbqueue.otel as o\n"
+        "from nbqueue import Queue, Worker, connect\n"
+        "from nbqueue.worker import execution\n"
+        "assert o.ENABLED and not o.recording()\n"
+        "made = []\n"
+        "real = o.attempt_span\n"
+        "def spy(*a):\n"
+        "    made.append(real(*a)); return made[-1]\n"
+        "o.attempt_span = spy\n"
+        "q = Queue('otel_nosdk', connect())\n"
+        "j = q.add({'payload': 5})\n"
+        "assert j._record.opts.trace is None\n"
+        "with Worker(q.name, lambda job: job.data['payload'], connect()) as w:\n"
+        "    assert j.result(timeout=30) == 5\n"
+        "    assert w.engine.jobs.spans == {}\n"
+        "assert made == [None]\n"
+        "tp = '00-' + 'ab' * 16 + '-' + 'cd' * 8 + '-01'\n"
+        "token = context.attach(propagate.extract({'traceparent': tp}))\n"
+        "try:\n"
+        "    k = q.add({'payload': 6})\n"
+        "finally:\n"
+        "    context.detach(token)\n"
+        "assert q.get_job(k.id)._record.opts.trace['traceparent'] == tp\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "assert o.recording()\n"
+        "m = q.add({'payload': 7})\n"
+        "assert q.get_job(m.id)._record.opts.trace['traceparent']\n"
+        "print('ok')\n")
+    env = dict(os.environ, NBQUEUE_REDIS_URL=redis_url)
+    env.pop("OTEL_PYTHON_TRACER_PROVIDER", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
