@@ -49,6 +49,9 @@ except ImportError:  # pragma: no cover - exercised by tests/test_otel.py in a s
 _NO_SDK: tuple[type, ...] = () if _trace is None else (
     _trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
 
+#: a tracer provider named by the environment (loaded by the API on first use)
+_PROVIDER_FROM_ENV: bool = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
 #: whether nbqueue makes spans (opentelemetry-api importable, NBQUEUE_OTEL not "0")
 ENABLED: bool = _trace is not None and os.environ.get("NBQUEUE_OTEL", "1").strip().lower() \
     not in ("0", "false", "no", "off")
@@ -101,6 +104,11 @@ def recording() -> bool:
     and its no-op provider make non-recording spans only: nbqueue then skips its spans
     where that changes nothing (no trace context to pass on), so tracing costs ~nothing
     per job without an SDK. Checked per call: a provider set later is used at once."""
+    # The API's global, when this version has it (else the public call decides): None = no
+    # provider set in code; get_tracer_provider() would then look at os.environ (a KeyError
+    # raised and caught per call when the variable is unset), read once at import here.
+    if getattr(_trace, "_TRACER_PROVIDER", _trace) is None and not _PROVIDER_FROM_ENV:
+        return False
     return not isinstance(_trace.get_tracer_provider(), _NO_SDK)
 
 
