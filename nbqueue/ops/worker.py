@@ -131,9 +131,10 @@ class WorkerOps(OpsBase):
         return list(back), list(failed)
 
     # -- a worker's own lists: its wake key, its cancel list --------------------------------
-    def wake(self, wake_key: str) -> Op[None]:
-        """End a parked worker's BLPOP at once (its own wake key): it is stopping."""
-        yield Call.cmd("RPUSH", wake_key, "stop")
+    def leave(self, token: str, lock_ms: int, blocked: bool) -> Op[Fetched]:
+        """A stopping worker leaves the idle registry, takes the jobs handed to it, and
+        (``blocked``) ends its own pending BLPOP: one call that works on a full Redis."""
+        return parse_fetch_safe((yield self.call("leave", token, lock_ms, int(blocked))))
 
     def clear_wake(self, wake_key: str) -> Op[None]:
         yield Call.cmd("DEL", wake_key)

@@ -105,8 +105,11 @@ class Fetcher:
     async def block_and_accept(self, secs: float, want: int) -> None:
         """Wait for work (pipelined BLPOP + fetch) and start what it brings at once: taking
         the jobs here, in the task that read the reply, saves the main loop's wake-up."""
-        self.parked = False  # this call's fetch registers us, or not, afresh
         self.parks += 1
+        # Until the reply says otherwise, this call's fetch may have registered us: a call
+        # that fails or is cancelled leaves that unknown, and the next fetch (or the
+        # shutdown's leave) must unpark.
+        self.parked = True
         fetched, parked = await self._run(self.ops.block_and_fetch(
             self.wake_key, secs, want, self.token, self.lock_ms))
         self.parked = parked
@@ -146,11 +149,12 @@ class Fetcher:
                         "connection: %s", self.token, len(back), ", ".join(back))
 
     async def interrupt(self, block: asyncio.Task[None]) -> None:
-        """End a pending block-and-fetch at once (stop): wake our own BLPOP, keep its jobs
-        (they are ready, not started: the loop is stopping; leftovers are handed back)."""
+        """End a pending block-and-fetch at once (stop): leave the idle registry and wake
+        our own BLPOP in one call (leave.lua), keep the jobs either brings (they are ready,
+        not started: the loop is stopping; leftovers are handed back)."""
         if not block.done():
             try:
-                await self.run(self.ops.wake(self.wake_key))
+                await self._leave(blocked=True)
                 await asyncio.wait_for(asyncio.shield(block), MAX_BLOCK_S + 5)
             except Exception:
                 block.cancel()  # jobs it may have locked are recovered by the stalled sweep
@@ -169,10 +173,12 @@ class Fetcher:
         if not self.parked:
             return
         try:
-            fetched = await self.run(self.ops.fetch(0, self.token, self.lock_ms,
-                                                                  True))
-            self.parked = False
-            self.jobs.ready.extend(fetched.jobs)
+            await self._leave(blocked=False)
         except Exception as exc:
             log.warning("worker %s could not leave the idle registry (%s); it expires by "
                         "itself", self.token, exc)
+
+    async def _leave(self, blocked: bool) -> None:
+        fetched = await self.run(self.ops.leave(self.token, self.lock_ms, blocked))
+        self.jobs.ready.extend(fetched.jobs)
+        self.parked = False

@@ -410,6 +410,19 @@ def case_reclaim(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     assert r.zscore(BASE + "active", b.id) is not None
 
 
+def case_leave(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
+    for key in ("idle", "h:w1", "wake:w1"):
+        with wrong_type(r, BASE + key):
+            assert _attempt(lambda: _run(q, q._ops.leave("w1", 30000, True))) is not None \
+                or key != "wake:w1"
+    r.zadd(BASE + "idle", {"w1|30000": time.time() * 1000 + 5000})
+    r.rpush(BASE + "h:w1", "0", "not json")
+    assert _run(q, q._ops.leave("w1", 30000, False)).jobs == []  # nothing real handed
+    assert not r.exists(BASE + "idle", BASE + "h:w1")
+    assert r.lrange(BASE + "wake:w1", 0, -1) == ["stop", "stop"]  # (cases 1-2 pushed)
+    r.delete(BASE + "wake:w1")
+
+
 CASES: dict[str, Callable[[Queue, redis.Redis, dict[str, Any]], None]] = {
     name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 

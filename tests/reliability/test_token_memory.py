@@ -119,3 +119,23 @@ def test_failures_on_a_full_redis_follow_the_rule(caplog: pytest.LogCaptureFixtu
             assert wait_until(lambda: job.get_state() == "failed", 30)
             assert wait_until(lambda: r.zcard("nbq:{dead_letter}:wait") == before + 1, 10)
         assert "_deep" in (r.hget("nbq:{full}:job:" + job.id, "st") or "")
+
+
+def test_a_worker_stopped_on_a_full_redis_leaves_the_idle_registry() -> None:
+    """A parked worker stopped while Redis is full must leave the idle registry: its wake-up
+    push is refused there, and before, the worker then forgot it was registered, so the next
+    add handed its job to the stopped worker (active, locked, run only after lock expiry and
+    the stalled sweep: 30 s)."""
+    with RedisProcess(args=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]) as p:
+        r = p.client()
+        conn = connect(p.url)
+        q = Queue("parked", conn)
+        _fill(Queue("filler", conn))
+        with Worker("parked", lambda job: None, conn):
+            assert wait_until(lambda: r.zcard("nbq:{parked}:idle") == 1, 10)
+        assert r.zrange("nbq:{parked}:idle", 0, -1) == []
+        r.config_set("maxmemory", "0")
+        job = q.add({"n": 1})
+        assert job.get_state() == "waiting"  # not handed to the stopped worker
+        with Worker("parked", lambda job: "ok", conn):
+            assert job.result(timeout=20) == "ok"
