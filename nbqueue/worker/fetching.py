@@ -105,13 +105,16 @@ class Fetcher:
     async def block_and_accept(self, secs: float, want: int) -> None:
         """Wait for work (pipelined BLPOP + fetch) and start what it brings at once: taking
         the jobs here, in the task that read the reply, saves the main loop's wake-up."""
+        self.parked = False  # this call's fetch registers us, or not, afresh
         self.parks += 1
-        # Until the reply says otherwise, this call's fetch may have registered us: a call
-        # that fails or is cancelled leaves that unknown, and the next fetch (or the
-        # shutdown's leave) must unpark.
-        self.parked = True
-        fetched, parked = await self._run(self.ops.block_and_fetch(
-            self.wake_key, secs, want, self.token, self.lock_ms))
+        try:
+            fetched, parked = await self._run(self.ops.block_and_fetch(
+                self.wake_key, secs, want, self.token, self.lock_ms))
+        except BaseException:
+            # failed or cancelled: its fetch may have registered us, so the next fetch (or
+            # the shutdown's leave) must unpark
+            self.parked = True
+            raise
         self.parked = parked
         await self.accept(fetched, want)
         if self.jobs.running:
