@@ -20,6 +20,8 @@ from nbqueue import (
     Worker,
 )
 
+from nbqueue.worker.prefetch import AUTO_CAP_PER_SLOT
+
 from .helpers import state_sets, wait_until
 
 
@@ -376,3 +378,32 @@ def test_seed_basic_queue_usage(conn):
     assert status.state == "completed" and status.returnvalue["success"] is True
     worker.stop()
     assert queue.get_metrics().completed == 1
+
+
+# -- prefetch="auto" (nbqueue/worker/prefetch.py) --------------------------------------------
+def _max_active_while(q, r, until):
+    """The most jobs seen active (locked by the worker) until ``until()``."""
+    most = 0
+    deadline = time.monotonic() + 60
+    while not until() and time.monotonic() < deadline:
+        most = max(most, r.zcard(f"nbq:{{{q.name}}}:active"))
+        time.sleep(0.005)
+    return most
+
+
+def test_auto_prefetch_holds_short_jobs_not_long_ones(conn, r):
+    long_q = Queue("long", conn)
+    long_q.add_bulk([{"i": i} for i in range(8)])
+    with Worker("long", lambda job: time.sleep(0.15), conn, concurrency=2):
+        # 150 ms bodies, a backlog: a round trip is far shorter, so nothing is held back
+        # from other workers (before "auto": the same, prefetch was 0)
+        most = _max_active_while(long_q, r, lambda: long_q.get_metrics().completed == 8)
+    assert most == 2, most
+    short_q = Queue("short", conn)
+    short_q.add_bulk([{"i": i} for i in range(3000)])
+    with Worker("short", lambda job: None, conn, concurrency=2) as w:
+        most = _max_active_while(short_q, r, lambda: short_q.get_metrics().waiting == 0)
+        assert w.engine is not None
+    assert most > 2, most  # no-op bodies on a deep queue: extra jobs held, locked
+    assert short_q.get_metrics().completed + short_q.get_metrics().active <= 3000
+    assert w.engine.jobs.prefetch.value <= 2 * AUTO_CAP_PER_SLOT

@@ -40,6 +40,7 @@ from .body import JobBody, JobHook, SpanScope
 from .execution import Execution
 from .fetching import Fetcher
 from .outbox import Outbox
+from .prefetch import PrefetchArg
 from .process import ProcessRunner
 from .runners import AsyncRunner, JobFactory, Runner, ThreadRunner
 from .upkeep import HEARTBEAT_MS, Upkeep
@@ -69,7 +70,7 @@ class Engine:
                  prefix: str = DEFAULT_PREFIX, concurrency: int = 1,
                  lock_duration: int = 30_000, stalled_interval: int = 30_000,
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
-                 dead_letter: bool = True, grace: float = 30.0, prefetch: int = 0,
+                 dead_letter: bool = True, grace: float = 30.0, prefetch: PrefetchArg = "auto",
                  worker_name: str | None = None,
                  job_factory: JobFactory | None = None, mode: str = "thread",
                  heartbeat_interval: int = HEARTBEAT_MS,
@@ -82,7 +83,6 @@ class Engine:
         self.concurrency = concurrency
         self.lock_ms = lock_duration
         self.grace = grace
-        self.prefetch = prefetch
         self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ops = QueueOps(queue_name, prefix=prefix)
         # process mode: this engine runs no job body; ``concurrency`` children do (process.py)
@@ -97,7 +97,8 @@ class Engine:
         self.jobs = Execution(self._runner(processor, concurrency, job_factory,
                                            backoff_strategy, hooks, process_payload),
                               concurrency, outbox=self.outbox,
-                              backoff_strategy=backoff_strategy, spans=spans)
+                              backoff_strategy=backoff_strategy, spans=spans,
+                              prefetch=prefetch)
         self.fetcher = Fetcher(self.ops, self.token, self.lock_ms, self.jobs, self.outbox)
         self.upkeep = Upkeep(self.ops, self.token, lock_ms=self.lock_ms,
                              stalled_ms=stalled_interval, max_stalled=max_stalled_count,
@@ -179,7 +180,7 @@ class Engine:
         jobs = self.jobs
         if jobs.stopping:
             return 0
-        return jobs.capacity + self.prefetch - len(jobs.running) - len(jobs.ready)
+        return jobs.capacity + jobs.prefetch.value - len(jobs.running) - len(jobs.ready)
 
     async def _main(self) -> None:
         assert self._wake is not None

@@ -22,6 +22,7 @@ from ..backoff import BackoffStrategy
 from ..records import JobRecord, Outcome, OutcomeKind
 from .body import cancelled_outcome, timeout_outcome
 from .outbox import Outbox
+from .prefetch import Prefetch, PrefetchArg
 from .runners import Runner
 
 log = logging.getLogger("nbqueue.worker")
@@ -41,7 +42,8 @@ class Execution:
 
     def __init__(self, runner: Runner, concurrency: int, *, outbox: Outbox,
                  backoff_strategy: BackoffStrategy | None = None,
-                 spans: dict[str, Any] | None = None) -> None:
+                 spans: dict[str, Any] | None = None,
+                 prefetch: PrefetchArg = 0) -> None:
         self.runner = runner
         self.concurrency = concurrency
         # the runner takes this many at once: a process-mode child also holds its next job
@@ -54,6 +56,7 @@ class Execution:
         # Prefetched jobs (locked for us, not started yet): a slot that frees up starts the
         # next one at once instead of waiting for the finish/fetch round trip.
         self.ready: collections.deque[JobRecord] = collections.deque()
+        self.prefetch = Prefetch(prefetch, concurrency)  # how many to hold in ``ready``
         self.deadlines: dict[str, float] = {}  # jobs with a timeout the runner cannot stop
         self.stopping = False  # set by Engine.request_stop: start nothing new
         self.processed = 0
@@ -105,6 +108,7 @@ class Execution:
         elif outcome.terminal_failure:
             self.failed += 1
         self.outbox.book(outcome, duration)
+        self.prefetch.job_done(duration)
         if self.spans:
             span = self.spans.pop(record.id, None)
             if span is not None:

@@ -54,17 +54,21 @@ class Fetcher:
     # -- the round trips -------------------------------------------------------------------
     async def fetch(self, want: int) -> Fetched:
         unpark, parks = self.parked, self.parks
+        t0 = time.monotonic()
         fetched = await self._run(self.ops.fetch(want, self.token, self.lock_ms, unpark))
         self._unparked(unpark, parks)
+        self.jobs.prefetch.fetched(want, len(fetched.jobs), time.monotonic() - t0)
         return fetched
 
     async def finish(self, done: Sequence[Outcome], stats: Mapping[str, float],
                      want: int) -> tuple[list[bool], Fetched]:
         """Send finished jobs (and counters) and fetch up to ``want`` new ones: one call."""
         unpark, parks = self.parked, self.parks
+        t0 = time.monotonic()
         oks, fetched = await self._run(self.ops.finish(
             done, stats, want, self.token, self.lock_ms, unpark), [o.job.id for o in done])
         self._unparked(unpark, parks)
+        self.jobs.prefetch.fetched(want, len(fetched.jobs), time.monotonic() - t0)
         return oks, fetched
 
     def _unparked(self, unpark: bool, parks: int) -> None:

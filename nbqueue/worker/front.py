@@ -20,6 +20,7 @@ from ..processor import Processor
 from . import process
 from .body import JobHook, check_hooks
 from .engine import Engine
+from .prefetch import PrefetchArg, check_prefetch
 from .upkeep import HEARTBEAT_MS
 
 log = logging.getLogger("nbqueue.worker")
@@ -40,7 +41,7 @@ class WorkerBase:
                  max_stalled_count: int = 1, backoff_strategy: BackoffStrategy | None = None,
                  dead_letter: bool = True, grace: float = 30.0, processes: int | None = None,
                  name: str | None = None, allow_code: bool = False,
-                 secret: str | bytes | None = None, prefetch: int = 0,
+                 secret: str | bytes | None = None, prefetch: PrefetchArg = "auto",
                  heartbeat_interval: Any = HEARTBEAT_MS,
                  hooks: Sequence[JobHook] | None = None) -> None:
         queue_name = validate_queue_name(queue_name)
@@ -76,7 +77,7 @@ class WorkerBase:
             prefix=prefix, lock_duration=to_ms(lock_duration, "lock_duration", allow_zero=False),
             stalled_interval=to_ms(stalled_interval, "stalled_interval", allow_zero=False),
             max_stalled_count=max_stalled_count, backoff_strategy=backoff_strategy,
-            dead_letter=dead_letter, grace=grace, prefetch=prefetch, mode=mode,
+            dead_letter=dead_letter, grace=grace, prefetch=check_prefetch(prefetch), mode=mode,
             heartbeat_interval=to_ms(heartbeat_interval, "heartbeat_interval",
                                      allow_zero=False))
         # per-job hooks (``body.JobHook``): before(job) / after(job, outcome), every mode
@@ -208,11 +209,13 @@ class Worker(WorkerBase):
     3 intervals after its last heartbeat, a stopped one at once. In process mode the
     parent (which runs the engine) is the registered worker; its children only run bodies.
 
-    ``prefetch`` (default 0) lets the worker hold that many extra jobs locked and ready, so
-    a slot that frees up starts the next job without a round trip; it trades strict
-    priority (a new CRITICAL job waits behind the prefetched ones) for throughput. In
-    process mode each child also holds its next job while it runs one (same trade, one job
-    per child: see ``nbqueue.worker.process``).
+    ``prefetch``: extra jobs held locked and ready, so a slot that frees up starts the next
+    job without a round trip; it trades strict priority (a new CRITICAL job waits behind
+    the held ones) for throughput. ``"auto"`` (default) holds just enough short jobs to
+    hide the fetch round trip (none for jobs longer than a round trip, none when the queue
+    runs dry: ``nbqueue.worker.prefetch``); an int holds that many; 0 holds none. In process
+    mode each child also holds its next job while it runs one (same trade, one job per
+    child: see ``nbqueue.worker.process``).
 
     ``hooks``: per-job hooks, objects with ``before(job)`` and ``after(job, outcome)``
     called around every attempt in the job's own context, in every mode (see
