@@ -19,7 +19,6 @@ from nbqueue import (
     UnrecoverableError,
     Worker,
 )
-
 from nbqueue.worker.prefetch import AUTO_CAP_PER_SLOT
 
 from .helpers import state_sets, wait_until
