@@ -126,20 +126,26 @@ def map_items(items: Any, chunksize: int | str | None = None,
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
         raise TypeError("Queue.map takes a DataFrame or an iterable of data dicts, not "
                         f"{type(items).__name__} (one job: Queue.add)")
-    datas = list(items)
-    for i, d in enumerate(datas):
-        if not isinstance(d, Mapping):
-            raise TypeError(f"Queue.map: item {i} is a {type(d).__name__}, not a data dict "
-                            "(e.g. {'type': 'score', 'payload': {...}})")
+    # plain dicts as they are (the exact-type test first: an ABC isinstance costs ~1 µs an
+    # item, and a copy per item was a third of a 20,000-item map's encoding time)
+    datas = [d if type(d) is dict else _data_dict(i, d) for i, d in enumerate(items)]
     size = auto_chunksize(datas, slots) if isinstance(checked, str) else checked
     if size is None:
         if job_type is None:
-            return [d if isinstance(d, dict) else dict(d) for d in datas]
+            return datas
         return [d if "type" in d else {**d, "type": job_type} for d in datas]
     return [{"type": job_type or "chunk",
              "payload": {"chunk": k, "start": i, "stop": min(i + size, len(datas)),
-                         "items": [dict(d) for d in datas[i:i + size]]}}
+                         "items": datas[i:i + size]}}
             for k, i in enumerate(range(0, len(datas), size))]
+
+
+def _data_dict(i: int, d: Any) -> dict[str, Any]:
+    """Item ``i`` of a map that is not a plain dict: a copy if it is a Mapping."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"Queue.map: item {i} is a {type(d).__name__}, not a data dict "
+                        "(e.g. {'type': 'score', 'payload': {...}})")
+    return dict(d)
 
 
 # -- following the jobs ---------------------------------------------------------------------
