@@ -14,7 +14,7 @@
 -- Returns {id, 1 if a job with this id existed already (nothing written), seq}.
 -- @include common
 -- @include ids
-local K_WCHILD = BASE .. 'waiting-children'
+-- @include flows
 local id = ARGV[4]
 local n = (#ARGV - 11) / 2
 if n < 1 or n ~= math.floor(n) then
@@ -42,13 +42,7 @@ if tonumber(ARGV[9]) > 0 then fields[#fields + 1] = 'delay'; fields[#fields + 1]
 redis.call('HSET', key, unpack(fields))
 local dkey = BASE .. 'deps:' .. id
 if ARGV[4] == '' then redis.call('DEL', dkey) end  -- a fresh id: no leftover can be there
-for i = 12, #ARGV, 1000 do
-  local part = {}
-  for j = i, math.min(i + 999, #ARGV), 2 do
-    part[#part + 1] = ARGV[j]; part[#part + 1] = 'p' .. ARGV[j + 1]
-  end
-  redis.call('HSET', dkey, unpack(part))
-end
+write_deps(dkey, ARGV, 12)
 redis.call('ZADD', K_WCHILD, fmt(NOW + tonumber(ARGV[11])), id)
 emit('added', {id})
 emit('waiting-children', {id})

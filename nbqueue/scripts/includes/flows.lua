@@ -48,17 +48,24 @@ local function rearm_plan(id, dl)
   return flat
 end
 
--- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry).
-local function rearm(id, flat)
-  local dkey = BASE .. 'deps:' .. id
-  redis.call('DEL', dkey)
-  for i = 1, #flat, 1000 do
+-- HASH `dkey` (deps:<id>) from a flat dependency list ("<queue> <id>", seq, ...) read from
+-- index `first` on: every dependency pending ("p" .. seq). One HSET per 500 dependencies
+-- (Lua's unpack has a stack limit). Written by add_dependent and by rearm below.
+local function write_deps(dkey, flat, first)
+  for i = first, #flat, 1000 do
     local part = {}
     for j = i, math.min(i + 999, #flat), 2 do
       part[#part + 1] = flat[j]; part[#part + 1] = 'p' .. flat[j + 1]
     end
     redis.call('HSET', dkey, unpack(part))
   end
+end
+
+-- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry).
+local function rearm(id, flat)
+  local dkey = BASE .. 'deps:' .. id
+  redis.call('DEL', dkey)
+  write_deps(dkey, flat, 1)
   redis.call('HSET', JOB .. id, 'state', 'waiting-children', 'dpend', fmt(#flat / 2),
     'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '', 'cx', '')
   redis.call('HDEL', JOB .. id, 'dres')
