@@ -213,3 +213,27 @@ def test_aio_batch_retry_failed_re_arms(conn) -> None:
 
 def _single(call: Any) -> Any:
     return (yield call)
+
+
+def test_a_fan_in_of_1200_dependencies_is_armed_and_re_armed_whole(conn, r) -> None:
+    """More dependencies than one HSET of the deps hash takes (500): both writers of it
+    (add_dependent.lua and the retry re-arm, includes/flows.lua write_deps) write them all."""
+    q = Queue("fi_wide", conn)
+    chunks = q.add_bulk([{"type": "chunk", "payload": i} for i in range(1200)],
+                        remove_on_complete=False)  # (the default keeps 1,000)
+    total = q.add({"type": "sum"}, depends_on=list(chunks))
+    deps = f"nbq:{{fi_wide}}:deps:{total.id}"
+    assert r.hlen(deps) == 1200 and r.hget(f"nbq:{{fi_wide}}:job:{total.id}", "dpend") == "1200"
+    proc_fast = Chunks(broken={1100}, scale=1)
+    with Worker(q.name, lambda job: proc_fast(job) if job.name == "sum" or
+                job.payload == 1100 else job.payload, conn, concurrency=4):
+        with pytest.raises(JobFailedError):
+            total.result(timeout=60)
+        chunks.wait(timeout=60, progress=False)
+        assert total.retry()  # re-armed: every dependency pending again, then re-checked
+        with pytest.raises(JobFailedError):  # chunk 1100 is still failed: fails again
+            total.result(timeout=60)
+        proc_fast.broken.clear()
+        assert chunks[1100].retry()
+        # all 1200 results: a re-arm that wrote 500 pending entries would never complete
+        assert total.result(timeout=60) == {"n": 1200, "total": sum(range(1200))}
