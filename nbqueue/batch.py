@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from . import follow, otel
+from .arrowcodec import materialize
 from .display import Progress
 from .errors import IncompleteResultsWarning, InvalidOptionError, ResultTimeoutError
 from .follow import READ_CHUNK, Key, Tracker, read_ends
@@ -247,7 +248,9 @@ class JobBatchBase(list[J], Generic[J]):
         return [tracker.ends.get(k) or read[k] for k in keys]
 
     def _results(self, timeout: float | None = None, return_exceptions: bool = False,
-                 progress: bool | str | None = False) -> Op[list[Any]]:
+                 progress: bool | str | None = False, frames: bool = False) -> Op[list[Any]]:
+        """The values (``frames``: DataFrames left as ``arrowcodec.FrameTable``, for
+        ``results_frame`` to join)."""
         yield from self._wait(timeout, progress)
         outs = yield from self._ends()
         if not return_exceptions:
@@ -259,7 +262,9 @@ class JobBatchBase(list[J], Generic[J]):
                            "complete; results(return_exceptions=True) returns the others, "
                            "failed() lists the failed jobs")
                 raise err
-        return [o.error if o.error is not None else o.value for o in outs]
+        if frames:
+            return [o.error if o.error is not None else o.value for o in outs]
+        return [o.error if o.error is not None else materialize(o.value) for o in outs]
 
     def _failed(self) -> Op[list[J]]:
         """The jobs that ended failed (as they are now), in input order."""
@@ -442,9 +447,11 @@ class JobBatch(JobBatchBase[Job]):
         raises its ``JobFailedError`` (``JobNotFoundError`` for a job gone);
         ``"ignore"``: silent."""
         from .frames import check_errors, results_frame  # (pandas: only for a frame)
+        from .kernel import cooperative
 
         check_errors(errors)
-        values = self.results(timeout, return_exceptions=True)
+        values = (list(self._run(cooperative(self._results(timeout, True, frames=True))))
+                  if self else [])
         return results_frame(values, self, errors)
 
     def failed(self) -> list[Job]:
@@ -509,7 +516,8 @@ class AsyncJobBatch(JobBatchBase[AsyncJob]):
         from .frames import check_errors, results_frame  # (pandas: only for a frame)
 
         check_errors(errors)
-        values = await self.results(timeout, return_exceptions=True)
+        values = (list(await self._run(self._results(timeout, True, frames=True)))
+                  if self else [])
         return results_frame(values, self, errors)
 
     async def failed(self) -> list[AsyncJob]:

@@ -306,11 +306,13 @@ def _load_calls(keys: QueueKeys, items: Sequence[tuple[str, ArtifactRef]]
 
 
 def resolve_many(keys: QueueKeys, items: Sequence[tuple[str, Any]],
-                 return_exceptions: bool = False) -> Op[list[Any]]:
+                 return_exceptions: bool = False, defer: bool = False) -> Op[list[Any]]:
     """The values of (job id, stored value) pairs: references read (one round trip for the
     Redis store), checked against their hash and decoded; other values as they are. An
     artifact that is missing or changed raises ``ArtifactError`` (``return_exceptions``:
-    the error takes the value's place)."""
+    the error takes the value's place). ``defer``: DataFrames stay
+    ``arrowcodec.FrameTable`` (a batch joins them before converting)."""
+    decode = arrowcodec.decode_deferred if defer else arrowcodec.decode
     refs = [(i, job_id, ref) for i, (job_id, v) in enumerate(items)
             if (ref := ArtifactRef.parse(v)) is not None]
     out = [v for _, v in items]
@@ -324,8 +326,7 @@ def resolve_many(keys: QueueKeys, items: Sequence[tuple[str, Any]],
                 data = next(blobs)
             else:
                 data = yield Offload(functools.partial(read_url, ref.url))
-            out[i] = arrowcodec.decode(check_bytes(data, ref, f"job {job_id} of queue "
-                                                              f"{keys.name!r}"))
+            out[i] = decode(check_bytes(data, ref, f"job {job_id} of queue {keys.name!r}"))
         except ArtifactError as exc:
             if not return_exceptions:
                 raise

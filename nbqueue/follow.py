@@ -98,12 +98,14 @@ Key = tuple[str, str]  # (queue name, job id)
 
 def read_ends(queues: Mapping[str, QueueOps], keys: Sequence[Key]) -> Op[list[JobEnd]]:
     """How each (queue, job id) ended, or that it has not: ``QueueOps.outcomes`` of every
-    queue involved, in one round trip; in the order of ``keys``."""
+    queue involved, in one round trip; in the order of ``keys``. For ``JobBatch``: frame
+    results stay ``arrowcodec.FrameTable`` (``JobBatch.results`` converts them,
+    ``results_frame`` joins them first)."""
     by_queue: dict[str, list[str]] = {}
     for name, job_id in keys:
         by_queue.setdefault(name, []).append(job_id)
     names = list(by_queue)
-    found = yield from together([queues[n].outcomes(by_queue[n]) for n in names])
+    found = yield from together([queues[n].outcomes(by_queue[n], True) for n in names])
     ends = {(n, i): e for n, part in zip(names, found) for i, e in zip(by_queue[n], part)}
     return [ends[k] for k in keys]
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arrowcodec import FrameTable, concat_frames, materialize
 from .dataplane import chunk_ref, load_chunk, user_stacklevel
 from .display import progress_percent
 from .errors import (
@@ -330,8 +331,15 @@ def _incomplete(values: Sequence[Any], jobs: Sequence[JobBase], errors: str,
 
 def results_frame(values: Sequence[Any], jobs: Sequence[JobBase],
                   errors: str = "warn") -> pd.DataFrame:
-    """``JobBatch.results_frame``: see there."""
+    """``JobBatch.results_frame``: see there. ``values`` may hold
+    ``arrowcodec.FrameTable``s: all frames are joined as Arrow (``concat_frames``)."""
     ok = [v for v in values if not isinstance(v, BaseException)]
+    if ok and all(type(v) is FrameTable for v in ok):
+        _incomplete(values, jobs, check_errors(errors), True)
+        return concat_frames(ok)
+    if any(type(v) is FrameTable for v in ok):
+        values = [materialize(v) for v in values]
+        ok = [v for v in values if not isinstance(v, BaseException)]
     frames = bool(ok) and all(isinstance(v, pd.DataFrame) for v in ok)
     series = bool(ok) and all(isinstance(v, pd.Series) for v in ok)
     records = bool(ok) and all(isinstance(v, list) and all(isinstance(x, dict) for x in v)

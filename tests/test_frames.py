@@ -222,3 +222,41 @@ def test_results_frame_errors_warn_raise_ignore(conn) -> None:
     fresh = nbqueue.JobBatch(list(batch))
     with pytest.warns(IncompleteResultsWarning, match=rf"job {batch[3].id} is gone"):
         assert len(fresh.results_frame()) == 20
+
+
+def _frames_cases() -> dict[str, list[pd.DataFrame]]:
+    df = pd.DataFrame({"a": range(10), "s": list("abcdefghij"),
+                       "t": pd.date_range("2024-01-01", periods=10, tz="Europe/Paris"),
+                       "n": pd.array([1, None] * 5, dtype="Int64")})
+    stepped = df.copy()
+    stepped.index = pd.RangeIndex(0, 20, 2, name="k")
+    cat = df.assign(c=pd.Categorical(list("xyxyxyxyxy")))
+    return {
+        "contiguous ranges": [df.iloc[:5], df.iloc[5:]],
+        "repeated ranges": [df.iloc[:5].reset_index(drop=True),
+                            df.iloc[5:].reset_index(drop=True)],
+        "named index column": [df.set_index("s").iloc[:5], df.set_index("s").iloc[5:]],
+        "stepped named range": [stepped.iloc[:5], stepped.iloc[5:]],
+        "one frame": [df],
+        "categorical (frame by frame)": [cat.iloc[:5], cat.iloc[5:]],
+        "types differ (frame by frame)": [df.iloc[:5], df.iloc[5:].astype({"a": "float64"})],
+        "columns differ (frame by frame)": [df.iloc[:5], df.iloc[5:][["s", "a", "t", "n"]]],
+    }
+
+
+@pytest.mark.parametrize("case", list(_frames_cases()))
+def test_frame_results_joined_as_arrow_equal_pd_concat(case: str) -> None:
+    """results_frame joins DataFrame results on the Arrow side and converts once
+    (arrowcodec.concat_frames): the frame equals pd.concat of the decoded frames, index
+    type included, and cases it cannot join exactly go frame by frame."""
+    from nbqueue import arrowcodec
+
+    frames = _frames_cases()[case]
+    tables = [arrowcodec.decode_deferred(arrowcodec.encode(f).data) for f in frames]
+    assert all(isinstance(t, arrowcodec.FrameTable) for t in tables)
+    got = arrowcodec.concat_frames(tables)
+    want = pd.concat(frames)
+    pd.testing.assert_frame_equal(got, want, check_index_type=True)
+    assert type(got.index) is type(want.index)
+    joined = arrowcodec._concat_tables([t.table for t in tables]) is not None
+    assert joined == ("frame by frame" not in case)

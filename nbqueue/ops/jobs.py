@@ -342,11 +342,12 @@ class JobOps(OpsBase):
             return last_id, []
         return entries[-1][0], parse_events(entries)
 
-    def outcomes(self, ids: Sequence[str]) -> Op[list[JobEnd]]:
+    def outcomes(self, ids: Sequence[str], defer: bool = False) -> Op[list[JobEnd]]:
         """How each job ended (completed: its value; failed or gone: the error
         ``result()`` raises) or that it has not yet: one pipelined round trip (and one
         more for the artifacts of frame/array results, read and hash-checked). What
-        ``wait_result`` and ``JobBatch`` read (several queues at once: ``protocol.together``)."""
+        ``wait_result`` and ``JobBatch`` read (several queues at once: ``protocol.together``).
+        ``defer``: DataFrame results stay ``arrowcodec.FrameTable`` (``JobBatch`` only)."""
         calls = [Call.cmd("HMGET", self.keys.job(i), *END_FIELDS) for i in ids]
         replies = [(yield calls[0])] if len(calls) == 1 else (yield Batch(calls))
         ends = [parse_job_end(self.name, i, r) for i, r in zip(ids, replies)]
@@ -355,7 +356,7 @@ class JobOps(OpsBase):
                 if e.state == "completed" and ArtifactRef.parse(e.value) is not None]
         if arts:
             values = yield from resolve_many(self.keys, [(ids[k], ends[k].value)
-                                                         for k in arts], True)
+                                                         for k in arts], True, defer)
             for k, v in zip(arts, values):
                 ends[k] = (JobEnd("failed", error=v) if isinstance(v, ArtifactError)
                            else JobEnd("completed", v))
