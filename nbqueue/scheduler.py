@@ -94,10 +94,37 @@ class Schedule:
         return nxt if self.end is None or nxt <= self.end else None
 
     def _cron_after(self, ms: int) -> int:
+        """The first match after ``ms``. The pattern is matched on the zone's wall clock, in
+        naive local time: croniter's own handling of aware times across a DST change
+        differs between its releases (2.0.7 put New York's 9 AM at 12:00 UTC the day the
+        clocks moved). A wall time the clocks skip runs when they jump; one they repeat
+        runs at its first occurrence."""
         assert self.pattern is not None
-        base = datetime.fromtimestamp(ms / 1000, ZoneInfo(self.tz))
-        nxt = croniter(self.pattern, base).get_next(datetime)
-        return round(nxt.timestamp() * 1000)
+        tz = ZoneInfo(self.tz)
+        local = datetime.fromtimestamp(ms / 1000, tz).replace(tzinfo=None)
+        matches = croniter(self.pattern, local)
+        while True:  # (past ms only in a repeated hour: a few steps)
+            at = _wall_ms(matches.get_next(datetime), tz)
+            if at > ms:
+                return at
+
+
+def _wall_ms(wall: datetime, tz: ZoneInfo) -> int:
+    """Epoch ms of the naive local time ``wall`` in ``tz``: its first occurrence, or for a
+    time the clocks skip (spring forward) the instant they jump past it."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    if first.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == wall:
+        return round(first.timestamp() * 1000)
+    # in a gap, fold=1 reads the wall time with the offset after the change (an instant
+    # before the jump), fold=0 with the one before (an instant after): search between
+    lo, hi = int(wall.replace(tzinfo=tz, fold=1).timestamp()), int(first.timestamp()) + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return hi * 1000
 
 
 def _epoch_ms(value: Any, what: str, tz: str) -> int | None:

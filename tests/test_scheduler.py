@@ -90,6 +90,13 @@ def test_cron_ticks_follow_time_zones_and_dst() -> None:
     t = berlin.first_tick(ms(datetime(2024, 3, 30, 12, tzinfo=timezone.utc)))
     local = datetime.fromtimestamp(t / 1000, ZoneInfo("Europe/Berlin"))  # type: ignore[operator]
     assert (local.day, local.hour, local.minute) == (31, 3, 0)
+    # New York repeats 01:00-02:00 on 2024-11-03: 01:30 runs once, at its first (EDT) pass.
+    early = make_schedule("30 1 * * *", tz="America/New_York")
+    t = early.first_tick(ms(datetime(2024, 11, 3, 4, tzinfo=timezone.utc)))
+    assert datetime.fromtimestamp(t / 1000, timezone.utc).hour == 5  # type: ignore[operator]
+    t2 = early.next_tick(t, t + 3_600_000)  # type: ignore[arg-type]  # during the 2nd pass
+    assert datetime.fromtimestamp(t2 / 1000, timezone.utc) == \
+        datetime(2024, 11, 4, 6, 30, tzinfo=timezone.utc)  # type: ignore[operator]
     # Without tz, patterns are UTC.
     assert make_schedule("0 9 * * *").tz == "UTC"
 
