@@ -5,7 +5,9 @@ after a fetch that got every job it asked for (the queue has more), the worker h
 ``floor(concurrency * round_trip / job_duration)`` extra jobs (moving averages), at most
 ``AUTO_CAP_PER_SLOT`` per slot. Jobs longer than a round trip get no prefetch at all, so
 a job that could start elsewhere is never held back behind a long one; a fetch that comes
-back short (the queue ran dry) and a start (no duration known yet) mean no prefetch. The
+back short (the queue ran dry, or a global concurrency or rate limit held it back: so the
+held jobs never keep another worker under a global limit for more than about one round
+trip) and a start (no duration known yet) mean no prefetch. The
 trade is that of any prefetch (a new higher-priority job waits behind the held ones), but
 bounded: the held jobs together take about one round trip to run.
 """
