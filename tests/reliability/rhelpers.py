@@ -45,6 +45,16 @@ def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
             pass
 
 
+def alive(pid: int) -> bool:
+    """A running (not zombie) process."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = next((ln for ln in status.splitlines() if ln.startswith("State:")), "")
+    return "Z" not in state and "X" not in state
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,25 +17,15 @@ import multiprocessing
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from rhelpers import check_states, wait_until
+from rhelpers import alive, check_states, wait_until
 
 from nbqueue import Queue, Worker, connect
 
 pytestmark = pytest.mark.reliability
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = next((ln for ln in status.splitlines() if ln.startswith("State:")), "")
-    return "Z" not in state and "X" not in state
 
 
 def _body(job: Any) -> Any:
@@ -119,7 +109,7 @@ def test_a_body_that_forks_and_exits_ends_its_job_and_its_grandchild(setup: Any)
     # old code: active 100 s+ (the grandchild held the pipe open)
     assert wait_until(lambda: job.get_state() == "failed", 20), job.get_state()
     grandchild = int(r.lpop(f"grandchild:{job.id}"))
-    assert wait_until(lambda: not _alive(grandchild), 10), "the grandchild outlived its job"
+    assert wait_until(lambda: not alive(grandchild), 10), "the grandchild outlived its job"
     assert "exit code 0" in r.hget(f"nbq:{{cd}}:job:{job.id}", "et")
     others = [_add(q, server.url, "ok") for _ in range(3)]
     assert [o.result(timeout=30) for o in others] == ["ok"] * 3
@@ -137,4 +127,4 @@ def test_what_a_body_leaves_running_dies_with_its_job(setup: Any) -> None:
     assert job.result(timeout=30) == "ok"
     left = [int(p) for p in r.lrange(f"left:{job.id}", 0, -1)]
     # old code: both still running (until the worker stopped, or for ever)
-    assert wait_until(lambda: not any(_alive(p) for p in left), 10), left
+    assert wait_until(lambda: not any(alive(p) for p in left), 10), left

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from rhelpers import REPO, check_states, kill_all, wait_until
+from rhelpers import REPO, alive, check_states, kill_all, wait_until
 
 from nbqueue import JobFailedError, JobState, Queue, Worker, connect
 from nbqueue.ops import QueueOps
 
 pytestmark = pytest.mark.reliability
-
-
-def _alive(pid: int) -> bool:
-    """A running (not zombie) process."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = next((ln for ln in status.splitlines() if ln.startswith("State:")), "")
-    return "Z" not in state and "X" not in state
 
 
 def _calibrate(seconds: float) -> int:
@@ -121,7 +111,7 @@ def test_timeout_kills_and_replaces_the_child_without_losing_other_jobs(fresh_se
             hog.result(timeout=60)
         assert err.value.error_type == "timeout"
         assert [j.result(timeout=60) for j in others] == [2 * i for i in range(6)]
-        assert wait_until(lambda: not _alive(hog_pid), 10)
+        assert wait_until(lambda: not alive(hog_pid), 10)
         # the replacement child takes work as before
         more = q.add_bulk([{"type": "q", "payload": {"url": url, "v": i}} for i in range(4)])
         assert [j.result(timeout=60) for j in more] == [0, 2, 4, 6]
@@ -145,7 +135,7 @@ def test_cancel_of_a_gil_holding_job_replaces_its_child(fresh_server) -> None:
         with pytest.raises(JobFailedError) as err:
             hog.result(timeout=60)
         assert err.value.error_type == "cancelled"
-        assert wait_until(lambda: not _alive(hog_pid), 10)
+        assert wait_until(lambda: not alive(hog_pid), 10)
         others = q.add_bulk([{"type": "q", "payload": {"url": url, "v": i}} for i in range(4)])
         assert [j.result(timeout=60) for j in others] == [0, 2, 4, 6]
     assert Queue("dead_letter", conn).get_metrics().total == 0
@@ -201,7 +191,7 @@ def test_sigterm_to_process_mode_cli_finishes_jobs_and_leaves_no_child(
     assert w.returncode == 0, log.read_text()
     assert [j.result(timeout=5) for j in jobs] == [3, 3]  # finished within the grace
     assert q.get_job_status(extra.id).state is JobState.WAITING  # no new work taken
-    assert wait_until(lambda: not any(_alive(p) for p in pids), 5), "a child outlived"
+    assert wait_until(lambda: not any(alive(p) for p in pids), 5), "a child outlived"
     assert check_states(r, "pterm") == []
 
 
@@ -223,7 +213,7 @@ def test_sigterm_hands_back_what_outlives_grace_and_kills_children(
     finally:
         kill_all([w])
     assert w.returncode == 0, log.read_text()
-    assert wait_until(lambda: not _alive(pid), 5), "the child outlived its parent"
+    assert wait_until(lambda: not alive(pid), 5), "the child outlived its parent"
     st = q.get_job_status(job.id)
     assert st.state is JobState.WAITING and st.attempts_made == 0  # handed back
     assert r.llen(f"done:{job.id}") == 0
@@ -246,4 +236,4 @@ def test_sigkilled_parent_leaves_no_child(fresh_server, tmp_path) -> None:
         w.wait(10)
     finally:
         kill_all([w])
-    assert wait_until(lambda: not _alive(pid), 10), "the child outlived its killed parent"
+    assert wait_until(lambda: not alive(pid), 10), "the child outlived its killed parent"
