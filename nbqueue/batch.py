@@ -262,9 +262,8 @@ class JobBatchBase(list[J], Generic[J]):
                            "complete; results(return_exceptions=True) returns the others, "
                            "failed() lists the failed jobs")
                 raise err
-        if frames:
-            return [o.error if o.error is not None else o.value for o in outs]
-        return [o.error if o.error is not None else materialize(o.value) for o in outs]
+        value = (lambda v: v) if frames else materialize
+        return [o.error if o.error is not None else value(o.value) for o in outs]
 
     def _failed(self) -> Op[list[J]]:
         """The jobs that ended failed (as they are now), in input order."""
