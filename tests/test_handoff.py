@@ -9,6 +9,7 @@ import redis
 
 from nbqueue import Queue, Worker
 from nbqueue.connection import Connection
+from nbqueue.protocol import run_sync
 
 from .helpers import wait_until
 
@@ -87,3 +88,40 @@ def test_bulk_and_delayed_adds_take_the_usual_path(conn: Connection, r: redis.Re
     assert [q.get_job_status(j.id).state.value for j in jobs] == ["waiting", "waiting"]
     assert q.get_job_status(later.id).state.value == "delayed"
     assert r.zcard(IDLE) == 1 and r.llen("nbq:{ho}:h:ghost-3") == 0
+
+
+def test_a_park_takes_a_job_handed_before_it_and_stays_unregistered(
+        conn: Connection, r: redis.Redis) -> None:
+    """An add took a registration of ours whose BLPOP had already returned, and handed us
+    its job; our next park (fetch + BLPOP, no unpark asked: we thought we were not
+    registered) must take that job and leave no registration behind. It used to register
+    again on top of it: a registration nobody blocked on, left there by a stop, so the next
+    add handed its job to the stopped worker (run 30 s later, after the lock expired)."""
+    q = Queue("ho", conn)
+    r.zadd(IDLE, {"w-1|30000": int(time.time() * 1000) + 60_000})
+    job = q.add({"type": "t"})  # handed to w-1: active, on its hand-off list
+    assert r.llen("nbq:{ho}:h:w-1") == 1 and r.zcard(IDLE) == 0
+    fetched, _ = run_sync(conn.sync(), q._ops.block_and_fetch(
+        "nbq:{ho}:wake:w-1", 0.5, 2, "w-1", 30_000))
+    assert [j.id for j in fetched.jobs] == [job.id]
+    assert r.zrange(IDLE, 0, -1) == []  # not registered: nothing to hand to a busy worker
+    assert r.llen("nbq:{ho}:h:w-1") == 0
+
+
+def test_back_to_back_round_trips_then_a_new_worker(conn: Connection, r: redis.Redis) -> None:
+    """``add().result()`` in a loop, stop the worker, start another (a notebook re-running
+    its worker cell): the stopped worker is not in the idle registry, and the next job runs
+    at once, not after the stopped worker's lock expires. Failed 8 runs in 10 before the
+    fix (the job waited for the 30 s lock)."""
+    q = Queue("ho", conn)
+    for _ in range(3):
+        worker = Worker("ho", lambda job: job.data["payload"] + 1, conn, concurrency=2)
+        with worker:
+            for i in range(50):
+                assert q.add({"type": "t", "payload": i}).result(timeout=10) == i + 1
+        assert worker.engine is not None
+        token = worker.engine.token
+        assert [m for m in r.zrange(IDLE, 0, -1) if m.startswith(token)] == []
+    with Worker("ho", lambda job: job.data["payload"] + 1, conn, concurrency=2,
+                lock_duration=60_000):
+        assert q.add({"type": "t", "payload": 1}).result(timeout=20) == 2

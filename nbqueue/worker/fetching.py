@@ -176,9 +176,9 @@ class Fetcher:
 
     async def leave(self) -> None:
         """At shutdown: leave the idle registry; a job handed to us meanwhile is kept ready
-        (and handed back with the rest)."""
-        if not self.parked:
-            return
+        (and handed back with the rest). Always, not only when ``parked`` says so: one
+        script call per stop, and a stopped worker that stayed registered would be handed
+        the next job (run only after its lock expired)."""
         try:
             await self._leave(blocked=False)
         except Exception as exc:
