@@ -12,6 +12,7 @@ ordinary path (:func:`lane` returns ``None``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -19,7 +20,9 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _pack: Any
 try:
@@ -101,6 +104,32 @@ def call_sync(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
         ln.idle.append(conn)
 
 
+async def _send_async(conn: Any, packed: list[bytes]) -> None:
+    """``conn.send_packed_command`` without its ``asyncio.wait_for`` (a task and a loop
+    pass per call, about a tenth of a worker's loop per job) around a drain that has nothing
+    to wait for while the socket's buffer is not full; when it is, the drain is waited for
+    under the connection's socket timeout, as redis-py does."""
+    if conn.health_check_interval:
+        await conn.check_health()  # a PING only when one is due (it may reconnect)
+    writer = getattr(conn, "_writer", None)
+    if writer is None or writer.transport.is_closing():
+        await conn.send_packed_command(packed, check_health=False)  # connects first
+        return
+    try:
+        writer.writelines(packed)
+        if writer.transport.get_write_buffer_size():
+            if conn.socket_timeout:
+                await asyncio.wait_for(writer.drain(), conn.socket_timeout)
+            else:
+                await writer.drain()
+    except asyncio.TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError("Timeout writing to socket") from None
+    except (OSError, RuntimeError) as exc:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+
+
 async def call_async(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """:func:`call_sync` for an asyncio client (cancellation closes the connection)."""
     packed = pack(commands)
@@ -109,7 +138,7 @@ async def call_async(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
     async def attempt() -> list[Any]:
         if ln.sentinel and not conn.is_connected:
             await conn.connect()  # asks the sentinels where the primary is now
-        await conn.send_packed_command(packed)
+        await _send_async(conn, packed)
         out: list[Any] = []
         for _ in commands:
             try:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import sys
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
@@ -310,12 +311,21 @@ def _step_sync(client: redis.Redis, step: Call | Batch) -> Any:
         else _batch_sync(client, step)
 
 
+async def within(coro: Coroutine[Any, Any, T], secs: float) -> T:
+    """``asyncio.wait_for`` without its extra task (and loop pass) per call on 3.11+: a
+    worker's every fetch, finish and park has a reply deadline."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(secs):
+            return await coro
+    return await asyncio.wait_for(coro, secs)  # pragma: no cover - Python 3.10
+
+
 async def _step_async(client: aredis.Redis, step: Call | Batch) -> Any:
     if step.reply_timeout is not None:
         # Cancelling the read closes its connection (direct lane and redis-py alike), so
         # nothing is read from a dead socket later; the step is not re-sent.
         try:
-            return await asyncio.wait_for(_step_async_once(client, step), step.reply_timeout)
+            return await within(_step_async_once(client, step), step.reply_timeout)
         except asyncio.TimeoutError:
             # The network to Redis dropped this connection; its pool's others are suspect
             # too (a call on one would hang for the socket timeout): all reconnect.

@@ -64,15 +64,29 @@ class WorkerOps(OpsBase):
         producer (add.lua), a marker (other new work), ``wake_key`` or the timeout. One
         pipeline; returns what was fetched or handed over, and whether the worker may still
         be registered as idle (then its next fetch or finish must unpark)."""
-        hkey = self.handoff_key(token)
         replies = yield Batch([
             self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
-            Call.cmd("BLPOP", hkey, self.keys.marker, wake_key, round(secs, 3))],
-            reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
+            self._blpop(wake_key, secs, token)], reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
         fetched = parse_fetch_safe(replies[0])
-        popped = replies[1]
-        if popped and popped[0] == hkey and popped[1] != "0":
-            # a job handed over: its fields as in a fetch reply (add.lua)
+        parked = self._handed(replies[1], token, fetched)
+        return fetched, parked
+
+    def block(self, wake_key: str, secs: float, token: str) -> Op[tuple[Fetched, bool]]:
+        """The BLPOP of a park whose registration a finish made (``finish(park_ms=)``): the
+        jobs handed over, and whether the worker may still be registered (as above)."""
+        popped = yield replace(self._blpop(wake_key, secs, token),
+                               reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
+        fetched = parse_fetch_safe([-1, 0])  # nothing yet
+        return fetched, self._handed(popped, token, fetched)
+
+    def _blpop(self, wake_key: str, secs: float, token: str) -> Call:
+        return Call.cmd("BLPOP", self.handoff_key(token), self.keys.marker, wake_key,
+                        round(secs, 3))
+
+    def _handed(self, popped: Any, token: str, fetched: Fetched) -> bool:
+        """Add to ``fetched`` the job a BLPOP popped from our hand-off list (its fields as in
+        a fetch reply, add.lua); True unless it was one: we may still be registered."""
+        if popped and popped[0] == self.handoff_key(token) and popped[1] != "0":
             try:
                 fields = json.loads(popped[1])
             except ValueError:
@@ -80,13 +94,15 @@ class WorkerOps(OpsBase):
             handed = parse_fetch_safe([-1, 0, *fields])
             fetched.jobs.extend(handed.jobs)
             fetched.corrupt.extend(handed.corrupt)
-            return fetched, False
-        return fetched, True
+            return False
+        return True
 
     def finish(self, outcomes: Sequence[Outcome], stats: Mapping[str, float], want: int,
-               token: str, lock_ms: int,
-               unpark: bool = False) -> Op[tuple[list[bool], Fetched]]:
-        args: list[Any] = [want, token, lock_ms, int(unpark), len(stats)]
+               token: str, lock_ms: int, unpark: bool = False,
+               park_ms: int = 0) -> Op[tuple[list[bool], Fetched]]:
+        """Record outcomes and counters, fetch up to ``want`` jobs; ``park_ms`` > 0: register
+        as idle if nothing came (the BLPOP of ``block`` follows: finish.lua)."""
+        args: list[Any] = [want, token, lock_ms, int(unpark), park_ms, len(stats)]
         for field, inc in stats.items():
             args += [field, inc]
         for o in outcomes:

@@ -2,7 +2,9 @@
 -- the worker's next jobs in the same call so a steady drain costs one round trip per batch.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 want, 5 worker token, 6 lock ms,
---   7 '1' = unpark (see fetch.lua), 8 n = number of stat pairs, then n x (field, increment),
+--   7 '1' = unpark (see fetch.lua), 8 park ms: > 0 when the worker's BLPOP follows (as in
+--   fetch.lua: a worker that expects to go idle parks with its finish, no fetch script of its
+--   own), 9 n = number of stat pairs, then n x (field, increment),
 --   then 10 per job: id, lock, kind, value, error type, retry delay ms, attempts made,
 --   keep count (-1 = all), keep age ms (0 = no age limit), traceback ('' = none).
 --   kind: c = completed, f = failed (no retry wanted), x = failed (attempts exhausted),
@@ -24,8 +26,8 @@
 -- @include fetch
 -- @include flows
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
-local nstats = tonumber(ARGV[8])
-local first_job = 9 + 2 * nstats
+local nstats = tonumber(ARGV[9])
+local first_job = 10 + 2 * nstats
 local MAX_TRACES = 10
 local RV_EVENT_MAX, RV_EVENT_BUDGET = 512, 8192
 local rv_parts, rv_left = {}, RV_EVENT_BUDGET
@@ -194,7 +196,7 @@ if #retry_now + #retry_later > 0 then
 end
 
 -- Worker counters, and the per-minute history (one small hash per minute, kept a day).
-for i = 9, 8 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
+for i = 10, 9 + 2 * nstats, 2 do redis.call('HINCRBYFLOAT', K_STATS, ARGV[i], ARGV[i + 1]) end
 if #done_ids + #failed_ids > 0 then
   local mkey = K_STATS .. ':m:' .. math.floor(NOW / 60000)
   local total = 0
@@ -204,6 +206,11 @@ if #done_ids + #failed_ids > 0 then
 end
 
 local fetched = fetch_jobs(tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
-if ARGV[7] == '1' then unpark(ARGV[5], ARGV[6], fetched) end
+local park_ms = tonumber(ARGV[8])
+if park_ms > 0 then
+  park(ARGV[5], ARGV[6], park_ms, fetched)  -- unparks first (includes/fetch.lua)
+elseif ARGV[7] == '1' then
+  unpark(ARGV[5], ARGV[6], fetched)
+end
 for i = 1, #fetched do statuses[#statuses + 1] = fetched[i] end
 return statuses

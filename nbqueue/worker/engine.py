@@ -16,6 +16,7 @@ Architecture: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from ..job import JobBase, ProgressSink
 from ..keys import DEAD_LETTER_QUEUE, DEFAULT_PREFIX
 from ..ops import QueueOps
 from ..processor import Processor, is_async
+from ..protocol import within
 from ..queue import AsyncQueue, Queue
 from ..reaper import process_identity
 from ..records import JobRecord
@@ -222,8 +224,16 @@ class Engine:
                 await asyncio.sleep(0 if self.is_async else COALESCE_S)
                 want = self._want()
             if outbox.pending or (want > 0 and not fetcher.idle):
+                park_secs = 0.0
+                if block is None and want > 0 and fetcher.idle and outbox.done \
+                        and not jobs.stopping and fetcher.limit_until <= time.monotonic():
+                    # the queue was dry: park with this finish (its BLPOP sent alongside),
+                    # so a job added right after it is handed to us, not queued and fetched
+                    park_secs = self._park_secs()
+                    if park_secs > 0:
+                        block = self._block(park_secs, want, fetch=False)
                 try:
-                    await self._flush(want)
+                    await self._flush(want, park_secs=park_secs)
                     failures = 0
                 except _REDIS_ERRORS as exc:
                     failures += 1
@@ -251,13 +261,11 @@ class Engine:
                         except _REDIS_ERRORS:
                             pass  # kept; sent with a later flush
                     if block is None:
-                        secs = fetcher.block_secs()
-                        if outbox.stats:  # ... and wake up for them when they are due
-                            secs = min(secs, outbox.stats_due_in())
-                        if secs <= 0.001:
+                        secs = self._park_secs()
+                        if not secs:
                             fetcher.idle = False
                             continue
-                        block = asyncio.ensure_future(fetcher.block_and_accept(secs, want))
+                        block = self._block(secs, want)
                     wait_block = True
             elif stop_deadline is not None:
                 timeout = max(0.0, stop_deadline - now)
@@ -265,8 +273,14 @@ class Engine:
             if first is not None:
                 first = max(0.0, first - now)
                 timeout = first if timeout is None else min(timeout, first)
-            if not wait_block and timeout is None and not self.is_async:
-                await wake.wait()  # the busy thread-mode case: no task, no timer
+            if not self.is_async:
+                # thread and process mode: the event alone (a finishing block sets it too),
+                # no task and no asyncio.wait per pass
+                if timeout is None:
+                    await wake.wait()
+                else:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await within(wake.wait(), timeout)
             else:
                 # Async jobs: waiting through a task gives the loop the passes in which the
                 # other jobs that are about to finish join this flush. Awaiting the event
@@ -286,13 +300,30 @@ class Engine:
         if block is not None:
             await fetcher.interrupt(block)
 
+    def _block(self, secs: float, want: int, fetch: bool = True) -> asyncio.Task[None]:
+        """Start a park (``Fetcher.block_and_accept``); its end wakes the loop."""
+        block = asyncio.ensure_future(self.fetcher.block_and_accept(secs, want, fetch))
+        wake = self._wake
+        assert wake is not None
+        block.add_done_callback(lambda _: wake.set())
+        return block
+
+    def _park_secs(self) -> float:
+        """How long a park may block: until the next delayed job or the counters are due
+        (``Fetcher.block_secs``); 0: too soon to be worth a block."""
+        secs = self.fetcher.block_secs()
+        if self.outbox.stats:  # ... and wake up for them when they are due
+            secs = min(secs, self.outbox.stats_due_in())
+        return secs if secs > 0.001 else 0.0
+
     async def _pause_after_error(self, exc: BaseException, failures: int) -> None:
         pause = min(5.0, 0.1 * 2 ** min(failures, 6))
         log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.token, exc, pause)
         await asyncio.sleep(pause)
 
-    async def _flush(self, want: int, stats_now: bool = False) -> None:
-        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip."""
+    async def _flush(self, want: int, stats_now: bool = False, park_secs: float = 0.0) -> None:
+        """Send progress and finished jobs, and fetch up to ``want`` new ones, in one trip
+        (``park_secs``: and park if none came, see ``Fetcher.finish``)."""
         outbox, fetcher = self.outbox, self.fetcher
         parcel = outbox.take(stats_now)
         done, progress, logs, stats = parcel
@@ -306,7 +337,7 @@ class Engine:
                     log.warning("worker %s: %s; dropped %d progress reports and the log lines "
                                 "of %d jobs", self.token, exc, len(progress), len(logs))
             if done or stats:
-                oks, fetched = await fetcher.finish(done, stats, want)
+                oks, fetched = await fetcher.finish(done, stats, want, park_secs)
             elif want > 0:
                 fetched = await fetcher.fetch(want)
             else:

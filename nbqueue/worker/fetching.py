@@ -61,12 +61,15 @@ class Fetcher:
         return fetched
 
     async def finish(self, done: Sequence[Outcome], stats: Mapping[str, float],
-                     want: int) -> tuple[list[bool], Fetched]:
-        """Send finished jobs (and counters) and fetch up to ``want`` new ones: one call."""
+                     want: int, park_secs: float = 0.0) -> tuple[list[bool], Fetched]:
+        """Send finished jobs (and counters) and fetch up to ``want`` new ones: one call.
+        ``park_secs`` > 0: register as idle if nothing came, for the BLPOP of a
+        ``block_and_accept(fetch=False)`` started with it."""
         unpark, parks = self.parked, self.parks
         t0 = time.monotonic()
         oks, fetched = await self._run(self.ops.finish(
-            done, stats, want, self.token, self.lock_ms, unpark), [o.job.id for o in done])
+            done, stats, want, self.token, self.lock_ms, unpark,
+            max(1, round(park_secs * 1000)) if park_secs > 0 else 0), [o.job.id for o in done])
         self._unparked(unpark, parks)
         self.jobs.prefetch.fetched(want, len(fetched.jobs), time.monotonic() - t0)
         return oks, fetched
@@ -106,14 +109,18 @@ class Fetcher:
         """How long an idle wait may last: until the next delayed job, at most MAX_BLOCK_S."""
         return MAX_BLOCK_S if self.next_delay < 0 else min(MAX_BLOCK_S, self.next_delay / 1000)
 
-    async def block_and_accept(self, secs: float, want: int) -> None:
+    async def block_and_accept(self, secs: float, want: int, fetch: bool = True) -> None:
         """Wait for work (pipelined BLPOP + fetch) and start what it brings at once: taking
-        the jobs here, in the task that read the reply, saves the main loop's wake-up."""
-        self.parked = False  # this call's fetch registers us, or not, afresh
+        the jobs here, in the task that read the reply, saves the main loop's wake-up.
+        ``fetch=False``: the BLPOP alone, the registration being made by the finish sent
+        with it (``finish(park_secs=)``): a worker going idle after its jobs is parked by
+        the time its finish has run, with no fetch script and no turn of the loop between."""
+        self.parked = False  # this call's fetch (or finish) registers us, or not, afresh
         self.parks += 1
         try:
-            fetched, parked = await self._run(self.ops.block_and_fetch(
-                self.wake_key, secs, want, self.token, self.lock_ms))
+            fetched, parked = await self._run(
+                self.ops.block_and_fetch(self.wake_key, secs, want, self.token, self.lock_ms)
+                if fetch else self.ops.block(self.wake_key, secs, self.token))
         except BaseException:
             # failed or cancelled: its fetch may have registered us, so the next fetch (or
             # the shutdown's leave) must unpark
@@ -121,6 +128,8 @@ class Fetcher:
             raise
         self.parked = parked
         await self.accept(fetched, want)
+        if not parked:
+            self.idle = True  # a job is handed over only when none waits: the queue is dry
         if self.jobs.running:
             # Jobs that end a wait go first: before the loop goes on with its bookkeeping
             # (the next fetch...), async jobs take their first step, and job threads get the

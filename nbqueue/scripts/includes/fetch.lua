@@ -138,3 +138,22 @@ local function unpark(token, lock_ms, reply)
     end
   end
 end
+
+-- A worker about to park (its BLPOP on its hand-off list, the marker and its wake key, for
+-- `park_ms`, follows this script: fetch.lua, or finish.lua with a park) takes what was handed
+-- to it meanwhile (unpark: an add may have taken a registration whose BLPOP had already
+-- returned), then registers as idle only if it got nothing: with jobs, a limit, or a delayed
+-- job due before the BLPOP would time out, '0' on its hand-off list ends that BLPOP at once.
+-- (Registering on top of a handed job left a registration nobody blocked on.)
+local function park(token, lock_ms, park_ms, reply)
+  unpark(token, lock_ms, reply)
+  local member = token .. '|' .. lock_ms
+  -- 10 ms of slack: the worker computed the BLPOP timeout from a slightly older reply
+  -- pcall: after the fetch's writes, the registry must not stop the script (see unpark)
+  if #reply > 2 or reply[2] > 0 or (reply[1] >= 0 and reply[1] + 10 < park_ms) then
+    redis.pcall('ZREM', K_IDLE, member)
+    redis.pcall('RPUSH', BASE .. 'h:' .. token, '0')
+  else
+    redis.pcall('ZADD', K_IDLE, fmt(NOW + park_ms + 1000), member)
+  end
+end
