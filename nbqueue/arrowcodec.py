@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import arrowfast
 from .errors import InvalidOptionError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -132,12 +133,17 @@ def _frame_table(df: Any, what: str) -> pa.Table:
         # One thread below ~100k rows: pyarrow's default starts a thread pool per call,
         # which costs more than it saves on a map chunk (1,000 rows x 6 columns: 1.37 ms
         # -> 0.35 ms); a large frame still converts its columns in parallel.
-        threads = 1 if len(df) < THREADED_ROWS else None
-        return pa.Table.from_pandas(df, preserve_index=None, nthreads=threads)
+        if len(df) >= THREADED_ROWS:
+            return pa.Table.from_pandas(df, preserve_index=None)
+        return arrowfast.frame_table(df, _from_pandas_1)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise _untypable(df, exc, what) from None
     except ValueError as exc:  # e.g. a column name Arrow refuses
         raise TypeError(f"{what} cannot be stored as Arrow: {exc}") from None
+
+
+def _from_pandas_1(df: Any) -> pa.Table:
+    return _pa().Table.from_pandas(df, preserve_index=None, nthreads=1)
 
 
 def _with_meta(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
@@ -282,7 +288,13 @@ def _from_table(table: pa.Table, meta: dict[str, Any]) -> Any:
 def _to_pandas(table: pa.Table) -> Any:
     # (Arrow's threads cost more than they save on a small table: 0.44 -> 0.19 ms on a
     # 1,000-row map chunk)
-    return table.to_pandas(use_threads=table.num_rows >= THREADED_ROWS)
+    if table.num_rows >= THREADED_ROWS:
+        return table.to_pandas()
+    return arrowfast.table_frame(table, _to_pandas_1)
+
+
+def _to_pandas_1(table: pa.Table) -> Any:
+    return table.to_pandas(use_threads=False)
 
 
 class FrameTable:

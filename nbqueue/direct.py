@@ -77,9 +77,12 @@ def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
     return [b"".join([_pack(tuple(c)) for c in commands])]
 
 
-def call_sync(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
+def call_sync(ln: Lane, commands: Sequence[Sequence[Any]],
+              raw: Sequence[bool] = ()) -> list[Any]:
     """Send ``commands`` in one write and read every reply; error replies come back as
-    values (a pipeline's semantics), connection errors raise after the client's retries."""
+    values (a pipeline's semantics), connection errors raise after the client's retries.
+    ``raw[i]``: reply ``i`` stays bytes (the client decodes the others)."""
+    raws = raw or (False,) * len(commands)
     packed = pack(commands)
     conn = ln._pop() or ln.pool.get_connection()
 
@@ -88,9 +91,9 @@ def call_sync(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
             conn.connect()  # asks the sentinels where the primary is now
         conn.send_packed_command(packed)
         out: list[Any] = []
-        for _ in commands:
+        for r in raws:
             try:
-                out.append(conn.read_response())
+                out.append(conn.read_response(disable_decoding=r))
             except ResponseError as exc:
                 out.append(exc)
         return out
@@ -130,8 +133,10 @@ async def _send_async(conn: Any, packed: list[bytes]) -> None:
         raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
 
 
-async def call_async(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
+async def call_async(ln: Lane, commands: Sequence[Sequence[Any]],
+                     raw: Sequence[bool] = ()) -> list[Any]:
     """:func:`call_sync` for an asyncio client (cancellation closes the connection)."""
+    raws = raw or (False,) * len(commands)
     packed = pack(commands)
     conn = ln._pop() or await ln.pool.get_connection()
 
@@ -140,9 +145,9 @@ async def call_async(ln: Lane, commands: Sequence[Sequence[Any]]) -> list[Any]:
             await conn.connect()  # asks the sentinels where the primary is now
         await _send_async(conn, packed)
         out: list[Any] = []
-        for _ in commands:
+        for r in raws:
             try:
-                out.append(await conn.read_response())
+                out.append(await conn.read_response(disable_decoding=r))
             except ResponseError as exc:
                 out.append(exc)
         return out

@@ -193,12 +193,11 @@ def _script_call_args(call: Call) -> tuple[Any, ...]:
 #: for a tuple), WAIT and HMGET (the same integer, list), and the stream reads (``[id,
 #: [field, value, ...]]`` entries for ``(id, {field: value})``: ``records.entry_fields``
 #: takes both). Other commands keep the reply parsing redis-py does for them (HGETALL...).
-RAW_REPLY_OK = frozenset(("BLPOP", "WAIT", "HMGET", "XREAD", "XRANGE", "XREVRANGE"))
+RAW_REPLY_OK = frozenset(("BLPOP", "WAIT", "HGET", "HMGET", "XREAD", "XRANGE", "XREVRANGE"))
 
 
 def _direct_ok(call: Call) -> bool:
-    # raw (undecoded bytes) calls keep redis-py's path, which knows not to decode them
-    return call.command is None or (call.command[0] in RAW_REPLY_OK and not call.raw)
+    return call.command is None or call.command[0] in RAW_REPLY_OK
 
 
 def _wire(call: Call) -> tuple[Any, ...]:
@@ -207,12 +206,14 @@ def _wire(call: Call) -> tuple[Any, ...]:
     return ("EVALSHA", *_script_call_args(call))
 
 
-def _direct_plan(client: Any, calls: Sequence[Call]) -> tuple[direct.Lane, list[Any]] | None:
-    """The client's direct lane and the wire form of ``calls``; None: redis-py's own path."""
+def _direct_plan(client: Any, calls: Sequence[Call]
+                 ) -> tuple[direct.Lane, list[Any], tuple[bool, ...]] | None:
+    """The client's direct lane, the wire form of ``calls`` and which replies stay bytes
+    (``Call.raw``: an artifact's Arrow data); None: redis-py's own path."""
     lane = direct.lane(client)
     if lane is None or not all(_direct_ok(c) for c in calls):
         return None
-    return lane, [_wire(c) for c in calls]
+    return lane, [_wire(c) for c in calls], tuple(c.raw for c in calls)
 
 
 def _pipe(client: Any, batch: Batch) -> Any:

@@ -168,6 +168,10 @@ def _default_signals() -> None:
 def _end_descendants() -> None:
     """Linux, in a child after each job: SIGKILL the processes its body left running (our
     children; orphans of a double fork too, as we are their subreaper), and reap them."""
+    try:
+        os.waitpid(-1, os.WNOHANG)  # one call says whether we have any child at all ...
+    except ChildProcessError:
+        return  # ... (most jobs): no scan of /proc, a file per thread
     for _ in range(5):  # a killed one's own children come to us next
         kids = _children()
         if not kids:
