@@ -111,9 +111,8 @@ def test_a_shape_that_does_not_check_out_keeps_pyarrows_path(
     arrowfast._decoders.clear()
     real = arrowfast._build_table
 
-    def wrong(df: Any, arrays: list[Any], schema: Any, meta: dict[str, Any]) -> Any:
-        return real(df, arrays[::-1], schema, meta) if len(arrays) > 1 else real(
-            df, arrays, schema, meta)
+    def wrong(df: Any, arrays: list[Any], *plan: Any) -> Any:
+        return real(df, arrays[::-1], *plan)
 
     monkeypatch.setattr(arrowfast, "_build_table", wrong)
     df = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
