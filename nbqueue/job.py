@@ -80,11 +80,11 @@ class JobBase:
 
     @property
     def data(self) -> dict[str, Any]:
-        return self._record.data
+        return self._record.loaded()
 
     @property
     def payload(self) -> Any:
-        return self._record.data.get("payload")
+        return self._record.loaded().get("payload")
 
     @property
     def queue_name(self) -> str:

@@ -60,14 +60,29 @@ class JobRecord:
     # set by the add that made the job (in this process): an event stream id at or before
     # every event of this job, where a waiter starts reading (add.lua's reply)
     since: str | None = field(default=None, repr=False)
+    # set by a fetch: ``data`` as the JSON text the job hash holds, not decoded yet (see
+    # ``loaded``); None once decoded
+    raw_data: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def priority(self) -> int:
         return self.opts.priority
 
+    def loaded(self) -> dict[str, Any]:
+        """``data``, decoded now if the fetch kept it as text: a job's data is decoded where
+        it is used (a job thread, a process-mode child), not on the worker's loop, and a
+        process-mode parent hands the text on untouched. ``ValueError``: corrupt data."""
+        raw = self.raw_data
+        if raw is not None:
+            payload = _loads_data(raw)
+            if not isinstance(payload, dict):
+                raise ValueError("job data is not a JSON object")
+            self.data, self.raw_data = payload, None
+        return self.data
+
     def to_status(self) -> JobStatus:
         return JobStatus(
-            id=self.id, name=self.name, data=self.data, state=self.state,
+            id=self.id, name=self.name, data=self.loaded(), state=self.state,
             progress=self.progress, attempts_made=self.attempts_made,
             processed_on=self.processed_on, finished_on=self.finished_on,
             returnvalue=self.returnvalue, failed_reason=self.failed_reason,
@@ -167,18 +182,24 @@ def _loads_data(text: str) -> Any:
     return value
 
 
-def parse_fetch(reply: list[Any]) -> Fetched:
+def parse_fetch(reply: list[Any], lazy: bool = False) -> Fetched:
+    """A fetch reply's jobs; ``lazy``: each job's data stays JSON text until
+    ``JobRecord.loaded`` (a worker's fetch: its job thread or child decodes it)."""
     jobs: list[JobRecord] = []
     corrupt: list[CorruptJob] = []
     for i in range(2, len(reply), FETCH_STRIDE):
         (job_id, lock, name, data, opts, atm, ts, prio, prog, stc,
          wait) = reply[i:i + FETCH_STRIDE]
         try:
-            payload = _loads_data(data)
-            if not isinstance(payload, dict):
-                raise ValueError("job data is not a JSON object")
+            raw = None
+            if lazy and type(data) is str and data[:1] == "{":
+                payload, raw = {}, data  # decoded where it is used (JobRecord.loaded)
+            else:
+                payload = _loads_data(data)  # not an object: corrupt, said now
+                if not isinstance(payload, dict):
+                    raise ValueError("job data is not a JSON object")
             jobs.append(JobRecord(
-                id=job_id, name=name, data=payload,
+                id=job_id, name=name, data=payload, raw_data=raw,
                 opts=JobOptions.from_stored(opts, priority=int(prio)),
                 state=JobState.ACTIVE, timestamp=int(float(ts)), attempts_made=int(atm),
                 progress=_json(prog, 0) if prog else 0, stalled_count=int(stc), lock=lock,
@@ -250,12 +271,12 @@ def parse_events(entries: list[Any]) -> list[Event]:
     return out
 
 
-def parse_fetch_safe(reply: list[Any]) -> Fetched:
+def parse_fetch_safe(reply: list[Any], lazy: bool = False) -> Fetched:
     """``parse_fetch``, but a job whose stored fields break the parser in an unexpected way
     (e.g. ``opts`` = ``{"roc": 5}``) becomes a corrupt job the worker fails, instead of an
     exception that kills the worker and strands every job locked by the same fetch."""
     try:
-        return parse_fetch(reply)
+        return parse_fetch(reply, lazy)
     except Exception:
         pass
     head = list(reply[:2])
@@ -263,7 +284,7 @@ def parse_fetch_safe(reply: list[Any]) -> Fetched:
     for i in range(2, len(reply), FETCH_STRIDE):
         part = reply[i:i + FETCH_STRIDE]
         try:
-            one = parse_fetch(head + list(part))
+            one = parse_fetch(head + list(part), lazy)
         except Exception as exc:
             fetched.corrupt.append(CorruptJob(str(part[0]), str(part[1]),
                                               f"corrupt job hash: {type(exc).__name__}: {exc}"))
@@ -383,8 +404,12 @@ def dead_letter_entry(origin: str, record: JobRecord, reason: str,
                       error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The data and options of the dead-letter job recording a terminal failure; sent by
     :meth:`QueueOps.add_dead_letters`, which stamps ``failed_at`` with the server's clock."""
+    try:
+        original: Any = record.loaded()
+    except ValueError:  # a corrupt job: its text as it was
+        original = {"raw": record.raw_data}
     data = {"type": "dead_letter", "payload": {
-        "queue": origin, "job_id": record.id, "name": record.name, "data": record.data,
+        "queue": origin, "job_id": record.id, "name": record.name, "data": original,
         "reason": reason, "error_type": error_type,
         "attempts_made": record.attempts_made + 1}}
     return data, {"job_id": f"{origin}:{record.id}:{record.attempts_made + 1}"}

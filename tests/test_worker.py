@@ -406,3 +406,34 @@ def test_auto_prefetch_holds_short_jobs_not_long_ones(conn, r):
     assert most > 2, most  # no-op bodies on a deep queue: extra jobs held, locked
     assert short_q.get_metrics().completed + short_q.get_metrics().active <= 3000
     assert w.engine.jobs.prefetch.value <= 2 * AUTO_CAP_PER_SLOT
+
+
+def _echo_payload(job):
+    return job.payload
+
+
+@pytest.mark.parametrize("mode", ["thread", "asyncio", "process"])
+def test_data_is_decoded_by_the_body_and_bad_data_fails_as_corrupt(conn, r, mode):
+    """A worker's fetch keeps each job's data as JSON text; the job's body decodes it (a
+    process-mode parent hands the text on). Data that is not a JSON object fails the job
+    unrun, as ``corrupt``, and dead-letters it, in every mode."""
+    q = Queue("lazy", conn)
+    good = q.add({"type": "t", "payload": {"k": [1, "é"]}})
+    bad = q.add({"type": "t", "payload": 2})
+    r.hset(f"nbq:{{lazy}}:job:{bad.id}", "data", "{not json")
+    ran = []
+
+    async def aproc(job):
+        ran.append(job.id)
+        return job.payload
+
+    processor = aproc if mode == "asyncio" else _echo_payload
+    with Worker("lazy", processor, conn, mode=mode, processes=1):
+        assert good.result(timeout=30) == {"k": [1, "é"]}
+        assert wait_until(lambda: q.get_job_status(bad.id).state.value == "failed", 30)
+    status = q.get_job_status(bad.id)
+    assert status.error_type == "corrupt" and "corrupt job hash" in status.failed_reason
+    assert status.attempts_made <= 1 and bad.id not in ran
+    dead = Queue("dead_letter", conn).get_jobs("waiting", limit=100)
+    assert [d.data["payload"]["data"] for d in dead
+            if d.data["payload"]["job_id"] == bad.id] == [{"raw": "{not json"}]

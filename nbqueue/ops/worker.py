@@ -34,6 +34,10 @@ REPLY_TIMEOUT_S = 5.0 + BLOCK_REPLY_MARGIN_S
 class WorkerOps(OpsBase):
     """What a worker engine sends: every per-job step of a drain is one of these."""
 
+    #: fetched jobs keep their data as JSON text until used (``JobRecord.loaded``): set by
+    #: a worker's engine, whose job threads or children decode it, not its loop
+    lazy_data = False
+
     # -- worker registry ---------------------------------------------------------------
     def heartbeat(self, worker_id: str, ttl_ms: int, info: Mapping[str, Any],
                   active: int) -> Op[None]:
@@ -53,7 +57,8 @@ class WorkerOps(OpsBase):
     # -- worker side -------------------------------------------------------------------
     def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
         return parse_fetch_safe((yield replace(self.call(
-            "fetch", want, token, lock_ms, 0, int(unpark)), reply_timeout=REPLY_TIMEOUT_S)))
+            "fetch", want, token, lock_ms, 0, int(unpark)), reply_timeout=REPLY_TIMEOUT_S)),
+            self.lazy_data)
 
     def handoff_key(self, token: str) -> str:
         return self.keys.handoff(token)
@@ -67,7 +72,7 @@ class WorkerOps(OpsBase):
         replies = yield Batch([
             self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
             self._blpop(wake_key, secs, token)], reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
-        fetched = parse_fetch_safe(replies[0])
+        fetched = parse_fetch_safe(replies[0], self.lazy_data)
         parked = self._handed(replies[1], token, fetched)
         return fetched, parked
 
@@ -91,7 +96,7 @@ class WorkerOps(OpsBase):
                 fields = json.loads(popped[1])
             except ValueError:
                 fields = []
-            handed = parse_fetch_safe([-1, 0, *fields])
+            handed = parse_fetch_safe([-1, 0, *fields], self.lazy_data)
             fetched.jobs.extend(handed.jobs)
             fetched.corrupt.extend(handed.corrupt)
             return False
@@ -117,7 +122,7 @@ class WorkerOps(OpsBase):
                      wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield replace(self.call("finish", *args), reply_timeout=REPLY_TIMEOUT_S)
         n = len(outcomes)
-        fetched = parse_fetch_safe(reply[n:])
+        fetched = parse_fetch_safe(reply[n:], self.lazy_data)
         # status 2: done, and jobs that depend on it were notified (a resolver should run)
         fetched.notify = 2 in reply[:n]
         # status -1: refused, and its job freed for a sweep (nobody held it): sweep now
@@ -150,7 +155,8 @@ class WorkerOps(OpsBase):
     def leave(self, token: str, lock_ms: int, blocked: bool) -> Op[Fetched]:
         """A stopping worker leaves the idle registry, takes the jobs handed to it, and
         (``blocked``) ends its own pending BLPOP: one call that works on a full Redis."""
-        return parse_fetch_safe((yield self.call("leave", token, lock_ms, int(blocked))))
+        return parse_fetch_safe((yield self.call("leave", token, lock_ms, int(blocked))),
+                                self.lazy_data)
 
     def clear_wake(self, wake_key: str) -> Op[None]:
         yield Call.cmd("DEL", wake_key)

@@ -141,6 +141,17 @@ def cancel_requested(job: JobBase) -> bool:
 LogSink = Callable[[str, str], None]
 
 
+def _corrupt(record: JobRecord) -> Outcome | None:
+    """Decode the job's data (kept as text by the fetch: ``JobRecord.loaded``); data that is
+    not a JSON object fails the job at once, unrun, as a fetch used to (error type
+    ``corrupt``)."""
+    try:
+        record.loaded()
+    except (TypeError, ValueError) as exc:
+        return Outcome(record, OutcomeKind.FAILED, f"corrupt job hash: {exc}", "corrupt")
+    return None
+
+
 class JobBody:
     """ONE attempt of a job, the same in every mode (see the module docstring).
 
@@ -162,6 +173,9 @@ class JobBody:
         """A sync processor's attempt (a job thread, a process-mode child): its outcome
         and how long it took."""
         started = time.monotonic()
+        corrupt = _corrupt(record)
+        if corrupt is not None:
+            return corrupt, 0.0
         result: Any = None
         error: BaseException | None = None
         with capture.job_output(record.id, self.log_sink):
@@ -194,6 +208,11 @@ class JobBody:
         cancellation (the worker stopping) propagates. ``then(record, outcome,
         duration)``: called with the result (what the asyncio runner books)."""
         started = time.monotonic()
+        corrupt = _corrupt(record)
+        if corrupt is not None:
+            if then is not None:
+                then(record, corrupt, 0.0)
+            return corrupt, 0.0
         timeout = record.opts.timeout / 1000 if record.opts.timeout else None
         result: Any = None
         error: BaseException | None = None

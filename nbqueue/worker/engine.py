@@ -87,6 +87,7 @@ class Engine:
         self.grace = grace
         self.token = worker_name or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ops = QueueOps(queue_name, prefix=prefix)
+        self.ops.lazy_data = True  # job data is decoded by the body (JobRecord.loaded)
         # process mode: this engine runs no job body; ``concurrency`` children do (process.py)
         self.is_async = is_async(processor) and process_payload is None
         if job_factory is None:

@@ -184,6 +184,9 @@ CORRUPTIONS = [
     ("opts", '{"rof": [1]}'), ("opts", '{"timeout": {"a": 1}}'), ("prio", "x"),
     ("prio", "1e400"), ("atm", "x"), ("ts", "nope"), ("stc", "[]"), ("prog", "{{"),
     ("name", "\x00"), ("ats", "x"),
+    # data that looks like an object: the worker's fetch keeps it as text, the job's body
+    # decodes it (JobRecord.loaded) and fails it as corrupt
+    ("data", "{not json"), ("data", '{"a": 1} trailing'),
 ]
 
 
