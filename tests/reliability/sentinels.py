@@ -95,10 +95,29 @@ class SentinelSet:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if all(self._sentinel_sees_all(p) for p in self.sentinel_ports):
+            # ... and the replica acknowledges a write: right after start it may still be
+            # syncing (seen: slave0 state=wait_bgsave), or online at offset 0 and slow to
+            # ack the first write (a test's first WAIT of 300 ms timed out, 3 runs in 6)
+            if all(self._sentinel_sees_all(p) for p in self.sentinel_ports) \
+                    and self._replica_online():
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"sentinels did not come up: {self.log_tail()}")
+
+    def _replica_online(self) -> bool:
+        """The primary sees its replica online, and the replica acknowledges a write (a
+        PUBLISH: replicated, and it touches no key)."""
+        c = self.primary.client()
+        try:
+            info = c.info("replication")
+            return info.get("connected_slaves") == 1 \
+                and info.get("slave0", {}).get("state") == "online" \
+                and c.publish("nbq-test-probe", "1") >= 0 \
+                and int(c.execute_command("WAIT", 1, 200)) >= 1
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            c.close()
 
     def sentinel_client(self, port: int) -> redis.Redis:
         return redis.Redis("127.0.0.1", port, socket_timeout=1, decode_responses=True,
