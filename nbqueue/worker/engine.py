@@ -41,7 +41,7 @@ from ..records import JobRecord
 from .body import JobBody, JobHook, SpanScope
 from .execution import Execution
 from .fetching import Fetcher
-from .outbox import Outbox
+from .outbox import STATS_EVERY_S, Outbox
 from .prefetch import PrefetchArg
 from .process import ProcessRunner
 from .runners import AsyncRunner, JobFactory, Runner, ThreadRunner
@@ -230,7 +230,7 @@ class Engine:
                         and not jobs.stopping and fetcher.limit_until <= time.monotonic():
                     # the queue was dry: park with this finish (its BLPOP sent alongside),
                     # so a job added right after it is handed to us, not queued and fetched
-                    park_secs = self._park_secs()
+                    park_secs = self._park_secs(flushing=True)
                     if park_secs > 0:
                         block = self._block(park_secs, want, fetch=False)
                 try:
@@ -309,12 +309,14 @@ class Engine:
         block.add_done_callback(lambda _: wake.set())
         return block
 
-    def _park_secs(self) -> float:
+    def _park_secs(self, flushing: bool = False) -> float:
         """How long a park may block: until the next delayed job or the counters are due
-        (``Fetcher.block_secs``); 0: too soon to be worth a block."""
+        (``Fetcher.block_secs``); 0: too soon to be worth a block. ``flushing``: the park
+        goes with a flush, which carries counters that are due (``Outbox.take``)."""
         secs = self.fetcher.block_secs()
         if self.outbox.stats:  # ... and wake up for them when they are due
-            secs = min(secs, self.outbox.stats_due_in())
+            due = self.outbox.stats_due_in()
+            secs = min(secs, STATS_EVERY_S if flushing and due <= 0 else due)
         return secs if secs > 0.001 else 0.0
 
     async def _pause_after_error(self, exc: BaseException, failures: int) -> None:
