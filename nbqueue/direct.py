@@ -16,6 +16,7 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -31,6 +32,13 @@ except ImportError:  # pragma: no cover - hiredis is a declared dependency
     _pack = None
 
 _ATTR = "_nbqueue_lane"
+
+#: Under asyncio, write and wait for replies without a task per call (``_send_async``,
+#: ``protocol.within``). An asyncio-mode worker turns it off for its loop: there, the loop
+#: passes those tasks cost were what let the job tasks finish while a flush was out, and
+#: without them its flushes carried half as many jobs (0.07 -> 0.13 finish calls per job,
+#: a 12 % slower drain of async jobs that each await Redis).
+LEAN_IO: ContextVar[bool] = ContextVar("nbqueue_lean_io", default=True)
 
 
 class Lane:
@@ -143,7 +151,10 @@ async def call_async(ln: Lane, commands: Sequence[Sequence[Any]],
     async def attempt() -> list[Any]:
         if ln.sentinel and not conn.is_connected:
             await conn.connect()  # asks the sentinels where the primary is now
-        await _send_async(conn, packed)
+        if LEAN_IO.get():
+            await _send_async(conn, packed)
+        else:
+            await conn.send_packed_command(packed)
         out: list[Any] = []
         for r in raws:
             try:

@@ -314,11 +314,11 @@ def _step_sync(client: redis.Redis, step: Call | Batch) -> Any:
 
 async def within(coro: Coroutine[Any, Any, T], secs: float) -> T:
     """``asyncio.wait_for`` without its extra task (and loop pass) per call on 3.11+: a
-    worker's every fetch, finish and park has a reply deadline."""
-    if sys.version_info >= (3, 11):
+    worker's every fetch, finish and park has a reply deadline (``direct.LEAN_IO``)."""
+    if sys.version_info >= (3, 11) and direct.LEAN_IO.get():
         async with asyncio.timeout(secs):
             return await coro
-    return await asyncio.wait_for(coro, secs)  # pragma: no cover - Python 3.10
+    return await asyncio.wait_for(coro, secs)  # Python 3.10; an asyncio-mode worker
 
 
 async def _step_async(client: aredis.Redis, step: Call | Batch) -> Any:

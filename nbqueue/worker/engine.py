@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from .. import otel
+from .. import direct, otel
 from ..backoff import BackoffStrategy
 from ..connection import Connection
 from ..errors import RedisOutOfMemoryError, RedisUnavailableError
@@ -160,6 +160,8 @@ class Engine:
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
+        if self.is_async:
+            direct.LEAN_IO.set(False)  # see there: job tasks finish during a flush
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._client = client = self.connection.new_async()
