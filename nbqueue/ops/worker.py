@@ -56,9 +56,11 @@ class WorkerOps(OpsBase):
 
     # -- worker side -------------------------------------------------------------------
     def fetch(self, want: int, token: str, lock_ms: int, unpark: bool = False) -> Op[Fetched]:
-        return parse_fetch_safe((yield replace(self.call(
-            "fetch", want, token, lock_ms, 0, int(unpark)), reply_timeout=REPLY_TIMEOUT_S)),
-            self.lazy_data)
+        return self._fetched((yield replace(self.call(
+            "fetch", want, token, lock_ms, 0, int(unpark)), reply_timeout=REPLY_TIMEOUT_S)))
+
+    def _fetched(self, reply: list[Any]) -> Fetched:
+        return parse_fetch_safe(reply, self.lazy_data)
 
     def handoff_key(self, token: str) -> str:
         return self.keys.handoff(token)
@@ -72,7 +74,7 @@ class WorkerOps(OpsBase):
         replies = yield Batch([
             self.call("fetch", want, token, lock_ms, max(1, round(secs * 1000)), 0),
             self._blpop(wake_key, secs, token)], reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
-        fetched = parse_fetch_safe(replies[0], self.lazy_data)
+        fetched = self._fetched(replies[0])
         parked = self._handed(replies[1], token, fetched)
         return fetched, parked
 
@@ -81,7 +83,7 @@ class WorkerOps(OpsBase):
         jobs handed over, and whether the worker may still be registered (as above)."""
         popped = yield replace(self._blpop(wake_key, secs, token),
                                reply_timeout=secs + BLOCK_REPLY_MARGIN_S)
-        fetched = parse_fetch_safe([-1, 0])  # nothing yet
+        fetched = self._fetched([-1, 0])  # nothing yet
         return fetched, self._handed(popped, token, fetched)
 
     def _blpop(self, wake_key: str, secs: float, token: str) -> Call:
@@ -96,7 +98,7 @@ class WorkerOps(OpsBase):
                 fields = json.loads(popped[1])
             except ValueError:
                 fields = []
-            handed = parse_fetch_safe([-1, 0, *fields], self.lazy_data)
+            handed = self._fetched([-1, 0, *fields])
             fetched.jobs.extend(handed.jobs)
             fetched.corrupt.extend(handed.corrupt)
             return False
@@ -122,7 +124,7 @@ class WorkerOps(OpsBase):
                      wire_text(o.stacktrace) if o.stacktrace else ""]
         reply = yield replace(self.call("finish", *args), reply_timeout=REPLY_TIMEOUT_S)
         n = len(outcomes)
-        fetched = parse_fetch_safe(reply[n:], self.lazy_data)
+        fetched = self._fetched(reply[n:])
         # status 2: done, and jobs that depend on it were notified (a resolver should run)
         fetched.notify = 2 in reply[:n]
         # status -1: refused, and its job freed for a sweep (nobody held it): sweep now
@@ -155,8 +157,7 @@ class WorkerOps(OpsBase):
     def leave(self, token: str, lock_ms: int, blocked: bool) -> Op[Fetched]:
         """A stopping worker leaves the idle registry, takes the jobs handed to it, and
         (``blocked``) ends its own pending BLPOP: one call that works on a full Redis."""
-        return parse_fetch_safe((yield self.call("leave", token, lock_ms, int(blocked))),
-                                self.lazy_data)
+        return self._fetched((yield self.call("leave", token, lock_ms, int(blocked))))
 
     def clear_wake(self, wake_key: str) -> Op[None]:
         yield Call.cmd("DEL", wake_key)

@@ -11,11 +11,6 @@
 -- @include common
 -- @include fetch
 allow_oom()  -- must run on a full Redis (see includes/common.lua)
-local token, lock_ms, park_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local reply = fetch_jobs(tonumber(ARGV[4]), token, tonumber(lock_ms))
-if park_ms > 0 then
-  park(token, lock_ms, park_ms, reply)  -- unparks first (includes/fetch.lua)
-elseif ARGV[8] == '1' then
-  unpark(token, lock_ms, reply)
-end
+local reply = fetch_jobs(tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
+park_or_unpark(ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], reply)  -- includes/fetch.lua
 return reply

@@ -206,11 +206,6 @@ if #done_ids + #failed_ids > 0 then
 end
 
 local fetched = fetch_jobs(tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
-local park_ms = tonumber(ARGV[8])
-if park_ms > 0 then
-  park(ARGV[5], ARGV[6], park_ms, fetched)  -- unparks first (includes/fetch.lua)
-elseif ARGV[7] == '1' then
-  unpark(ARGV[5], ARGV[6], fetched)
-end
+park_or_unpark(ARGV[5], ARGV[6], tonumber(ARGV[8]), ARGV[7], fetched)  -- includes/fetch.lua
 for i = 1, #fetched do statuses[#statuses + 1] = fetched[i] end
 return statuses

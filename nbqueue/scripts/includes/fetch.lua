@@ -157,3 +157,13 @@ local function park(token, lock_ms, park_ms, reply)
     redis.pcall('ZADD', K_IDLE, fmt(NOW + park_ms + 1000), member)
   end
 end
+
+-- What a fetch does for the registry once it has its jobs (fetch.lua, finish.lua): park when
+-- `park_ms` > 0, else unpark when `unpark_flag` is '1' (an earlier park may still hold).
+local function park_or_unpark(token, lock_ms, park_ms, unpark_flag, reply)
+  if park_ms > 0 then
+    park(token, lock_ms, park_ms, reply)
+  elseif unpark_flag == '1' then
+    unpark(token, lock_ms, reply)
+  end
+end
