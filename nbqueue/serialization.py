@@ -131,7 +131,10 @@ def convert(value: Any, what: str = "job data", root: str = "data",
             for k, v in obj.items():
                 here = f"{where}[{k!r}]"
                 if type(k) is not str:
-                    if strict or (not isinstance(k, (str, int, float, bool)) and k is not None):
+                    # a str subclass (StrEnum...) is written as its text and reads back
+                    # equal: kept; any other key would come back changed (strict) or not at all
+                    if (strict and not isinstance(k, str)) or (
+                            not isinstance(k, (str, int, float, bool)) and k is not None):
                         raise TypeError(
                             f"{what} must be JSON-serialisable: {here} has a key of type "
                             f"{type(k).__name__} (JSON keys must be str); use str keys")
@@ -197,6 +200,25 @@ def _str_keys_only(obj: Any) -> bool:
     return True
 
 
+# json writes a key that is not a str (int, float, bool, None) as a key string that ends
+# in a digit or is true/false/null. A text without such a key came from str keys only; a
+# text with one (or with a str key that looks like it: "x1", "2024") is checked by walking
+# the value. A key is the only string the encoder follows with ':' (a quote inside a
+# string is escaped), so a search of the text misses none. On a 1,000-item map chunk the
+# search costs about a third of the walk.
+_CONVERTED_KEY = re.compile(r'[0-9]":')
+_WORD_KEYS = ('"true":', '"false":', '"null":')
+
+
+def _no_converted_key(text: str) -> bool:
+    if _CONVERTED_KEY.search(text) is not None:
+        return False
+    for word in _WORD_KEYS:
+        if word in text:
+            return False
+    return True
+
+
 def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
     """Encode ``value`` as JSON, applying the conversion table, or raise ``TypeError``
     naming the key that cannot be stored, its type and the fix.
@@ -205,7 +227,8 @@ def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
     data read back would differ); results use ``strict=False``."""
     try:
         text = _encode(value)
-        if not strict or type(value) not in _CONTAINERS or _str_keys_only(value):
+        if not strict or type(value) not in _CONTAINERS or _no_converted_key(text) \
+                or _str_keys_only(value):
             return text
     except (TypeError, ValueError, RecursionError):
         pass  # the slow path: apply the table, or name the offending key

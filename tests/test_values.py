@@ -12,6 +12,8 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbqueue import JobFailedError, Queue, Worker, serialization
 
@@ -97,6 +99,63 @@ def test_non_str_keys_refused_in_data_but_results_keep_jsons_rule() -> None:
     with pytest.raises(TypeError, match=r"data\['p'\]\[1\] has a key of type int"):
         serialization.dumps({"p": {1: np.int64(2)}})
     assert serialization.dumps({1: np.int64(2)}, "value", strict=False) == '{"1":2}'
+
+
+def _has_changed_key(v: object) -> bool:
+    """The rule ``dumps`` applies: a dict key that is not a str (json would bring it back
+    as a different key)."""
+    if isinstance(v, dict):
+        return any(not isinstance(k, str) or _has_changed_key(x) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return any(_has_changed_key(x) for x in v)
+    return False
+
+
+_KEYS = st.one_of(st.text(max_size=6), st.sampled_from(["x1", "2024", "true", "null", "-5"]),
+                  st.integers(-10**20, 10**20), st.floats(allow_nan=False, allow_infinity=False),
+                  st.booleans(), st.none())
+_JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8),
+              st.floats(allow_nan=False, allow_infinity=False)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_KEYS, _JSONISH, max_size=5))
+def test_non_str_keys_are_found_wherever_they_are(value: dict) -> None:
+    """The text search that spares the walk of the value (``_no_converted_key``) misses no
+    changed key: data is refused exactly when some dict in it has a non-str key, and data
+    that is stored reads back equal."""
+    if _has_changed_key(value):
+        with pytest.raises(TypeError, match="JSON keys must be str"):
+            serialization.dumps(value)
+    else:
+        assert json.loads(serialization.dumps(value)) == value
+
+
+def test_str_only_keys_are_not_walked(monkeypatch) -> None:
+    def boom(value: object) -> bool:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(serialization, "_str_keys_only", boom)
+    items = [{"type": "w1", "payload": {"x": i, "name": 'a"1":'}} for i in range(50)]
+    assert json.loads(serialization.dumps({"items": items}))["items"] == items
+    with pytest.raises(AssertionError, match="walked"):  # a key ending in a digit: walked
+        serialization.dumps({"x1": 1})
+
+
+def test_a_str_subclass_key_is_stored_as_its_text() -> None:
+    import enum
+
+    class Col(enum.StrEnum):
+        A = "a"
+
+    for value in ({Col.A: 1}, {Col.A: 1, "t": dt.date(2024, 1, 2)}, {"p": {Col.A: "x1"}}):
+        text = serialization.dumps(value)  # (the second takes the conversion path)
+        assert json.loads(text) == {str(k): v if not isinstance(v, dt.date) else
+                                    v.isoformat() for k, v in value.items()}
 
 
 def test_self_containing_and_too_deep_data_are_clear_errors() -> None:
