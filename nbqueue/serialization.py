@@ -211,12 +211,7 @@ _WORD_KEYS = ('"true":', '"false":', '"null":')
 
 
 def _no_converted_key(text: str) -> bool:
-    if _CONVERTED_KEY.search(text) is not None:
-        return False
-    for word in _WORD_KEYS:
-        if word in text:
-            return False
-    return True
+    return _CONVERTED_KEY.search(text) is None and all(w not in text for w in _WORD_KEYS)
 
 
 def dumps(value: Any, what: str = "job data", strict: bool = True) -> str:
