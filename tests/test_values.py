@@ -129,8 +129,14 @@ def test_non_str_keys_are_found_wherever_they_are(value: dict) -> None:
     changed key: data is refused exactly when some dict in it has a non-str key, and data
     that is stored reads back equal."""
     if _has_changed_key(value):
+        # the search alone, whatever the size (dumps searches only texts over
+        # SEARCH_FROM_CHARS and walks the others)
+        assert not serialization._no_converted_key(serialization._encode(value))
         with pytest.raises(TypeError, match="JSON keys must be str"):
             serialization.dumps(value)
+        big = {"pad": "p" * serialization.SEARCH_FROM_CHARS, "v": value}
+        with pytest.raises(TypeError, match="JSON keys must be str"):
+            serialization.dumps(big)
     else:
         assert json.loads(serialization.dumps(value)) == value
 
