@@ -15,10 +15,20 @@ sequential trips after 50 dropped:
   are built by nbqueue's ops layer *before* the clock starts (the consumer's finish from a
   template: job id and lock put in), so no nbqueue Python (engine, job thread, handles,
   parsing) is on the path: the floor of the durable design on this machine;
+* ``api``: the caller of ``nbqueue``, the worker of ``scripts``: ``Queue.add(...).result()``
+  served by that bare consumer: what the public API's own Python adds on the caller's side
+  (encoding and checking the data, the exactly-once token, the ``Job``, the wait);
+* ``lean``: ``Queue.add(...).result()`` served by one plain thread that does, in a loop,
+  what nbqueue's worker does for a job, with nbqueue's own parts but no event loop and no
+  hand-off between threads: the park's ``BLPOP`` (``ops.block``), the job's handle, the
+  job body (``JobBody.run``: output capture, the processor, the outcome), the finish
+  (``ops.finish``, parking again) -- the job thread *is* the parked worker. What a worker
+  built that way would cost (none of the engine's upkeep: locks, stalls, cancel, stop);
 * ``nbqueue``: ``Queue.add(...).result()`` with a ``mode="thread"`` worker (concurrency 2).
 
 The gap between ``scripts`` and ``raw`` is the price of durability (two script calls and
-their stored state); between ``nbqueue`` and ``scripts``, nbqueue's Python.
+their stored state); between ``api`` and ``scripts``, the caller's Python; between
+``nbqueue`` and ``api``, the worker's (engine, job thread, handles).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ def echo(x: int) -> int:
     return x
 
 
-def _p50(trip: Callable[[int], None], k: int) -> float:
+def _p50(trip: Callable[[int], object], k: int) -> float:
     for i in range(WARMUP):
         trip(i)
     out = []
@@ -124,6 +134,13 @@ class Scripts:
         wc.read_response()
         self.t = threading.Thread(target=self._consume, args=(wc,), daemon=True)
         self.t.start()
+        import nbqueue
+
+        self.q = nbqueue.Queue("floor", nbqueue.connect(f"redis://127.0.0.1:{port}/0"))
+
+    def api_trip(self, i: int) -> None:
+        """The public API against the bare consumer (which answers 7 to every job)."""
+        assert self.q.add({"type": "w4", "payload": {"x": i}}).result(timeout=60) == 7
 
     def _cmd(self, call: Any) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha[call.script], len(call.keys), *call.keys, *call.args)
@@ -207,6 +224,63 @@ def _nbq_process(job: Any) -> Any:
     return job.payload["x"]
 
 
+class Lean:
+    """One thread that parks, runs and finishes jobs itself (see the module docstring)."""
+
+    def __init__(self, url: str) -> None:
+        import nbqueue
+        from nbqueue.keys import DEFAULT_PREFIX
+        from nbqueue.ops import QueueOps
+        from nbqueue.worker.body import JobBody
+        from nbqueue.worker.engine import queue_job_factory
+
+        conn = nbqueue.connect(url)
+        self.q = nbqueue.Queue("floor-lean", conn)
+        self.ops = QueueOps("floor-lean")
+        self.ops.lazy_data = True  # as the engine's: the body decodes the data
+        self.client = conn.new_sync(socket_timeout=30.0)  # its own: a BLPOP holds it
+        self.token = f"lean-{uuid.uuid4().hex[:8]}"
+        self.make = queue_job_factory("floor-lean", conn, DEFAULT_PREFIX, False)
+        self.body = JobBody(_nbq_process, lambda job_id, line: None)
+        self.t = threading.Thread(target=self._serve, daemon=True)
+        self.t.start()
+
+    def _serve(self) -> None:
+        from nbqueue.protocol import run_sync
+
+        ops, token, lock_ms = self.ops, self.token, 30_000
+        wake = ops.keys.wake(token)
+        jobs: list[Any] = []
+        parked = False  # registered as idle by the last finish: its BLPOP alone follows
+        while True:
+            if not jobs:
+                try:
+                    fetched, _ = run_sync(self.client, ops.block(wake, 5.0, token) if parked
+                                          else ops.block_and_fetch(wake, 5.0, 1, token,
+                                                                   lock_ms))
+                except (redis.ConnectionError, OSError):
+                    return  # the server stopped: the run is over
+                jobs, parked = list(fetched.jobs), False
+                continue
+            record = jobs.pop()
+            outcome, _ = self.body.run(record, self.make(record, self))
+            # finish, fetch the next, and park if none came (as the engine's flush does)
+            _, fetched = run_sync(self.client, ops.finish(
+                [outcome], {}, 1, token, lock_ms, park_ms=5000))
+            jobs = list(fetched.jobs)
+            parked = not jobs
+
+    # the job handle's sink (progress is not sent: no processor here reports any)
+    def report_progress(self, job: Any, value: Any) -> None:
+        pass
+
+    def report_log(self, job_id: str, line: str) -> None:
+        pass
+
+    def trip(self, i: int) -> None:
+        assert self.q.add({"type": "w4", "payload": {"x": i}}).result(timeout=60) == i
+
+
 class Nbqueue:
     def __init__(self, url: str) -> None:
         import nbqueue
@@ -231,10 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(2) as pool:
             list(pool.map(echo, range(8)))
             raw, scripts, nbq = Raw(server.port), Scripts(server.port), Nbqueue(server.url)
+            lean = Lean(server.url)
             ways: dict[str, Callable[[], float]] = {
                 "ppe": lambda: _p50(lambda i: pool.submit(echo, i).result(), a.k),
                 "raw": lambda: _p50(raw.trip, a.k),
                 "scripts": lambda: scripts.run(a.k),
+                "api": lambda: _p50(scripts.api_trip, a.k),
+                "lean": lambda: _p50(lean.trip, a.k),
                 "nbqueue": lambda: _p50(nbq.trip, a.k),
             }
             names = list(ways)
