@@ -39,7 +39,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -79,6 +79,18 @@ def _pack(*commands: tuple[Any, ...]) -> list[bytes]:
     return [b"".join(pack_command(c) for c in commands)]
 
 
+def _popped(c: redis.Connection, key: str) -> Iterator[Any]:
+    """What ``BLPOP`` takes from ``key``, one value at a time, until the server stops."""
+    pop = _pack(("BLPOP", key, 0))
+    while True:
+        c.send_packed_command(pop)
+        try:
+            _, value = c.read_response()
+        except redis.ConnectionError:
+            return  # the server stopped: the run is over
+        yield value
+
+
 class Raw:
     """LPUSH/BLPOP there and back; a consumer thread in this process."""
 
@@ -91,13 +103,7 @@ class Raw:
 
     def _consume(self, port: int) -> None:
         c = _conn(port)
-        pop = _pack(("BLPOP", "raw:job", 0))
-        while True:
-            c.send_packed_command(pop)
-            try:
-                _, m = c.read_response()
-            except redis.ConnectionError:
-                return  # the server stopped: the run is over
+        for m in _popped(c, "raw:job"):
             c.send_packed_command(_pack(("LPUSH", "raw:rep", m)))
             c.read_response()
 
@@ -146,15 +152,9 @@ class Scripts:
         return ("EVALSHA", self.sha[call.script], len(call.keys), *call.keys, *call.args)
 
     def _consume(self, c: redis.Connection) -> None:
-        pop = _pack(("BLPOP", self.ops.handoff_key(self.token), 0))
         tpl = self.finish_cmd
         at_id, at_lock = tpl.index("\x00id"), tpl.index("\x00lk")
-        while True:
-            c.send_packed_command(pop)
-            try:
-                _, entry = c.read_response()
-            except redis.ConnectionError:
-                return  # the server stopped: the run is over
+        for entry in _popped(c, self.ops.handoff_key(self.token)):
             if entry == "0":  # a wake-up, not a job (includes/fetch.lua)
                 continue
             job = json.loads(entry)
