@@ -1,6 +1,6 @@
 """W4's floor: what one round trip through Redis costs before any of nbqueue's own Python.
 
-``python -m bench.w4floor`` (about a minute). One round trip on warm workers, four ways,
+``python -m bench.w4floor`` (about a minute). One round trip on warm workers, six ways,
 interleaved (each repetition runs every way back to back, order rotated), p50 of ``--k``
 sequential trips after 50 dropped:
 
@@ -27,8 +27,9 @@ sequential trips after 50 dropped:
 * ``nbqueue``: ``Queue.add(...).result()`` with a ``mode="thread"`` worker (concurrency 2).
 
 The gap between ``scripts`` and ``raw`` is the price of durability (two script calls and
-their stored state); between ``api`` and ``scripts``, the caller's Python; between
-``nbqueue`` and ``api``, the worker's (engine, job thread, handles).
+their stored state); between ``api`` and ``scripts``, the caller's Python; between ``lean``
+and ``api``, the Python of a job's own handling; between ``nbqueue`` and ``lean``, the
+worker's structure (its event loop, the hand-offs between it and the job thread).
 """
 
 from __future__ import annotations
