@@ -11,8 +11,10 @@ step is idempotent, so a crash between two steps is recovered by running them ag
    dependency (job field ``par``); a dependency that has ended already (or is gone, or
    whose id now names another job) gets its notification queued at once.
 3. A dependency's end (``finish.lua``; ``remove.lua`` for a removed one) queues a
-   notification ``[parent queue, parent id, queue, id, kind, value]`` in ITS OWN slot
-   (ZSET ``notify``), in the same script that ends it.
+   notification ``[parent queue, parent id, queue, id, kind, value, generation]`` in ITS
+   OWN slot (ZSET ``notify``), in the same script that ends it. The generation counts the
+   parent's re-arms (see "Retries re-arm" below; ``includes/flows.lua``): a notification
+   of an earlier arming is stale and delivers nothing.
 4. The resolver (``resolve``) reads the notifications of a queue, delivers them to the
    parents' slots (``dep_resolve.lua``: marks the dependency ended, releases the parent to
    ``wait`` when none is pending, or fails it with ``error_type="dependency_failed"``),
@@ -164,8 +166,10 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
     return found[0] if found[0] is not None else record
 
 
-def register(ops: QueueOps, parent_id: str, deps: Sequence[tuple[Dep, str]]) -> Op[Resolved]:
-    """Step 2 for one parent of ``ops``'s queue, then the resolver where it queued."""
+def register(ops: QueueOps, parent_id: str, deps: Sequence[tuple[Dep, str]],
+             generation: int = 0) -> Op[Resolved]:
+    """Step 2 for one parent of ``ops``'s queue (in its ``generation``: the notifications
+    its dependencies queue carry it), then the resolver where it queued."""
     by_queue: dict[str, list[str]] = {}
     for d, seq in deps:
         by_queue.setdefault(d.queue, []).extend((d.id, seq))
@@ -173,7 +177,8 @@ def register(ops: QueueOps, parent_id: str, deps: Sequence[tuple[Dep, str]]) -> 
     for name, flat in by_queue.items():
         child = ops.sibling(name)
         for i in range(0, len(flat), 2000):
-            n = yield child.call("dep_register", ops.name, parent_id, *flat[i:i + 2000])
+            n = yield child.call("dep_register", ops.name, parent_id, generation,
+                                 *flat[i:i + 2000])
             if int(n) and name not in queued:
                 queued.append(name)
     done = Resolved()
@@ -195,13 +200,15 @@ def resolve(ops: QueueOps, dead_letter: bool = True, _depth: int = 0) -> Op[Reso
         by_parent: dict[str, list[Any]] = {}
         for entry in entries:
             try:
-                pq, pid, cq, cid, kind, value = json.loads(entry)
+                item = json.loads(entry)
+                pq, pid, cq, cid, kind, value = item[:6]
+                gen = int(item[6]) if len(item) > 6 else 0  # (6: queued before generations)
                 validate_queue_name(pq)
             except (ValueError, TypeError) as exc:
                 log.warning("dropping a malformed dependency notification %r: %s", entry, exc)
                 continue
             by_parent.setdefault(pq, []).extend(
-                (str(pid), f"{cq} {cid}", str(kind), str(value)))
+                (str(pid), f"{cq} {cid}", str(kind), str(value), gen))
         for pq, args in by_parent.items():
             parent = ops.sibling(pq)
             released, failed, queued = yield parent.call("dep_resolve", *args)
@@ -248,15 +255,15 @@ def _register_due(ops: QueueOps, due: Sequence[Any]) -> Op[Resolved]:
     done = Resolved()
     i = 0
     while i < len(due):
-        pid, n = str(due[i]), int(due[i + 1])
-        pairs = due[i + 2:i + 2 + 2 * n]
-        i += 2 + 2 * n
+        pid, gen, n = str(due[i]), int(due[i + 1]), int(due[i + 2])
+        pairs = due[i + 3:i + 3 + 2 * n]
+        i += 3 + 2 * n
         deps = []
         for k in range(0, len(pairs), 2):
             q, _, jid = str(pairs[k]).partition(" ")
             deps.append((Dep(q, jid), str(pairs[k + 1])))
         if deps:
-            done.extend((yield from register(ops, pid, deps)))
+            done.extend((yield from register(ops, pid, deps, gen)))
     return done
 
 
@@ -274,7 +281,7 @@ def register_due(ops: QueueOps, batch: int = 100) -> Op[Resolved]:
 def _due_count(due: Sequence[Any]) -> int:
     i = count = 0
     while i < len(due):
-        i += 2 + 2 * int(due[i + 1])
+        i += 3 + 2 * int(due[i + 2])
         count += 1
     return count
 
@@ -286,9 +293,13 @@ def _due_count(due: Sequence[Any]) -> int:
 # re-check due at once; ``register_due`` then registers its dependencies (the completed ones
 # notify it at once with their current results; one still failed fails it again). A failed
 # job keeps its parents ('par'), so retrying a dependency re-arms the parents that failed on
-# it (``dep_rearm.lua`` in their slot), and theirs in turn. A crash between the steps leaves
-# a re-armed job whose re-check is due: the next upkeep of any worker of its queue registers
-# it; a parent not re-armed yet stays failed (never partial) until it is retried itself.
+# it (``dep_rearm.lua`` in their slot), and theirs in turn. Each re-arm starts a new
+# generation of the job: news queued for an earlier one -- a failure a resolver had read
+# before the retry and delivers after it -- is stale and ignored (``dep_resolve.lua``); the
+# registration that follows the re-arm tells it everything anew. A crash between the
+# steps leaves a re-armed job whose re-check is due: the next upkeep of any worker of its
+# queue registers it; a parent not re-armed yet stays failed (never partial) until it is
+# retried itself.
 
 def retry(ops: QueueOps, limit: int = 0, job_id: str = "") -> Op[int]:
     """``Queue.retry_failed`` / ``Job.retry``: how many failed jobs were moved back (to wait,

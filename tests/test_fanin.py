@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nbqueue import JobFailedError, JobState, Queue, Worker, aio
+from nbqueue import JobFailedError, JobState, Queue, Worker, aio, flows
 from nbqueue.ops import Outcome, OutcomeKind
 from nbqueue.protocol import run_sync
 
@@ -237,3 +237,105 @@ def test_a_fan_in_of_1200_dependencies_is_armed_and_re_armed_whole(conn, r) -> N
         assert chunks[1100].retry()
         # all 1200 results: a re-arm that wrote 500 pending entries would never complete
         assert total.result(timeout=60) == {"n": 1200, "total": sum(range(1200))}
+
+
+class _Stepper:
+    """Runs an op one Redis step at a time, so that a test can interleave two processes'
+    protocol steps exactly (a real race, made deterministic)."""
+
+    def __init__(self, r: Any, op: Any) -> None:
+        self.r, self.op, self.value = r, op, None
+        self.step: Any = next(op)
+        self.done = False
+
+    def run_until(self, stop: Any = lambda step: False) -> None:
+        while not self.done and not stop(self.step):
+            reply = run_sync(self.r, _single(self.step))
+            try:
+                self.step = self.op.send(reply)
+            except StopIteration as end:
+                self.done, self.value = True, end.value
+
+
+def _is_cmd(name: str, key: str) -> Any:
+    return lambda step: (getattr(step, "command", None) is not None
+                         and step.command[0] == name and step.command[1] == key)
+
+
+def test_a_notification_queued_again_during_a_resolver_run_is_not_lost(conn) -> None:
+    """The intermittent failure of the re-arm tests above, made exact. A resolver (a
+    worker's) reads a completion notification that arrived after the fan-in failed and
+    delivers it: the fan-in is failed, nothing changes. Before it removes what it read, a
+    retry re-arms the fan-in and registers its dependencies again: the completed one queues
+    the same notification anew. The resolver's removal must not take the new one with it
+    (it did: the member was the same text, so the fan-in waited for the 30 s re-check)."""
+    q = Queue("fi_race", conn)
+    ops, keys = q._ops, q._ops.keys
+    a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
+    total = q.add({"type": "sum"}, depends_on=[a, b])
+
+    def op():  # a worker runs both: a completes, b fails; their notifications are queued
+        fetched = yield from ops.fetch(10, "w1", 30_000)
+        yield from ops.finish([Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
+                               if rec.id == b.id else
+                               Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
+                               for rec in fetched.jobs], {}, 0, "w1", 30_000)
+
+    r = conn.sync()
+    run_sync(r, op())
+    assert r.zcard(keys.notify) == 2
+    worker_side = _Stepper(r, flows.resolve(ops))
+    worker_side.run_until(_is_cmd("ZREM", keys.notify))  # delivered, not yet removed
+    assert total.get_state() is JobState.FAILED
+    retrying = _Stepper(r, flows.retry(ops, 0, b.id))
+    retrying.run_until(_is_cmd("ZRANGE", keys.notify))  # re-armed and registered again
+    assert total.get_state() is JobState.WAITING_CHILDREN
+    worker_side.run_until()  # the worker's resolver removes what it read
+    retrying.run_until()
+    assert retrying.value == 1
+    deps = r.hgetall(keys.deps(total.id))
+    delivered = deps[f"fi_race {a.id}"].startswith("c")
+    assert delivered or r.zcard(keys.notify) == 1, (deps, r.zrange(keys.notify, 0, -1))
+    with Worker(q.name, Chunks(broken=set()), conn):
+        assert total.result(timeout=30) == {"n": 2, "total": 30}
+
+
+def _is_script(name: str) -> Any:
+    return lambda step: getattr(step, "script", None) == name
+
+
+def test_a_failure_read_before_a_retry_and_delivered_after_is_stale(conn) -> None:
+    """The other intermittent failure of the re-arm tests. The fan-in is retried while b is
+    still failed: its registration queues b's failure anew. A worker's resolver reads it;
+    the retrying process's own resolver delivers it first (the fan-in fails again, as it
+    should). b is fixed and retried: the fan-in is re-armed. Then the worker's resolver
+    delivers what it read: that failure is news of the earlier arming and must not fail
+    the re-armed fan-in (it did: 'dependency ... failed: chunk is broken' after the fix)."""
+    q = Queue("fi_stale2", conn)
+    ops, keys = q._ops, q._ops.keys
+    a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
+    total = q.add({"type": "sum"}, depends_on=[a, b])
+
+    def op():
+        fetched = yield from ops.fetch(10, "w1", 30_000)
+        yield from ops.finish([Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
+                               if rec.id == b.id else
+                               Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
+                               for rec in fetched.jobs], {}, 0, "w1", 30_000)
+        yield from flows.resolve(ops)
+
+    r = conn.sync()
+    run_sync(r, op())
+    assert total.get_state() is JobState.FAILED
+    retrying = _Stepper(r, flows.retry(ops, 0, total.id))
+    retrying.run_until(_is_cmd("ZRANGE", keys.notify))  # re-armed; b's failure queued anew
+    worker_side = _Stepper(r, flows.resolve(ops))
+    worker_side.run_until(_is_script("dep_resolve"))  # read, not delivered yet
+    retrying.run_until()
+    assert total.get_state() is JobState.FAILED  # b is still failed: so is the fan-in
+    assert b.retry()  # fixed: the fan-in is re-armed and waits for b again
+    assert total.get_state() is JobState.WAITING_CHILDREN
+    worker_side.run_until()  # the stale failure arrives
+    assert total.get_state() is JobState.WAITING_CHILDREN
+    with Worker(q.name, Chunks(broken=set()), conn):
+        assert total.result(timeout=30) == {"n": 2, "total": 30}

@@ -329,10 +329,10 @@ def crash_between_finish_and_resolve(conn: Any, child_q: Queue, parent_q: Queue)
     entries = client.zrange(child_q._ops.keys.notify, 0, 0)
     import json
 
-    _, pid, cq, cid, kind, value = json.loads(entries[0])
+    _, pid, cq, cid, kind, value, gen = json.loads(entries[0])
     for _ in range(2):
         run_sync(client, _single(parent_q._ops.call("dep_resolve", pid, f"{cq} {cid}", kind,
-                                                     value)))
+                                                     value, gen)))
     assert client.hget(parent_q._ops.keys.job(parent.id), "dpend") == "2"
     runs: list[str] = []
 

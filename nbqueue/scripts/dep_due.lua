@@ -5,21 +5,22 @@
 -- whose job is no longer waiting for children is dropped.
 -- KEYS: 1 the queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 limit, 5 re-check ms.
--- Returns {parent id, n, then n x ("<queue> <id>", seq) of its pending dependencies, ...}.
+-- Returns {parent id, its generation ('arm', includes/flows.lua), n, then n x
+--   ("<queue> <id>", seq) of its pending dependencies, ...}.
 -- @include common
 allow_oom()  -- keeps flows moving on a full Redis (see includes/common.lua)
 local K_WCHILD = BASE .. 'waiting-children'
 check_types(K_WCHILD, 'zset')  -- validation before the first write (see common.lua)
 local due = redis.call('ZRANGEBYSCORE', K_WCHILD, '-inf', fmt(NOW), 'LIMIT', 0, tonumber(ARGV[4]))
 -- read first: a job or deps key of the wrong type is left alone (not this script's to fix)
-local states, deps = {}, {}
+local states, gens, deps = {}, {}, {}
 for i, pid in ipairs(due) do
-  local st = redis.pcall('HGET', JOB .. pid, 'state')
+  local st = redis.pcall('HMGET', JOB .. pid, 'state', 'arm')
   local d = redis.pcall('HGETALL', BASE .. 'deps:' .. pid)
-  if type(st) == 'table' and st.err or type(d) == 'table' and d.err then
+  if st.err or type(d) == 'table' and d.err then
     states[i] = 'skip'
   else
-    states[i], deps[i] = st, d
+    states[i], gens[i], deps[i] = st[1], tonumber(st[2]) or 0, d
   end
 end
 local out = {}
@@ -39,6 +40,7 @@ for i, pid in ipairs(due) do
       end
     end
     out[#out + 1] = pid
+    out[#out + 1] = gens[i]
     out[#out + 1] = #pending / 2
     for i = 1, #pending do out[#out + 1] = pending[i] end
   end

@@ -3,20 +3,21 @@
 -- gone, is notified at once. Idempotent: run again by the upkeep for parents whose
 -- re-check time has come (a crash between add_dependent and this step is recovered so).
 -- KEYS: 1 this (the dependencies') queue prefix "nbq:{q}:" (see includes/common.lua).
--- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 parent queue, 5 parent id,
+-- ARGV: 1 job prefix, 2 now ms, 3 events maxlen, 4 parent queue, 5 parent id, 6 the
+--   parent's generation (includes/flows.lua: its notifications carry it; kept in 'parg'),
 --   then 2 per dependency: its id and the sequence number it had when the parent was
 --   added (another job that re-used the id later is not the dependency: it counts as gone).
 -- Returns the number of notifications queued (ZSET notify; a resolver delivers them).
 -- @include common
 -- @include flows
-local me = ARGV[4] .. ' ' .. ARGV[5]
+local me, gen = ARGV[4] .. ' ' .. ARGV[5], tonumber(ARGV[6]) or 0
 -- Read every dependency first (a key that is not a hash is no job: gone), then write
 -- (validation before the first write, see common.lua).
 check_types(K_NOTIFY, 'zset')
 local plan = {}
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local cid, seq = ARGV[i], ARGV[i + 1]
-  local f = redis.pcall('HMGET', JOB .. cid, 'state', 'rv', 'fr', 'par', 'seq')
+  local f = redis.pcall('HMGET', JOB .. cid, 'state', 'rv', 'fr', 'par', 'seq', 'parg')
   if f.err then f = {} end
   local step = {cid = cid}
   if not f[1] or f[5] ~= seq then
@@ -34,17 +35,24 @@ for i = 6, #ARGV, 2 do
       parents[#parents + 1] = me
       step.par = cjson.encode(parents)
     end
+    -- the generation its end must carry: written once one is not 0 (most flows never are)
+    local ok2, gens = pcall(cjson.decode, f[6] or '{}')
+    if not ok2 or type(gens) ~= 'table' then gens = {} end
+    if (tonumber(gens[me]) or 0) ~= gen then
+      gens[me] = gen
+      step.parg = cjson.encode(gens)
+    end
   end
   plan[#plan + 1] = step
 end
 local queued = 0
 for _, step in ipairs(plan) do
   if step.kind then
-    redis.call('ZADD', K_NOTIFY, fmt(NOW),
-      cjson.encode({ARGV[4], ARGV[5], QNAME, step.cid, step.kind, step.value}))
+    queue_notification(ARGV[4], ARGV[5], step.cid, step.kind, step.value, gen)
     queued = queued + 1
-  elseif step.par then
-    redis.call('HSET', JOB .. step.cid, 'par', step.par)
+  else
+    if step.par then redis.call('HSET', JOB .. step.cid, 'par', step.par) end
+    if step.parg then redis.call('HSET', JOB .. step.cid, 'parg', step.parg) end
   end
 end
 return queued

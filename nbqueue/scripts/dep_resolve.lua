@@ -10,7 +10,9 @@
 -- A released parent drops 'dl'.
 -- KEYS: 1 this (the parents') queue prefix "nbq:{q}:" (see includes/common.lua).
 -- ARGV: 1 job prefix, 2 now ms, 3 events maxlen,
---   then 4 per notification: parent id, "<queue> <id>" of the dependency, kind (c|f|m), value.
+--   then 5 per notification: parent id, "<queue> <id>" of the dependency, kind (c|f|m), value,
+--   the parent's generation it was queued for (one of an earlier arming is stale: ignored,
+--   see includes/flows.lua).
 -- Returns {{released ids}, {failed ids}, notifications queued for grandparents}.
 -- @include common
 -- @include flows
@@ -37,7 +39,7 @@ end
 check_types(K_WCHILD, 'zset', K_WAIT, 'zset', K_DELAYED, 'zset', K_FAILED, 'zset',
   K_NOTIFY, 'zset', K_STATS, 'hash')
 check_int(K_CTR)
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   local key, dkey = JOB .. ARGV[i], BASE .. 'deps:' .. ARGV[i]
   check_types(key, 'hash', dkey, 'hash')
   local pend = redis.call('HGET', key, 'dpend')
@@ -45,13 +47,14 @@ for i = 4, #ARGV, 4 do
     error('nbqueue: job ' .. ARGV[i] .. ' has a corrupt dpend ' .. pend .. '; nothing was changed')
   end
 end
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   local pid, ref, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOB .. pid
   local dkey = BASE .. 'deps:' .. pid
-  local f = redis.call('HMGET', key, 'state', 'dpol', 'prio', 'seq', 'delay', 'par')
+  local f = redis.call('HMGET', key, 'state', 'dpol', 'prio', 'seq', 'delay', 'par', 'arm')
   local cur = redis.call('HGET', dkey, ref)
-  if f[1] == 'waiting-children' and cur and string.sub(cur, 1, 1) == 'p' then
+  local current = (tonumber(ARGV[i + 4]) or 0) == (tonumber(f[7]) or 0)
+  if current and f[1] == 'waiting-children' and cur and string.sub(cur, 1, 1) == 'p' then
     redis.call('HSET', dkey, ref, kind .. value)
     if kind ~= 'c' and f[2] ~= 'ignore' then
       local what = ' failed: '

@@ -130,7 +130,7 @@ for i = first_job, #ARGV, 10 do
       if kind == 'c' then what = 'c' end
       notify_parents(held[8], id, what, value)
       -- a failed job keeps its parents: retrying it re-arms them (nbqueue/flows.py)
-      if kind == 'c' then redis.call('HDEL', key, 'par') end
+      if kind == 'c' then redis.call('HDEL', key, 'par', 'parg') end
       statuses[#statuses] = 2
     end
     if kind == 'c' then

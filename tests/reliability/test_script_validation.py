@@ -335,7 +335,7 @@ def case_dep_register(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     seq = r.hget(f"{BASE}job:{done}", "seq")
     with wrong_type(r, BASE + "notify"):
         assert _attempt(lambda: _run(q, _single(q._ops.call(
-            "dep_register", Q, parent, dep, r.hget(f"{BASE}job:{dep}", "seq"), done,
+            "dep_register", Q, parent, 0, dep, r.hget(f"{BASE}job:{dep}", "seq"), done,
             seq)))) is not None
     assert r.hget(f"{BASE}job:{dep}", "par") == f'["{Q} {parent}"]'  # as before
 
@@ -345,10 +345,10 @@ def case_dep_resolve(q: Queue, r: redis.Redis, s: dict[str, Any]) -> None:
     for key in ("wait", "waiting-children", "ctr", f"deps:{parent}"):
         with wrong_type(r, BASE + key):
             assert _attempt(lambda: _run(q, _single(q._ops.call(
-                "dep_resolve", parent, f"{Q} {dep}", "c", "1")))) is not None
+                "dep_resolve", parent, f"{Q} {dep}", "c", "1", 0)))) is not None
     r.hset(f"{BASE}job:{parent}", "dpend", "x")
     assert _attempt(lambda: _run(q, _single(q._ops.call(
-        "dep_resolve", parent, f"{Q} {dep}", "c", "1")))) is not None
+        "dep_resolve", parent, f"{Q} {dep}", "c", "1", 0)))) is not None
     r.hset(f"{BASE}job:{parent}", "dpend", "1")
     assert r.hget(f"{BASE}deps:{parent}", f"{Q} {dep}").startswith("p")
 

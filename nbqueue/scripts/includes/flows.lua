@@ -2,22 +2,49 @@
 -- for the protocol. A job with dependents ("parents") carries 'par': a JSON array of
 -- "<parent queue> <parent id>" (queue names hold no whitespace). When it ends, each parent
 -- gets a notification in THIS queue's slot (ZSET notify, member = JSON
--- [parent queue, parent id, this queue, this id, kind, value]); a resolver later moves it
--- to the parent's slot (dep_resolve.lua). kind: c completed (value = result JSON),
+-- [parent queue, parent id, this queue, this id, kind, value, generation]); a resolver later
+-- moves it to the parent's slot (dep_resolve.lua). kind: c completed (value = result JSON),
 -- f failed (value = reason), m gone (value = reason).
+--
+-- Generations: a parent's 'arm' field counts its re-arms (absent: 0; rearm below). Its
+-- dependencies learn it when they register the parent (dep_register.lua keeps it in their
+-- 'parg' field, a JSON object {"<parent queue> <parent id>": generation}, written once a
+-- generation is not 0) and each notification carries it; dep_resolve.lua delivers only a
+-- notification of the parent's current generation. A notification of an earlier arming --
+-- a failure a resolver read before the failed dependency was retried and the parent
+-- re-armed, and delivered after -- is stale news and changes nothing; the re-arm's
+-- registration tells the parent everything again, in the new generation. It also keeps a
+-- new notification a member of its own: a resolver that read the old text and removes it
+-- after delivering cannot take the new one with it.
 local K_NOTIFY = BASE .. 'notify'
 local QNAME = string.match(BASE, '{(.*)}') or BASE
+
+-- The generations job `id` holds for its parents ('parg'), or nil.
+local function parent_generations(id)
+  local raw = redis.pcall('HGET', JOB .. id, 'parg')
+  if type(raw) ~= 'string' then return nil end
+  local ok, gens = pcall(cjson.decode, raw)
+  if ok and type(gens) == 'table' then return gens end
+  return nil
+end
+
+-- Queue one notification for parent `pq` `pid` (of its generation `gen`): job `id` of
+-- this queue ended.
+local function queue_notification(pq, pid, id, kind, value, gen)
+  redis.call('ZADD', K_NOTIFY, fmt(NOW), cjson.encode({pq, pid, QNAME, id, kind, value, gen}))
+end
 
 -- Queue a notification of job `id`'s end for each parent in `par` (its 'par' field).
 -- Returns how many were queued (a malformed field queues none).
 local function notify_parents(par, id, kind, value)
   local ok, parents = pcall(cjson.decode, par)
   if not ok or type(parents) ~= 'table' then return 0 end
+  local gens = parent_generations(id)
   local n = 0
   for _, p in ipairs(parents) do
     local pq, pid = string.match(tostring(p), '^(%S+) (.+)$')
     if pq then
-      redis.call('ZADD', K_NOTIFY, fmt(NOW), cjson.encode({pq, pid, QNAME, id, kind, value}))
+      queue_notification(pq, pid, id, kind, value, gens and tonumber(gens[p]) or 0)
       n = n + 1
     end
   end
@@ -61,13 +88,15 @@ local function write_deps(dkey, flat, first)
   end
 end
 
--- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry).
+-- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry),
+-- in a new generation (see above: news of the earlier arming no longer counts).
 local function rearm(id, flat)
   local dkey = BASE .. 'deps:' .. id
   redis.call('DEL', dkey)
   write_deps(dkey, flat, 1)
+  local gen = (tonumber(redis.call('HGET', JOB .. id, 'arm')) or 0) + 1
   redis.call('HSET', JOB .. id, 'state', 'waiting-children', 'dpend', fmt(#flat / 2),
-    'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '', 'cx', '')
+    'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '', 'cx', '', 'arm', fmt(gen))
   redis.call('HDEL', JOB .. id, 'dres')
   redis.call('ZREM', K_FAILED, id)
   redis.call('ZADD', K_WCHILD, fmt(NOW), id)
