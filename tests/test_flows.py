@@ -372,3 +372,25 @@ def test_aio_dependencies(conn) -> None:
         await q.close()
 
     asyncio.run(main())
+
+
+def test_a_notification_queued_by_an_older_nbqueue_is_delivered(conn) -> None:
+    """Notifications gained a 7th element (the parent's generation, see includes/flows.lua);
+    one left in Redis by a version before that (6 elements) counts as generation 0, the
+    generation of every parent that was never re-armed: an upgrade strands no fan-in."""
+    import json
+
+    child_q, parent_q = Queue("old_child", conn), Queue("old_parent", conn)
+    children = [child_q.add({"type": "c", "payload": i}) for i in range(2)]
+    parent = parent_q.add({"type": "fanin"}, depends_on=children)
+    _finish_without_resolving(child_q, lambda rec: rec.data["payload"] + 1)
+    client = conn.sync()
+    key = child_q._ops.keys.notify
+    entries = client.zrange(key, 0, -1, withscores=True)
+    assert [len(json.loads(e)) for e, _ in entries] == [7, 7]
+    assert {json.loads(e)[6] for e, _ in entries} == {0}
+    client.delete(key)  # as an older nbqueue queued them
+    client.zadd(key, {json.dumps(json.loads(e)[:6]): s for e, s in entries})
+    run_sync(client, flows.resolve(child_q._ops))
+    assert client.zcard(key) == 0
+    assert parent.get_state() is JobState.WAITING  # both delivered: released
