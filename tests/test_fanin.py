@@ -157,6 +157,16 @@ def test_batch_retry_failed_re_arms_dependents_across_queues_and_levels(conn) ->
     assert proc.fanin_runs == 2
 
 
+def _run_without_resolving(q: Queue, broken: str) -> Any:
+    """A worker that takes every waiting job of ``q`` and ends it -- job ``broken`` fails,
+    the others complete with 10 -- then dies before it delivers the notifications."""
+    fetched = yield from q._ops.fetch(10, "dying", 30_000)
+    yield from q._ops.finish([Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
+                              if rec.id == broken else
+                              Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
+                              for rec in fetched.jobs], {}, 0, "dying", 30_000)
+
+
 def test_a_failure_not_yet_delivered_is_forgotten_by_the_retry(conn) -> None:
     """A dependency fails and its worker dies before delivering the notification; the
     dependency is retried before anyone delivers it: the stale failure must not fail the
@@ -165,16 +175,8 @@ def test_a_failure_not_yet_delivered_is_forgotten_by_the_retry(conn) -> None:
     a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
     total = q.add({"type": "sum"}, depends_on=[a, b])
 
-    def op():
-        fetched = yield from q._ops.fetch(10, "dying", 30_000)
-        outcomes = [Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
-                    if rec.id == b.id else
-                    Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
-                    for rec in fetched.jobs]
-        yield from q._ops.finish(outcomes, {}, 0, "dying", 30_000)
-
     r = conn.sync()
-    run_sync(r, op())
+    run_sync(r, _run_without_resolving(q, b.id))
     assert r.zcard(q._ops.keys.notify) == 2 and b.get_state() is JobState.FAILED
     assert b.retry()
     assert r.zcard(q._ops.keys.notify) == 1  # a's completion stays; b's failure is gone
@@ -274,15 +276,8 @@ def test_a_notification_queued_again_during_a_resolver_run_is_not_lost(conn) -> 
     a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
     total = q.add({"type": "sum"}, depends_on=[a, b])
 
-    def op():  # a worker runs both: a completes, b fails; their notifications are queued
-        fetched = yield from ops.fetch(10, "w1", 30_000)
-        yield from ops.finish([Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
-                               if rec.id == b.id else
-                               Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
-                               for rec in fetched.jobs], {}, 0, "w1", 30_000)
-
     r = conn.sync()
-    run_sync(r, op())
+    run_sync(r, _run_without_resolving(q, b.id))  # their notifications are queued
     assert r.zcard(keys.notify) == 2
     worker_side = _Stepper(r, flows.resolve(ops))
     worker_side.run_until(_is_cmd("ZREM", keys.notify))  # delivered, not yet removed
@@ -316,16 +311,9 @@ def test_a_failure_read_before_a_retry_and_delivered_after_is_stale(conn) -> Non
     a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
     total = q.add({"type": "sum"}, depends_on=[a, b])
 
-    def op():
-        fetched = yield from ops.fetch(10, "w1", 30_000)
-        yield from ops.finish([Outcome(rec, OutcomeKind.FAILED, "chunk is broken", "ValueError")
-                               if rec.id == b.id else
-                               Outcome(rec, OutcomeKind.COMPLETED, json.dumps(10))
-                               for rec in fetched.jobs], {}, 0, "w1", 30_000)
-        yield from flows.resolve(ops)
-
     r = conn.sync()
-    run_sync(r, op())
+    run_sync(r, _run_without_resolving(q, b.id))
+    run_sync(r, flows.resolve(ops))
     assert total.get_state() is JobState.FAILED
     retrying = _Stepper(r, flows.retry(ops, 0, total.id))
     retrying.run_until(_is_cmd("ZRANGE", keys.notify))  # re-armed; b's failure queued anew
