@@ -250,12 +250,14 @@ def _failover(tmp_path: Path, *, min_replicas: int, hold: bool) -> dict[str, Any
             acked: list[tuple[int, Any, float]] = []
             errors: list[tuple[int, float, str]] = []
             unacked_ids: list[str] = []
+            started: dict[int, float] = {}  # when each add was called
             stop = threading.Event()
 
             def produce() -> None:
                 n = 0
                 while not stop.is_set():
                     n += 1
+                    started[n] = time.monotonic()
                     try:
                         acked.append((n, q.add({"type": "t", "payload": {"n": n}}),
                                       time.monotonic()))
@@ -269,9 +271,13 @@ def _failover(tmp_path: Path, *, min_replicas: int, hold: bool) -> dict[str, Any
             producer = threading.Thread(target=produce)
             producer.start()
             time.sleep(1.0)
-            t_hold = time.monotonic()
             if hold:
                 s.hold_replication()
+            # from here on nothing the primary writes reaches the replica: an add called
+            # after this instant cannot be replicated (one called before may have been, and
+            # its acknowledgement be recorded after it: the producer is a thread)
+            t_held = time.monotonic()
+            if hold:
                 time.sleep(1.0)
             s.primary.kill()
             t_kill = time.monotonic()
@@ -324,7 +330,8 @@ def _failover(tmp_path: Path, *, min_replicas: int, hold: bool) -> dict[str, Any
             "first_error_after_kill_s": round(down[0] - t_kill, 3) if down else None,
             "lost_acked_within_s_before_kill": (round(t_kill - min(t for *_, t in lost), 3)
                                                 if lost else 0.0),
-            "acked_while_held": sum(1 for *_, t in acked if t_hold <= t <= t_kill),
+            "acked_while_held": sum(1 for n, _, t in acked
+                                    if started[n] >= t_held and t <= t_kill),
             "ids_after_failover": after[:2],
             "unacknowledged_ids_after_failover": [i for i in unacked_ids if "-" in i][:2],
             "error_types": dict(Counter(e for *_, e in errors)),
