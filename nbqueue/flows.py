@@ -12,9 +12,10 @@ step is idempotent, so a crash between two steps is recovered by running them ag
    whose id now names another job) gets its notification queued at once.
 3. A dependency's end (``finish.lua``; ``remove.lua`` for a removed one) queues a
    notification ``[parent queue, parent id, queue, id, kind, value, generation]`` in ITS
-   OWN slot (ZSET ``notify``), in the same script that ends it. The generation counts the
-   parent's re-arms (see "Retries re-arm" below; ``includes/flows.lua``): a notification
-   of an earlier arming is stale and delivers nothing.
+   OWN slot (ZSET ``notify``), in the same script that ends it. The generation names the
+   parent's arming (its sequence number, then a fresh number at each re-arm: see "Retries
+   re-arm" below; ``includes/flows.lua``): a notification of an earlier arming is stale
+   and delivers nothing.
 4. The resolver (``resolve``) reads the notifications of a queue, delivers them to the
    parents' slots (``dep_resolve.lua``: marks the dependency ended, releases the parent to
    ``wait`` when none is pending, or fails it with ``error_type="dependency_failed"``),
@@ -153,7 +154,7 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
     job_id, name, text, opts_json, prio, delay = args[:6]
     reply, acked = yield from ops.replicated(ops.call(
         "add_dependent", job_id, name, text, opts_json, prio, delay, policy, RECHECK_MS, *flat))
-    job_id, existed = str(reply[0]), int(reply[1])
+    job_id, existed, generation = str(reply[0]), int(reply[1]), int(reply[2])
     if acked is not None and acked < ops.min_replicas and not existed:
         ops.not_replicated(acked, [job_id])
     if existed:
@@ -161,7 +162,7 @@ def add_dependent(ops: QueueOps, data: Any, opts: Mapping[str, Any], depends_on:
         if found[0] is not None:
             return found[0]
     record.id = job_id
-    yield from register(ops, job_id, [(d, s) for d, s in zip(deps, seqs)])
+    yield from register(ops, job_id, [(d, s) for d, s in zip(deps, seqs)], generation)
     found = yield from ops.get_jobs_by_id([job_id])
     return found[0] if found[0] is not None else record
 

@@ -327,3 +327,27 @@ def test_a_failure_read_before_a_retry_and_delivered_after_is_stale(conn) -> Non
     assert total.get_state() is JobState.WAITING_CHILDREN
     with Worker(q.name, Chunks(broken=set()), conn):
         assert total.result(timeout=30) == {"n": 2, "total": 30}
+
+
+def test_a_registration_older_than_the_last_re_arm_changes_nothing(conn) -> None:
+    """A registration of the fan-in's dependencies that arrives after a newer arming's
+    (an upkeep read the fan-in as due, then the fan-in failed, was retried and registered
+    again before that upkeep's registration landed) is stale: it must not give the
+    dependencies the old generation, whose news the fan-in then refuses (it would wait
+    for its 30 s re-check)."""
+    q = Queue("fi_late", conn)
+    ops, keys = q._ops, q._ops.keys
+    a, b = q.add({"type": "chunk", "payload": 1}), q.add({"type": "chunk", "payload": 2})
+    total = q.add({"type": "sum"}, depends_on=[a, b])
+    r = conn.sync()
+    first = int(r.hget(keys.job(total.id), "arm"))
+    deps = [(flows.Dep(q.name, j.id), r.hget(keys.job(j.id), "seq")) for j in (a, b)]
+    assert total.cancel() and total.retry()  # re-armed: a newer generation, registered
+    armed = int(r.hget(keys.job(total.id), "arm"))
+    assert armed > first
+    run_sync(r, flows.register(ops, total.id, deps, first))  # the late, stale one
+    assert {json.loads(r.hget(keys.job(j.id), "parg"))[f"fi_late {total.id}"]
+            for j in (a, b)} == {str(armed)}
+    run_sync(r, _run_without_resolving(q, broken=""))  # a and b complete
+    run_sync(r, flows.resolve(ops))
+    assert total.get_state() is JobState.WAITING  # released at once, not at the re-check

@@ -11,7 +11,8 @@
 -- seq, ...; kept until they release it, so that a retry can re-arm it: includes/flows.lua);
 -- ZSET waiting-children (score = re-check time).
 -- A fresh id is the counter value and its label (includes/ids.lua).
--- Returns {id, 1 if a job with this id existed already (nothing written), seq}.
+-- Returns {id, 1 if a job with this id existed already (nothing written), seq (also its
+--   first generation, 'arm': includes/flows.lua)}.
 -- @include common
 -- @include ids
 -- @include flows
@@ -34,7 +35,7 @@ if id == '' then id = fmt(seq) .. label end
 local key = JOB .. id
 local fields = {'name', ARGV[5], 'data', ARGV[6], 'opts', ARGV[7], 'ts', fmt(NOW),
   'prio', ARGV[8], 'seq', fmt(seq), 'state', 'waiting-children', 'dpol', ARGV[10],
-  'dpend', fmt(n)}
+  'dpend', fmt(n), 'arm', fmt(seq)}  -- its first generation (includes/flows.lua)
 local dl = {}
 for i = 12, #ARGV do dl[#dl + 1] = ARGV[i] end
 fields[#fields + 1] = 'dl'; fields[#fields + 1] = cjson.encode(dl)

@@ -11,6 +11,7 @@
 allow_oom()  -- like retry_failed (see includes/common.lua)
 -- validation before the first write (see common.lua)
 check_types(K_FAILED, 'zset', K_NOTIFY, 'zset')
+check_int(K_CTR)  -- numbers the new generations (includes/flows.lua)
 local armed, parents, seen_parent, ids = {}, {}, {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]

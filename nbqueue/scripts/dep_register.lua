@@ -35,11 +35,12 @@ for i = 7, #ARGV, 2 do
       parents[#parents + 1] = me
       step.par = cjson.encode(parents)
     end
-    -- the generation its end must carry: written once one is not 0 (most flows never are)
+    -- the generation its end must carry; never lowered: a lower one is a registration
+    -- that arrives after a newer arming's, stale (includes/flows.lua)
     local ok2, gens = pcall(cjson.decode, f[6] or '{}')
     if not ok2 or type(gens) ~= 'table' then gens = {} end
-    if (tonumber(gens[me]) or 0) ~= gen then
-      gens[me] = gen
+    if gen > (tonumber(gens[me]) or 0) then
+      gens[me] = fmt(gen)
       step.parg = cjson.encode(gens)
     end
   end

@@ -6,16 +6,19 @@
 -- moves it to the parent's slot (dep_resolve.lua). kind: c completed (value = result JSON),
 -- f failed (value = reason), m gone (value = reason).
 --
--- Generations: a parent's 'arm' field counts its re-arms (absent: 0; rearm below). Its
--- dependencies learn it when they register the parent (dep_register.lua keeps it in their
--- 'parg' field, a JSON object {"<parent queue> <parent id>": generation}, written once a
--- generation is not 0) and each notification carries it; dep_resolve.lua delivers only a
--- notification of the parent's current generation. A notification of an earlier arming --
--- a failure a resolver read before the failed dependency was retried and the parent
--- re-armed, and delivered after -- is stale news and changes nothing; the re-arm's
--- registration tells the parent everything again, in the new generation. It also keeps a
--- new notification a member of its own: a resolver that read the old text and removes it
--- after delivering cannot take the new one with it.
+-- Generations: a parent's 'arm' field names its current arming: its sequence number when
+-- it is added (add_dependent.lua), a fresh number of the queue's counter at each re-arm
+-- (rearm below), so a later arming always has a greater one (absent, for a job added
+-- before generations: 0). Its dependencies learn it when they register the parent
+-- (dep_register.lua keeps it in their 'parg' field, a JSON object {"<parent queue> <parent
+-- id>": generation}, and never lowers it: a registration that arrives after a newer one is
+-- stale) and each notification carries it; dep_resolve.lua delivers only a notification of
+-- the parent's current generation. A notification of an earlier arming -- a failure a
+-- resolver read before the failed dependency was retried and the parent re-armed, and
+-- delivered after -- is stale news and changes nothing; the re-arm's registration tells
+-- the parent everything again, in the new generation. It also keeps a new notification a
+-- member of its own: a resolver that read the old text and removes it after delivering
+-- cannot take the new one with it.
 local K_NOTIFY = BASE .. 'notify'
 local QNAME = string.match(BASE, '{(.*)}') or BASE
 
@@ -29,9 +32,11 @@ local function parent_generations(id)
 end
 
 -- Queue one notification for parent `pq` `pid` (of its generation `gen`): job `id` of
--- this queue ended.
+-- this queue ended. (Generations travel as digit strings: cjson writes numbers with 14
+-- significant digits.)
 local function queue_notification(pq, pid, id, kind, value, gen)
-  redis.call('ZADD', K_NOTIFY, fmt(NOW), cjson.encode({pq, pid, QNAME, id, kind, value, gen}))
+  redis.call('ZADD', K_NOTIFY, fmt(NOW),
+    cjson.encode({pq, pid, QNAME, id, kind, value, fmt(gen)}))
 end
 
 -- Queue a notification of job `id`'s end for each parent in `par` (its 'par' field).
@@ -89,12 +94,13 @@ local function write_deps(dkey, flat, first)
 end
 
 -- Write phase: failed job `id` back to waiting-children (attempts reset, as any retry),
--- in a new generation (see above: news of the earlier arming no longer counts).
+-- in a new generation (see above: news of the earlier arming no longer counts). Callers
+-- check K_CTR before their first write (check_int).
 local function rearm(id, flat)
   local dkey = BASE .. 'deps:' .. id
   redis.call('DEL', dkey)
   write_deps(dkey, flat, 1)
-  local gen = (tonumber(redis.call('HGET', JOB .. id, 'arm')) or 0) + 1
+  local gen = redis.call('INCR', K_CTR)
   redis.call('HSET', JOB .. id, 'state', 'waiting-children', 'dpend', fmt(#flat / 2),
     'atm', 0, 'stc', 0, 'fr', '', 'et', '', 'fon', '', 'rv', '', 'cx', '', 'arm', fmt(gen))
   redis.call('HDEL', JOB .. id, 'dres')
