@@ -52,8 +52,10 @@ for _, step in ipairs(plan) do
     queue_notification(ARGV[4], ARGV[5], step.cid, step.kind, step.value, gen)
     queued = queued + 1
   else
-    if step.par then redis.call('HSET', JOB .. step.cid, 'par', step.par) end
-    if step.parg then redis.call('HSET', JOB .. step.cid, 'parg', step.parg) end
+    local fields = {}
+    if step.par then fields[1] = 'par'; fields[2] = step.par end
+    if step.parg then fields[#fields + 1] = 'parg'; fields[#fields + 1] = step.parg end
+    if #fields > 0 then redis.call('HSET', JOB .. step.cid, unpack(fields)) end
   end
 end
 return queued
