@@ -29,6 +29,11 @@ def test_client_kill_and_partition(fresh_server, tmp_path, capsys):
     b = spawn_worker(url, "cut", concurrency=4, lock=2000, stalled=1000, sleep=0.15, log=log)
     kills = 0
     try:
+        # both workers running (in the registry) before the cuts: a worker whose start-up
+        # check (connect) meets a cut exits with RedisUnavailableError, as it should -- that
+        # is a start against an unavailable Redis, not what this test is about (under load
+        # the second worker was still starting when the cuts began: "a worker died")
+        assert wait_until(lambda: len(q.get_workers()) == 2, 60), q.get_workers()
         assert wait_until(lambda: r.zcard("nbq:{cut}:active") > 0, 20)
         # 1. Cut every worker connection twice a second for 6 s (jobs are held meanwhile).
         t0 = time.monotonic()
