@@ -57,6 +57,9 @@ def drain_calls(url: str, mode: str, n: int) -> tuple[Counts, Counts]:
     return py, c
 
 
+ROLES = ("caller", "worker loop", "job threads")
+
+
 def _role(name: str) -> str:
     if name.startswith("nbqueue-worker"):
         return "worker loop"
@@ -100,17 +103,14 @@ def round_trip_calls(url: str, k: int) -> dict[str, tuple[Counts, Counts]]:
     return dict(counts)
 
 
-def _report(label: str, py: Counts, c: Counts, n: int, top: int) -> None:
+def _report(label: str, py: Counts, c: Counts, n: int, top: int, per: str = "job") -> None:
     tp, tc = sum(py.values()), sum(c.values())
-    print(f"{label:12s} calls per {'trip' if label in ROLES else 'job'}: python "
+    print(f"{label:12s} calls per {per}: python "
           f"{tp / n:.1f}  C {tc / n:.1f}  total {(tp + tc) / n:.1f}")
     both = collections.Counter({f"py {k}": v for k, v in py.items()})
     both.update({f"C  {k}": v for k, v in c.items()})
     for name, v in both.most_common(top):
         print(f"    {v / n:7.2f}  {name}")
-
-
-ROLES = ("caller", "worker loop", "job threads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             by_role = round_trip_calls(server.url, args.round_trips)
             for role in ROLES:
                 py, c = by_role.get(role, (collections.Counter(), collections.Counter()))
-                _report(role, py, c, args.round_trips, args.top)
+                _report(role, py, c, args.round_trips, args.top, per="trip")
             return 0
         print(f"nbqueue {nbqueue.__file__}, n={args.n}")
         for mode in args.modes.split(","):

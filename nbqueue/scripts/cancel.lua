@@ -35,7 +35,7 @@ elseif redis.call('ZSCORE', K_DELAYED, id) then from = K_DELAYED
 elseif redis.call('ZSCORE', K_WCHILD, id) then from = K_WCHILD
 else return {-2, state} end
 -- validation before the first write (see common.lua)
-local par = redis.call('HGET', key, 'par')
+local par, parg = unpack(redis.call('HMGET', key, 'par', 'parg'))
 check_types(K_FAILED, 'zset')
 if par then check_types(K_NOTIFY, 'zset') end
 redis.call('ZREM', from, id)
@@ -47,7 +47,7 @@ redis.pcall('HINCRBY', K_STATS, 'failed', 1)
 emit('failed', {id}, {'reason', 'cancelled'})
 emit('cancelled', {id})
 if par then  -- jobs depend on this one (depends_on): tell them (includes/flows.lua)
-  notify_parents(par, id, 'f', reason)  -- 'par' stays: a retry re-arms them (flows.py)
+  notify_parents(par, parg, id, 'f', reason)  -- 'par' stays: a retry re-arms them (flows.py)
   return {3, state}
 end
 return {1, state}

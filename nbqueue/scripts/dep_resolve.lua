@@ -51,7 +51,7 @@ for i = 4, #ARGV, 5 do
   local pid, ref, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOB .. pid
   local dkey = BASE .. 'deps:' .. pid
-  local f = redis.call('HMGET', key, 'state', 'dpol', 'prio', 'seq', 'delay', 'par', 'arm')
+  local f = redis.call('HMGET', key, 'state', 'dpol', 'prio', 'seq', 'delay', 'par', 'arm', 'parg')
   local cur = redis.call('HGET', dkey, ref)
   local current = (tonumber(ARGV[i + 4]) or 0) == (tonumber(f[7]) or 0)
   if current and f[1] == 'waiting-children' and cur and string.sub(cur, 1, 1) == 'p' then
@@ -67,7 +67,7 @@ for i = 4, #ARGV, 5 do
       redis.call('ZREM', K_WCHILD, pid)
       redis.call('ZADD', K_FAILED, fmt(NOW), pid)
       failed[#failed + 1] = pid
-      if f[6] then queued = queued + notify_parents(f[6], pid, 'f', reason) end
+      if f[6] then queued = queued + notify_parents(f[6], f[8], pid, 'f', reason) end
     elseif redis.call('HINCRBY', key, 'dpend', -1) <= 0 then
       redis.call('HSET', key, 'dres', results_json(dkey))
       redis.call('HDEL', key, 'dpend', 'dl')

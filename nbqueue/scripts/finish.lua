@@ -78,7 +78,7 @@ for i = first_job, #ARGV, 10 do
   -- requested, what the wait time of a first attempt needs, and the jobs that depend on
   -- it (depends_on: they are notified in ZSET notify, see includes/flows.lua): one read
   local held = redis.pcall('HMGET', JOB .. ARGV[i], 'lk', 'dd', 'cx', 'ats', 'pon', 'ts', 'delay',
-    'par')
+    'par', 'parg')
   if held.err then held = nil end
   held_of[i] = held
   if held and held[1] == ARGV[i + 1] then
@@ -128,7 +128,7 @@ for i = first_job, #ARGV, 10 do
       -- jobs wait for this one (depends_on): tell them, in this slot (includes/flows.lua)
       local what = 'f'
       if kind == 'c' then what = 'c' end
-      notify_parents(held[8], id, what, value)
+      notify_parents(held[8], held[9], id, what, value)
       -- a failed job keeps its parents: retrying it re-arms them (nbqueue/flows.py)
       if kind == 'c' then redis.call('HDEL', key, 'par', 'parg') end
       statuses[#statuses] = 2

@@ -17,9 +17,9 @@ check_types(K_WAIT, 'zset', K_DELAYED, 'zset', K_COMPLETED, 'zset', K_FAILED, 'z
   key, 'hash', K_NOTIFY, 'zset', BASE .. 'waiting-children', 'zset', BASE .. 'deps:' .. id, 'hash')
 local dd = redis.call('HGET', key, 'dd')
 if dd then check_types(BASE .. 'de:' .. dd, 'string') end
-local par = redis.call('HGET', key, 'par')
+local par, parg = unpack(redis.call('HMGET', key, 'par', 'parg'))
 release_dedup(dd, id)
-if par then notify_parents(par, id, 'm', 'job ' .. id .. ' of queue ' .. QNAME .. ' was removed') end
+if par then notify_parents(par, parg, id, 'm', 'job ' .. id .. ' of queue ' .. QNAME .. ' was removed') end
 redis.call('ZREM', BASE .. 'waiting-children', id)
 redis.call('DEL', BASE .. 'deps:' .. id)
 redis.call('ZREM', K_WAIT, id)

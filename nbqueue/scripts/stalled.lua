@@ -23,7 +23,7 @@ local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', fmt(NOW), 'LIMIT',
 if #expired > 0 then check_types(K_WAIT, 'zset', K_FAILED, 'zset') end
 local seen = {}
 for i, id in ipairs(expired) do
-  local f = redis.pcall('HMGET', JOB .. id, 'stc', 'cx', 'dd', 'atm', 'prio', 'seq', 'par')
+  local f = redis.pcall('HMGET', JOB .. id, 'stc', 'cx', 'dd', 'atm', 'prio', 'seq', 'par', 'parg')
   if type(f) == 'table' and not f.err and redis.call('EXISTS', JOB .. id) == 1 then
     seen[i] = f
     if f[3] then check_types(BASE .. 'de:' .. f[3], 'string') end
@@ -46,7 +46,7 @@ for i, id in ipairs(expired) do
       cancelled[#cancelled + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
       -- 'par' stays: a retry re-arms the parents (nbqueue/flows.py)
-      if f[7] then notified = notified + notify_parents(f[7], id, 'f', 'cancelled') end
+      if f[7] then notified = notified + notify_parents(f[7], f[8], id, 'f', 'cancelled') end
     elseif count > max_stalled then
       redis.call('HSET', key, 'state', 'failed', 'fon', NOW, 'et', 'stalled',
         'fr', 'job stalled more than allowable limit', 'atm', atm)
@@ -54,7 +54,7 @@ for i, id in ipairs(expired) do
       failed[#failed + 1] = id
       zfailed[#zfailed + 1] = NOW; zfailed[#zfailed + 1] = id
       if f[7] then
-        notified = notified + notify_parents(f[7], id, 'f', 'job stalled more than allowable limit')
+        notified = notified + notify_parents(f[7], f[8], id, 'f', 'job stalled more than allowable limit')
       end
     else
       -- back to the front of its level: its original sequence number

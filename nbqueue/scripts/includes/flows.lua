@@ -22,14 +22,6 @@
 local K_NOTIFY = BASE .. 'notify'
 local QNAME = string.match(BASE, '{(.*)}') or BASE
 
--- The generations job `id` holds for its parents ('parg'), or nil.
-local function parent_generations(id)
-  local raw = redis.pcall('HGET', JOB .. id, 'parg')
-  if type(raw) ~= 'string' then return nil end
-  local ok, gens = pcall(cjson.decode, raw)
-  if ok and type(gens) == 'table' then return gens end
-  return nil
-end
 
 -- Queue one notification for parent `pq` `pid` (of its generation `gen`): job `id` of
 -- this queue ended. (Generations travel as digit strings: cjson writes numbers with 14
@@ -39,12 +31,14 @@ local function queue_notification(pq, pid, id, kind, value, gen)
     cjson.encode({pq, pid, QNAME, id, kind, value, fmt(gen)}))
 end
 
--- Queue a notification of job `id`'s end for each parent in `par` (its 'par' field).
+-- Queue a notification of job `id`'s end for each parent in `par` (its 'par' field), of
+-- the generation `parg` (its 'parg' field, read with 'par'; nil: none) holds for it.
 -- Returns how many were queued (a malformed field queues none).
-local function notify_parents(par, id, kind, value)
+local function notify_parents(par, parg, id, kind, value)
   local ok, parents = pcall(cjson.decode, par)
   if not ok or type(parents) ~= 'table' then return 0 end
-  local gens = parent_generations(id)
+  local okg, gens = pcall(cjson.decode, parg or '{}')
+  if not okg or type(gens) ~= 'table' then gens = nil end
   local n = 0
   for _, p in ipairs(parents) do
     local pq, pid = string.match(tostring(p), '^(%S+) (.+)$')
